@@ -1,0 +1,52 @@
+"""Model registry: `@register_model` on a factory fills a dict; `list_models()` reads it.
+
+Each entry carries its input spec next to the factory, the way timm keeps preprocessing with
+the weights: an app team needs the input shape and layout as much as the weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from pipeline.errors import unknown
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]  # factory(in_channels, num_classes, input_size) -> module
+    description: str
+    # channel/width multiples the architecture is designed around; pruning rounds to these
+    round_to: int = 8
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, description: str, round_to: int = 8):
+    def wrap(fn):
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        _MODELS[name] = ModelEntry(name, fn, description, round_to)
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    if name not in _MODELS:
+        raise unknown("model", name, _MODELS)
+    return _MODELS[name]
+
+
+def create_model(name: str, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
+    return get_model_entry(name).factory(
+        in_channels=in_channels, num_classes=num_classes, input_size=input_size
+    )

@@ -1,0 +1,161 @@
+"""Datasets: the bundled scikit-learn digits (default), or arrays from .npz files.
+
+Every dataset comes back preprocessed (float32, NCHW) together with the exact preprocessing
+that maps raw data to model input, so the bundle can tell an app team how to feed the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UsageError
+
+SPLIT_SEED = 0  # fixed, so the test split is the same whatever the training seed
+TEST_FRACTION = 0.2
+VAL_FRACTION = 0.1  # of what remains after the test split; held out from training
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """raw (N, H, W, C) -> ((raw * scale) - mean) / std per channel -> (N, C, H, W) float32."""
+
+    raw: str
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    layout: str = "NCHW"
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        x = raw.astype(np.float32) * np.float32(self.scale)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        # a real copy: ascontiguousarray keeps odd strides when C == 1, and torch.export
+        # would then record a channels-last input
+        return x.transpose(0, 3, 1, 2).copy(order="C")
+
+    def describe(self) -> dict:
+        d = asdict(self)
+        d["formula"] = "x = ((raw * scale) - mean[c]) / std[c], then HWC -> CHW"
+        return d
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: np.ndarray  # (N, C, H, W) float32
+    y_train: np.ndarray  # (N,) int64
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    labels: list[str]
+    preprocessing: Preprocessing
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for a in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+    def summary(self) -> str:
+        c, hgt, w = self.input_shape
+        return (
+            f"{self.name}: {len(self.y_train)} train / {len(self.y_val)} val / "
+            f"{len(self.y_test)} test, input {c}x{hgt}x{w}, {self.num_classes} classes"
+        )
+
+
+def load_dataset(spec: str, limit_train: int | None = None) -> Dataset:
+    """`digits`, a directory holding train.npz and test.npz, or one .npz with x and y."""
+    if spec == "digits":
+        return _digits()
+    path = Path(spec)
+    if not path.exists():
+        raise UsageError(f"--data {spec}: no such file or directory (use 'digits', an .npz, "
+                         "or a directory with train.npz and test.npz)")
+    if path.is_dir():
+        train, test = path / "train.npz", path / "test.npz"
+        if not (train.is_file() and test.is_file()):
+            raise UsageError(f"--data {spec}: directory has no train.npz and test.npz")
+        xtr, ytr = _read_npz(train)
+        xte, yte = _read_npz(test)
+    else:
+        x, y = _read_npz(path)
+        xtr, ytr, xte, yte = _split(x, y, TEST_FRACTION)
+    if limit_train:
+        xtr, ytr = xtr[:limit_train], ytr[:limit_train]
+    labels = _labels_for(path, int(max(ytr.max(), yte.max())) + 1)
+    return _build(path.name, xtr, ytr, xte, yte, labels, scale=1 / 255,
+                  raw=f"uint8 images (H, W, C), values 0..255, from {path.name}")
+
+
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images[..., None]  # (1797, 8, 8, 1), values 0..16
+    xtr, ytr, xte, yte = _split(x, d.target, TEST_FRACTION)
+    return _build("digits", xtr, ytr, xte, yte, [str(i) for i in range(10)], scale=1 / 16,
+                  raw="8x8 grayscale (H, W, 1), integer values 0..16 (sklearn load_digits)")
+
+
+def _build(name, xtr, ytr, xte, yte, labels, scale, raw) -> Dataset:
+    xtr, ytr, xval, yval = _split(xtr, ytr, VAL_FRACTION)
+    scaled = xtr.astype(np.float64) * scale
+    axes = tuple(range(scaled.ndim - 1))
+    mean = tuple(round(float(m), 6) for m in scaled.mean(axis=axes))
+    std = tuple(round(max(float(s), 1e-6), 6) for s in scaled.std(axis=axes))
+    pre = Preprocessing(raw=raw, scale=scale, mean=mean, std=std)
+    as_int = lambda y: np.asarray(y, dtype=np.int64)  # noqa: E731
+    return Dataset(name, pre.apply(xtr), as_int(ytr), pre.apply(xval), as_int(yval),
+                   pre.apply(xte), as_int(yte), labels, pre)
+
+
+def _split(x, y, fraction):
+    """Stratified split with a fixed seed: (x_keep, y_keep, x_out, y_out)."""
+    from sklearn.model_selection import train_test_split
+
+    xa, xb, ya, yb = train_test_split(x, y, test_size=fraction, random_state=SPLIT_SEED,
+                                      stratify=y)
+    return xa, ya, xb, yb
+
+
+def _read_npz(path: Path):
+    try:
+        with np.load(path, allow_pickle=False) as d:
+            if "x" not in d or "y" not in d:
+                raise UsageError(f"--data {path}: an .npz needs arrays 'x' and 'y', "
+                                 f"found {sorted(d.files)}")
+            x, y = d["x"], d["y"]
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--data {path}: not a readable .npz ({e})") from None
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or len(x) != len(y):
+        raise UsageError(f"--data {path}: x must be (N, H, W[, C]) with one label per image, "
+                         f"got x{tuple(x.shape)} y{tuple(y.shape)}")
+    return x, y
+
+
+def _labels_for(path: Path, n: int) -> list[str]:
+    for candidate in (path / "labels.txt", path.parent / "labels.txt"):
+        if candidate.is_file():
+            names = candidate.read_text().split("\n")
+            names = [s.strip() for s in names if s.strip()]
+            if len(names) == n:
+                return names
+    if n == 10 and "cifar" in str(path).lower():
+        return ["airplane", "automobile", "bird", "cat", "deer",
+                "dog", "frog", "horse", "ship", "truck"]
+    return [str(i) for i in range(n)]

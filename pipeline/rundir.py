@@ -1,0 +1,153 @@
+"""The run directory: one folder per stage, a manifest of every file with its sha256, and
+stage reuse keyed by (stage, config, input digests, library versions).
+
+    runs/<name>/manifest.json
+    runs/<name>/<stage>/...      files the stage wrote, all through atomic writes
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+from pipeline.errors import SlimshipError
+from pipeline.log import log
+
+MANIFEST = "manifest.json"
+_LIBS = ("torch", "executorch", "torch-pruning", "litert-torch", "ai-edge-litert",
+         "coremltools", "onnx", "onnxruntime")
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for lib in _LIBS:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = "not installed"
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temp path beside `path`; on success fsync it and rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: Path, obj) -> None:
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def file_record(path: Path, root: Path) -> dict:
+    return {"path": str(path.relative_to(root)), "sha256": sha256_file(path),
+            "bytes": path.stat().st_size}
+
+
+def list_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+@dataclass
+class StageResult:
+    name: str
+    dir: Path
+    info: dict
+    digest: str  # hash over the stage's file hashes: the next stage's key includes it
+    reused: bool
+
+
+class RunDir:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.manifest = self._read_manifest()
+
+    def _read_manifest(self) -> dict:
+        p = self.root / MANIFEST
+        if not p.exists():
+            return {"stages": {}}
+        try:
+            data = json.loads(p.read_text())
+            assert isinstance(data.get("stages"), dict)
+            return data
+        except (ValueError, AssertionError):
+            log(f"run manifest {p} is unreadable; every stage will run again")
+            return {"stages": {}}
+
+    def _valid(self, entry: dict) -> bool:
+        """Every recorded file still exists, inside the run directory, with its sha256."""
+        for rec in entry.get("files", []):
+            p = (self.root / rec["path"]).resolve()
+            if self.root.resolve() not in p.parents or not p.is_file() or p.is_symlink():
+                return False
+            if p.stat().st_size != rec["bytes"] or sha256_file(p) != rec["sha256"]:
+                return False
+        return True
+
+    def stage(self, name: str, key_parts: dict, fn: Callable[[Path], dict]) -> StageResult:
+        """Run `fn(stage_dir) -> info` unless a finished stage with the same key is on disk."""
+        key = sha256_json({"stage": name, "versions": library_versions(), **key_parts})
+        entry = self.manifest["stages"].get(name)
+        folder = self.root / name
+        if entry and entry.get("key") == key:
+            if self._valid(entry):
+                log(f"[{name}] reused: inputs and config unchanged (key {key[:12]})")
+                return StageResult(name, folder, entry["info"], entry["digest"], True)
+            log(f"[{name}] finished files are missing or changed on disk; running it again")
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        start = time.perf_counter()
+        info = fn(folder)
+        files = [file_record(p, self.root) for p in list_files(folder)]
+        digest = sha256_json([(f["path"], f["sha256"]) for f in files])
+        self.manifest["stages"][name] = {
+            "key": key, "digest": digest, "config": key_parts.get("config"),
+            "files": files, "info": info,
+            "seconds": round(time.perf_counter() - start, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        write_json(self.root / MANIFEST, self.manifest)
+        return StageResult(name, folder, info, digest, False)
+
+
+def require(cond: bool, message: str) -> None:
+    if not cond:
+        raise SlimshipError(message)

@@ -1,0 +1,83 @@
+"""The one shape every backend has: export, load, run, describe.
+
+The pipeline talks to runtimes only through these objects; it never imports executorch,
+litert_torch, coremltools or onnxruntime itself. Backend modules import their library inside
+the functions, so `cli.py --help` and `cli.py targets` stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+# A runner takes one preprocessed float32 batch (1, C, H, W) and returns float32 logits (1, K).
+# Quantized I/O (e.g. a fully int8 .tflite) is handled inside the runner with the file's own
+# scale and zero point, and described in `Exported.io` for the app team.
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What "computes the same" means for one backend and precision.
+
+    fp32 files are held to max |diff| relative to the output range; int8 files are compared with
+    their quantized PyTorch reference by SQNR and top-1 agreement, because rounding in the
+    integer kernels propagates through layers and a per-element bound of one or two output
+    steps does not hold for deep networks.
+    """
+
+    max_abs_rel: float | None = None  # max |diff| / max |reference|
+    min_sqnr_db: float | None = None
+    min_agreement: float = 0.99
+
+    def describe(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class ExportRequest:
+    model: nn.Module  # fp32, eval mode
+    example: torch.Tensor  # (1, C, H, W)
+    precision: str  # "fp32" | "int8" | backend-specific (e.g. "fp16")
+    calibration: np.ndarray | None  # (N, C, H, W) float32, from the training split
+    out_dir: Path
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Exported:
+    path: Path  # the written file (or directory, for .mlpackage)
+    precision: str
+    # the PyTorch computation the file must equal: the fp32 model, or for int8 the quantized
+    # reference the backend's quantizer produced (fake-quant ops in torch)
+    reference: Callable[[torch.Tensor], torch.Tensor]
+    io: dict  # {"inputs": [...], "outputs": [...]} with names, shapes, dtypes, quantization
+    tolerance: Tolerance
+    notes: list[str] = field(default_factory=list)
+    preflight: dict = field(default_factory=dict)  # ops, delegation: counted at export
+
+
+class Backend(Protocol):
+    name: str  # "<runtime>-<delegate>", e.g. "executorch-xnnpack"
+    filename: str  # file name in the bundle, e.g. "model.pte"
+    precisions: tuple[str, ...]
+
+    def can_run(self) -> tuple[bool, str]:
+        """Whether files of this backend execute on this host, and if not, why."""
+
+    def export(self, req: ExportRequest) -> Exported: ...
+
+    def load(self, path: Path, threads: int | None = None) -> Runner: ...
+
+    def describe(self, path: Path) -> dict:
+        """Counted facts about a file: ops, delegated fraction, size."""
+
+
+def run_all(runner: Runner, x: np.ndarray) -> np.ndarray:
+    """Run a batch-1 file over every row of x: (N, C, H, W) -> (N, K)."""
+    return np.concatenate([runner(x[i : i + 1]) for i in range(len(x))])
