@@ -1,6 +1,6 @@
 """The model zoo. Importing this package registers every model family."""
 
-from models import cnn  # noqa: F401  (registers)
+from models import cnn, dscnn, mobilenet, resnet, vgg, vit  # noqa: F401  (registers)
 from models._registry import create_model, get_model_entry, list_models, register_model
 
 __all__ = ["create_model", "get_model_entry", "list_models", "register_model"]

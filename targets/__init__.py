@@ -15,6 +15,8 @@ from targets._registry import (
 # Each module registers its backend with @register_backend; add a new backend here.
 _BACKEND_MODULES = (
     "targets.executorch_xnnpack",
+    "targets.onnx_runtime",
+    "targets.coreml",
 )
 for _m in _BACKEND_MODULES:
     importlib.import_module(_m)

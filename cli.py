@@ -1,0 +1,92 @@
+"""slimship: make a PyTorch model small and fast for phones, and prove it.
+
+A thin click layer over pipeline/ and targets/: each command builds options and calls the
+library. Errors a user can fix print as one line and exit 2 (usage) or 1 (a failed check).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.errors import SlimshipError
+
+
+def one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SlimshipError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli():
+    """Compress a PyTorch model for phones: train, prune, distill, quantize, export, verify,
+    profile, report."""
+
+
+@cli.command()
+@click.option("--target", required=True, help="Platform to build for (see `cli.py targets`).")
+@click.option("--out", default="dist", show_default=True, type=click.Path(path_type=Path),
+              help="Output directory; the bundle goes to OUT/<target>/.")
+@click.option("--model", default="small_cnn", show_default=True, help="Zoo model (see `cli.py models`).")
+@click.option("--data", default="digits", show_default=True,
+              help="'digits' (bundled), an .npz with x and y, or a directory with train.npz/test.npz.")
+@click.option("--config", type=click.Path(path_type=Path), help="Recipe YAML (see README).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--run-dir", type=click.Path(path_type=Path),
+              help="Where stage results are kept for reuse [default: runs/<model>-<data>-seed<seed>].")
+@click.option("--epochs", type=int, help="Override train.epochs.")
+@click.option("--distill-epochs", type=int, help="Override distill.epochs.")
+@click.option("--macs-fraction", type=float, help="Override prune.macs_fraction (keep at most this share of MACs).")
+@click.option("--importance", help="Override prune.importance: l1, l2, bn_scale, taylor, hessian, random.")
+@click.option("--temperature", type=float, help="Override distill.temperature.")
+@click.option("--alpha", type=float, help="Override distill.alpha.")
+@one_line_errors
+def compress(target, out, model, data, config, seed, run_dir, epochs, distill_epochs,
+             macs_fraction, importance, temperature, alpha):
+    """Run every stage and write the bundle OUT/<target>/; exit 1 if a file fails parity."""
+    from pipeline.compress import CompressOptions
+    from pipeline.compress import compress as run
+
+    overrides = {"train.epochs": epochs, "distill.epochs": distill_epochs,
+                 "prune.macs_fraction": macs_fraction, "prune.importance": importance,
+                 "distill.temperature": temperature, "distill.alpha": alpha}
+    report = run(CompressOptions(target=target, out=out, model=model, data=data, config=config,
+                                 seed=seed, run_dir=run_dir, overrides=overrides))
+    if not report["ok"]:
+        for p in report["problems"]:
+            click.echo(f"error: {p}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+def targets():
+    """List targets and the backends each builds."""
+    from targets import get_target, list_targets
+
+    for name in list_targets():
+        t = get_target(name)
+        backends = ", ".join(f"{b.backend} ({b.precision})" for b in t.backends)
+        click.echo(f"{name:14} {backends}  - {t.description}")
+
+
+@cli.command()
+def models():
+    """List the model zoo."""
+    from models import get_model_entry, list_models
+
+    for name in list_models():
+        click.echo(f"{name:18} {get_model_entry(name).description}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,98 @@
+"""The hand-off bundle `<out>/<target>/`: model files, model.json, golden.npz, report.json and
+manifest.json. It is assembled in a temporary folder beside its destination and renamed into
+place last, so a crash never leaves a bundle that looks complete but is not."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data import Dataset
+from pipeline.rundir import atomic_path, file_record, list_files, sha256_file, write_json
+
+GOLDEN_COUNT = 8
+
+
+def golden_key(backend: str) -> str:
+    return backend.replace("-", "_")
+
+
+def publish(dest: Path, report: dict, backends: dict, data: Dataset, spec: dict) -> Path:
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        _assemble(tmp, report, backends, data, spec)
+        _swap_into_place(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return dest
+
+
+def _assemble(folder: Path, report: dict, backends: dict, data: Dataset, spec: dict) -> None:
+    golden = {"x": data.x_test[:GOLDEN_COUNT], "y": data.y_test[:GOLDEN_COUNT]}
+    entries = {}
+    for name, r in backends.items():
+        if "error" in r:
+            continue
+        src = r["export"].dir / r["file"]
+        if src.is_dir():
+            shutil.copytree(src, folder / r["file"])
+        else:
+            shutil.copy2(src, folder / r["file"])
+        outputs = r["verify"].dir / "outputs.npz"
+        if outputs.exists():  # only files that ran here have golden outputs
+            with np.load(outputs) as o:
+                golden[golden_key(name)] = o["test"][:GOLDEN_COUNT]
+        rb = report["backends"][name]
+        entries[name] = {
+            "file": r["file"],
+            "sha256": sha256_file(src) if src.is_file() else None,
+            "precision": r["precision"],
+            "io": rb["io"],
+            "golden_key": golden_key(name) if golden_key(name) in golden else None,
+            "parity": {"state": rb["parity"]["state"],
+                       **{k: rb["parity"]["test_split"][k]["value"]
+                          for k in ("sqnr_db", "top1_agreement", "max_abs_diff")
+                          if "test_split" in rb["parity"]}},
+        }
+    c, h, w = spec["input_shape"]
+    model_json = {
+        "model": spec["name"],
+        "inputs": [{"name": "x", "shape": [1, c, h, w], "dtype": "float32", "layout": "NCHW"}],
+        "outputs": [{"name": "logits", "shape": [1, len(data.labels)], "dtype": "float32",
+                     "meaning": "unnormalised class scores; softmax gives probabilities"}],
+        "preprocessing": data.preprocessing.describe(),
+        "labels": data.labels,
+        "backends": entries,
+        "golden": {"file": "golden.npz", "inputs_key": "x", "labels_key": "y",
+                   "count": len(golden["y"]), "note": "x is already preprocessed model input"},
+        "ok": report["ok"],
+    }
+    write_json(folder / "model.json", model_json)
+    with atomic_path(folder / "golden.npz") as t:
+        with open(t, "wb") as f:
+            np.savez(f, **golden)
+    write_json(folder / "report.json", report)
+    files = [file_record(p, folder) for p in list_files(folder)]
+    write_json(folder / "manifest.json", {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "target": report["target"], "files": files,
+    })
+
+
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    """Rename the finished bundle over the old one; the old one is removed only afterwards."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

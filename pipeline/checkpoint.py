@@ -1,0 +1,46 @@
+"""Models on disk without pickle: safetensors weights + a JSON description.
+
+The JSON names the zoo model and its constructor arguments, and, for a pruned model, the
+pruning plan (torch-pruning's history: which channels of which layer were removed, replayed
+in order on a fresh model) plus module attributes that pruning changes (attention heads).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save
+
+from models import create_model
+from pipeline.rundir import write_bytes, write_json
+
+
+def save_model(folder: Path, model: nn.Module, spec: dict, plan: dict | None = None) -> None:
+    """Write model.safetensors and model.json into folder (atomically, each)."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    write_bytes(folder / "model.safetensors", save(state))
+    write_json(folder / "model.json", {"spec": spec, "plan": plan})
+
+
+def build_model(spec: dict, plan: dict | None) -> nn.Module:
+    """A fresh zoo model with the plan's structure (weights are not loaded)."""
+    model = create_model(spec["name"], spec["in_channels"], spec["num_classes"], spec["input_size"])
+    if plan:
+        from pipeline.prune import apply_plan
+
+        apply_plan(model, plan, example_input(spec))
+    return model.eval()
+
+
+def load_model(folder: Path) -> tuple[nn.Module, dict, dict | None]:
+    desc = json.loads((Path(folder) / "model.json").read_text())
+    model = build_model(desc["spec"], desc["plan"])
+    model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+    return model.eval(), desc["spec"], desc["plan"]
+
+
+def example_input(spec: dict) -> torch.Tensor:
+    return torch.zeros(1, *spec["input_shape"])  # (1, C, H, W)

@@ -1,0 +1,271 @@
+"""`compress`: train -> prune -> distill -> quantize + export -> verify -> profile -> bundle.
+
+Each stage runs through RunDir.stage, so a stage whose inputs and config are unchanged is
+reused, and the bundle is published last, as a whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import create_model, get_model_entry
+from pipeline import bundle
+from pipeline.checkpoint import example_input, load_model, save_model
+from pipeline.config import Recipe, load_recipe
+from pipeline.data import Dataset, load_dataset
+from pipeline.distill import kd_loss_fn
+from pipeline.errors import SlimshipError
+from pipeline.log import log
+from pipeline.profile import host, measure_latency
+from pipeline.prune import count, layer_widths, prune_to_macs
+from pipeline.report import counted, measured, parity_figures, summary_table
+from pipeline.rundir import RunDir, library_versions, write_json
+from pipeline.train import accuracy, fit, predict
+from pipeline.verify import parity
+from targets import get_backend, get_target
+from targets._base import ExportRequest, Tolerance, run_all
+
+GOLDEN_COUNT = 8
+RANDOM_INPUTS = 32
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    target: str
+    out: Path = Path("dist")
+    model: str = "small_cnn"
+    data: str = "digits"
+    config: Path | None = None
+    seed: int = 0
+    run_dir: Path | None = None
+    overrides: dict = field(default_factory=dict)
+
+
+def compress(opts: CompressOptions) -> dict:
+    target = get_target(opts.target)  # bad names fail before any work
+    get_model_entry(opts.model)
+    recipe = load_recipe(opts.config, opts.overrides)
+    data = load_dataset(opts.data)
+    log(f"data {data.summary()}")
+    run = RunDir(opts.run_dir or Path("runs") / f"{opts.model}-{data.name}-seed{opts.seed}")
+    log(f"run directory {run.root}")
+    write_json(run.root / "recipe.json", recipe.to_dict())
+    c, h, w = data.input_shape
+    spec = {"name": opts.model, "in_channels": c, "num_classes": data.num_classes,
+            "input_size": h, "input_shape": [c, h, w]}
+    fp = data.fingerprint()
+    ctx = _Context(run, data, recipe, spec, opts.seed)
+
+    teacher = run.stage("train", {"config": {**asdict(recipe.train), "spec": spec, "seed": opts.seed},
+                                  "data": fp}, ctx.train)
+    pruned = run.stage("prune", {"config": {**asdict(recipe.prune), "round_to": _round_to(recipe, target, opts.model)},
+                                 "inputs": [teacher.digest], "data": fp},
+                       lambda d: ctx.prune(d, teacher.dir, _round_to(recipe, target, opts.model)))
+    student = run.stage("distill", {"config": {**asdict(recipe.distill), "seed": opts.seed},
+                                    "inputs": [teacher.digest, pruned.digest], "data": fp},
+                        lambda d: ctx.distill(d, teacher.dir, pruned.dir))
+    calib = _calibration(data, recipe.quantize.calibration_images, opts.seed)
+
+    backends = {}
+    for choice in target.backends:
+        backends[choice.backend] = ctx.backend(choice, student, calib)
+    report = _report(opts, target, data, recipe, spec, teacher, pruned, student, calib, backends)
+    out = bundle.publish(Path(opts.out) / target.name, report, backends, data, spec)
+    log(f"bundle written to {out}")
+    print(summary_table(report))
+    return report
+
+
+def _round_to(recipe: Recipe, target, model_name: str) -> int:
+    return recipe.prune.round_to or target.round_to or get_model_entry(model_name).round_to
+
+
+def _calibration(data: Dataset, n: int, seed: int) -> dict:
+    """Calibration images: a seeded draw from the training split, never the test split."""
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(data.x_train), size=min(n, len(data.x_train)), replace=False))
+    x = data.x_train[idx]
+    return {"x": x, "count": len(idx), "split": "train",
+            "sha256": hashlib.sha256(x.tobytes()).hexdigest()}
+
+
+class _Context:
+    """The stage bodies: each takes its stage folder and returns the info to record."""
+
+    def __init__(self, run: RunDir, data: Dataset, recipe: Recipe, spec: dict, seed: int):
+        self.run, self.data, self.recipe, self.spec, self.seed = run, data, recipe, spec, seed
+        self.example = example_input(spec)
+
+    def _figures(self, model, what: str) -> dict:
+        d = self.data
+        macs, params = count(model, self.example)
+        return {
+            "accuracy": measured(accuracy(predict(model, d.x_test), d.y_test), "top1",
+                                 f"{what}, PyTorch fp32, {len(d.y_test)} test images"),
+            "macs": counted(macs, "MAC", f"{what}, one {tuple(self.example.shape)} input"),
+            "params": counted(params, "parameters", what),
+        }
+
+    def train(self, folder: Path) -> dict:
+        cfg = self.recipe.train
+        torch.manual_seed(self.seed)
+        s = self.spec
+        model = create_model(s["name"], s["in_channels"], s["num_classes"], s["input_size"])
+        log(f"[train] {s['name']} on {self.data.name}: {cfg.epochs} epochs")
+        loss = fit(model, self.data.x_train, self.data.y_train, epochs=cfg.epochs,
+                   batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                   seed=self.seed, desc="train teacher")
+        save_model(folder, model, s)
+        info = {**self._figures(model, "teacher"), "final_loss": loss[-1]}
+        log(f"[train] teacher accuracy {info['accuracy']['value']:.2%}")
+        return info
+
+    def prune(self, folder: Path, teacher_dir: Path, round_to: int) -> dict:
+        cfg = self.recipe.prune
+        teacher, spec, _ = load_model(teacher_dir)
+        log(f"[prune] {cfg.importance} importance, MAC target {cfg.macs_fraction:.0%}, "
+            f"channels rounded to multiples of {round_to}")
+        res = prune_to_macs(teacher, self.example, cfg.macs_fraction, cfg.importance, round_to,
+                            cfg.ignored_layers, (self.data.x_train, self.data.y_train))
+        save_model(folder, res.model, spec, res.plan)
+        info = self._figures(res.model, "pruned, before fine-tuning")
+        info["ratio"] = res.ratio
+        info["widths"] = {"before": layer_widths(teacher), "after": layer_widths(res.model)}
+        log(f"[prune] MACs {res.macs_before:,} -> {res.macs_after:,} "
+            f"({res.macs_after / res.macs_before:.0%}), accuracy before fine-tuning "
+            f"{info['accuracy']['value']:.2%}")
+        return info
+
+    def distill(self, folder: Path, teacher_dir: Path, pruned_dir: Path) -> dict:
+        cfg = self.recipe.distill
+        teacher, _, _ = load_model(teacher_dir)
+        student, spec, plan = load_model(pruned_dir)
+        log(f"[distill] fine-tuning the pruned student from the teacher: T={cfg.temperature}, "
+            f"alpha={cfg.alpha}, {cfg.epochs} epochs")
+        fit(student, self.data.x_train, self.data.y_train, epochs=cfg.epochs,
+            batch_size=cfg.batch_size, lr=cfg.lr, seed=self.seed, desc="distill student",
+            loss_fn=kd_loss_fn(teacher, cfg.temperature, cfg.alpha))
+        save_model(folder, student, spec, plan)
+        info = self._figures(student, "distilled student")
+        log(f"[distill] student accuracy {info['accuracy']['value']:.2%}")
+        return info
+
+    def backend(self, choice, student, calib) -> dict:
+        """Export, verify and profile one backend; a failure is recorded, not raised, so the
+        other backends still finish."""
+        b = get_backend(choice.backend)
+        key = f"{b.name}-{choice.precision}"
+        try:
+            exp = self.run.stage(f"export/{key}", {
+                "config": {"precision": choice.precision, "options": list(choice.options)},
+                "inputs": [student.digest], "calibration": calib["sha256"],
+            }, lambda d: self.export(d, b, choice, student.dir, calib))
+            ver = self.run.stage(f"verify/{key}", {"inputs": [exp.digest], "data": self.data.fingerprint()},
+                                 lambda d: self.verify(d, b, exp))
+            prof = self.run.stage(f"profile/{key}", {"config": asdict(self.recipe.profile),
+                                                     "inputs": [exp.digest]},
+                                  lambda d: self.profile(d, b, exp))
+        except SlimshipError:
+            raise
+        except Exception as e:  # a backend's converter or runtime failed: name it, go on
+            msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            log(f"[{key}] FAILED: {msg}")
+            return {"backend": b.name, "precision": choice.precision, "error": msg}
+        return {"backend": b.name, "precision": choice.precision, "export": exp, "verify": ver,
+                "profile": prof, "file": b.filename}
+
+    def export(self, folder: Path, b, choice, student_dir: Path, calib: dict) -> dict:
+        model, _, _ = load_model(student_dir)
+        log(f"[export] {b.name} {choice.precision}: converting"
+            + (f" (int8 calibration on {calib['count']} training images)" if choice.precision == "int8" else ""))
+        start = time.perf_counter()
+        exp = b.export(ExportRequest(model, self.example, choice.precision,
+                                     calib["x"] if choice.precision != "fp32" else None, folder,
+                                     dict(choice.options)))
+        log(f"[export] {b.name}: wrote {exp.path.name} in {time.perf_counter() - start:.1f} s")
+        rng = np.random.default_rng(1234)
+        x_rand = rng.standard_normal((RANDOM_INPUTS, *self.spec["input_shape"])).astype(np.float32)
+        with torch.no_grad():
+            ref = {name: torch.cat([exp.reference(torch.from_numpy(x[i : i + 64]))
+                                    for i in range(0, len(x), 64)]).numpy()
+                   for name, x in (("test", self.data.x_test), ("random", x_rand))}
+        np.savez(folder / "reference.npz", test=ref["test"], random=ref["random"], x_random=x_rand)
+        return {"file": exp.path.name, "precision": exp.precision, "io": exp.io,
+                "tolerance": exp.tolerance.describe(), "preflight": exp.preflight,
+                "notes": exp.notes, "seconds": round(time.perf_counter() - start, 2),
+                "calibration": {k: calib[k] for k in ("count", "split", "sha256")}
+                if choice.precision != "fp32" else None}
+
+    def verify(self, folder: Path, b, exp) -> dict:
+        path = exp.dir / exp.info["file"]
+        ref = np.load(exp.dir / "reference.npz")
+        ok, why = b.can_run()
+        if not ok:
+            return {"state": "structurally-checked-only", "why": why, "structure": b.describe(path)}
+        runner = b.load(path)
+        out_test = run_all(runner, self.data.x_test)
+        out_rand = run_all(runner, ref["x_random"])
+        np.savez(folder / "outputs.npz", test=out_test, random=out_rand)
+        block = parity(ref["test"], out_test, ref["random"], out_rand, self.data.y_test,
+                       Tolerance(**exp.info["tolerance"]))
+        log(f"[verify] {b.name}: {block['state']}"
+            + (f", file accuracy {block['file_accuracy']:.2%}, SQNR "
+               f"{block['test_split']['sqnr_db']:.1f} dB vs its reference" if "file_accuracy" in block else "")
+            + (f"; {'; '.join(block['problems'])}" if block["problems"] else ""))
+        return block
+
+    def profile(self, folder: Path, b, exp) -> dict:
+        ok, why = b.can_run()
+        if not ok:
+            return {"latency": None, "why": why}
+        cfg = self.recipe.profile
+        x = self.data.x_test[:1]
+        lat = [measure_latency(b, exp.dir / exp.info["file"], x, t, cfg.warmup, cfg.runs)
+               for t in cfg.threads]
+        log(f"[profile] {b.name}: p50 {lat[0]['p50']['value']:.3f} ms ({lat[0]['threads']} thread)")
+        return {"latency": lat}
+
+
+def _report(opts, target, data, recipe, spec, teacher, pruned, student, calib, backends) -> dict:
+    stages = {"teacher": teacher.info, "pruned": pruned.info, "distilled": student.info}
+    out, problems = {}, []
+    for name, r in backends.items():
+        if "error" in r:
+            out[name] = {"precision": r["precision"], "error": r["error"]}
+            problems.append(f"{name}: export failed: {r['error']}")
+            continue
+        e, v, p = r["export"].info, r["verify"].info, r["profile"].info
+        path = r["export"].dir / e["file"]
+        out[name] = {
+            "file": e["file"], "precision": e["precision"],
+            "bytes": counted(_size(path), "bytes", e["file"]),
+            "parity": parity_figures(v, e["file"]) if "test_split" in v else v,
+            "preflight": e["preflight"], "io": e["io"], "calibration": e["calibration"],
+            "latency": p["latency"], "reused": {"export": r["export"].reused, "verify": r["verify"].reused},
+        }
+        if v["state"] == "failed":
+            problems.append(f"{name}: parity failed: {'; '.join(v['problems'])}")
+    return {
+        "slimship_report": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "target": target.name, "model": spec, "host": host(), "versions": library_versions(),
+        "data": {"name": data.name, "fingerprint": data.fingerprint(),
+                 **{k: counted(len(y), "images", f"{k} split of {data.name}")
+                    for k, y in (("train", data.y_train), ("val", data.y_val), ("test", data.y_test))}},
+        "recipe": recipe.to_dict(), "seed": opts.seed,
+        "stages": stages, "backends": out,
+        "ok": not problems, "problems": problems,
+    }
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+

@@ -1,0 +1,73 @@
+"""Parity: does the exported file, reloaded through its own runtime, compute what the PyTorch
+model it came from computes? First structure (finite, shapes, dtypes), then numbers on the real
+test split and on random inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from targets._base import Tolerance
+
+
+def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+    """10 log10(|ref|^2 / |ref - actual|^2); inf when they are identical."""
+    noise = float(np.sum((reference.astype(np.float64) - actual) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * np.log10(signal / noise) if signal > 0 else float("-inf")
+
+
+def compare(reference: np.ndarray, actual: np.ndarray) -> dict:
+    """Figures for one input set (all counted/measured on the same inputs)."""
+    diff = np.abs(reference.astype(np.float64) - actual)
+    scale = float(np.max(np.abs(reference))) or 1.0
+    return {
+        "inputs": int(len(reference)),
+        "max_abs_diff": float(diff.max()),
+        "max_abs_diff_rel": float(diff.max() / scale),
+        "sqnr_db": sqnr_db(reference, actual),
+        "top1_agreement": float((reference.argmax(1) == actual.argmax(1)).mean()),
+    }
+
+
+def structural_problems(reference: np.ndarray, actual: np.ndarray) -> list[str]:
+    problems = []
+    if actual.shape != reference.shape:
+        problems.append(f"output shape {actual.shape} != reference {reference.shape}")
+    if actual.dtype != np.float32:
+        problems.append(f"output dtype {actual.dtype} != float32")
+    if not np.all(np.isfinite(actual)):
+        problems.append(f"{int((~np.isfinite(actual)).sum())} non-finite outputs")
+    return problems
+
+
+def judge(figures: dict, tol: Tolerance) -> list[str]:
+    """The tolerance lines a comparison breaks (empty: it passes)."""
+    broken = []
+    if tol.max_abs_rel is not None and figures["max_abs_diff_rel"] > tol.max_abs_rel:
+        broken.append(f"max |diff| / max |ref| = {figures['max_abs_diff_rel']:.3g} "
+                      f"> {tol.max_abs_rel:g}")
+    if tol.min_sqnr_db is not None and figures["sqnr_db"] < tol.min_sqnr_db:
+        broken.append(f"SQNR {figures['sqnr_db']:.1f} dB < {tol.min_sqnr_db:g} dB")
+    if figures["top1_agreement"] < tol.min_agreement:
+        broken.append(f"top-1 agreement {figures['top1_agreement']:.3f} < {tol.min_agreement:g}")
+    return broken
+
+
+def parity(ref_test, out_test, ref_random, out_random, labels, tol: Tolerance) -> dict:
+    """The parity block of one file: state `verified` only if every check passed."""
+    problems = structural_problems(ref_test, out_test) + structural_problems(ref_random, out_random)
+    block = {"tolerance": tol.describe()}
+    if not problems:
+        block["test_split"] = compare(ref_test, out_test)
+        # random inputs are judged on SQNR/max diff only: argmax of a random input is noise
+        block["random_inputs"] = compare(ref_random, out_random)
+        block["file_accuracy"] = float((out_test.argmax(1) == labels).mean())
+        block["reference_accuracy"] = float((ref_test.argmax(1) == labels).mean())
+        problems = [f"test split: {p}" for p in judge(block["test_split"], tol)]
+        rand_tol = Tolerance(tol.max_abs_rel, tol.min_sqnr_db, 0.0)
+        problems += [f"random inputs: {p}" for p in judge(block["random_inputs"], rand_tol)]
+    block["state"] = "failed" if problems else "verified"
+    block["problems"] = problems
+    return block

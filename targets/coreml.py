@@ -1,0 +1,1 @@
+"""Core ML (mlprogram .mlpackage): work in progress."""
