@@ -15,6 +15,7 @@ from targets._registry import (
 # Each module registers its backend with @register_backend; add a new backend here.
 _BACKEND_MODULES = (
     "targets.executorch_xnnpack",
+    "targets.tflite",
     "targets.onnx_runtime",
     "targets.coreml",
 )

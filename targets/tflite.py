@@ -170,18 +170,14 @@ def _io_from_file(path: Path, torch_shape: list[int] | None = None) -> dict:
 
     inputs = [tensor(k, d) for k, d in sig.get_input_details().items()]
     outputs = [tensor(k, d) for k, d in sig.get_output_details().items()]
-    shape = inputs[0]["shape"]
-    if torch_shape is None or len(shape) != 4:
-        layout = "NCHW" if len(shape) == 4 and torch_shape is None else "unknown"
-    elif shape == torch_shape:
-        layout = "NCHW"
-    elif shape == [torch_shape[i] for i in (0, 2, 3, 1)]:
-        layout = "NHWC"
-    else:
-        layout = "unknown"
-    for t in inputs:
-        t["layout"] = layout
-    io = {"signature": SIGNATURE, "layout": layout, "inputs": inputs, "outputs": outputs}
+    io = {"signature": SIGNATURE, "inputs": inputs, "outputs": outputs}
+    if torch_shape is not None:  # the file alone cannot tell NCHW from NHWC
+        shape = inputs[0]["shape"]
+        nhwc = [torch_shape[i] for i in (0, 2, 3, 1)] if len(torch_shape) == 4 else None
+        layout = "NCHW" if shape == torch_shape else "NHWC" if shape == nhwc else "unknown"
+        io["layout"] = layout
+        for t in inputs:
+            t["layout"] = layout
     if any("quantization" in t for t in inputs + outputs):
         io["quantization_formula"] = dict(_QUANT_FORMULA)
     return io
