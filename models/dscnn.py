@@ -13,8 +13,10 @@ from models._registry import register_model
 
 def _ds_block(c: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-        nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+        nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False),  # depthwise
+        nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+        nn.Conv2d(c, c, 1, bias=False),  # pointwise
+        nn.BatchNorm2d(c), nn.ReLU(inplace=True),
     )
 
 

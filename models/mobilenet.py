@@ -17,7 +17,8 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
 
 
 def _conv_bn_act(cin, cout, k=3, stride=1, groups=1, act=nn.ReLU6) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(cout)]
     return nn.Sequential(*layers, act(inplace=True)) if act else nn.Sequential(*layers)
 
 
@@ -39,6 +40,14 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_res else out
 
 
+class HardSigmoid(nn.Module):
+    """h-sigmoid as the MobileNetV3 paper writes it, ReLU6(x + 3) / 6. `nn.Hardsigmoid` computes
+    the same, but its ExecuTorch decomposition leaves two constant casts outside XNNPACK."""
+
+    def forward(self, x):
+        return nn.functional.relu6(x + 3.0) / 6.0
+
+
 class SqueezeExcite(nn.Module):
     def __init__(self, c: int):
         super().__init__()
@@ -46,7 +55,7 @@ class SqueezeExcite(nn.Module):
         self.fc1 = nn.Conv2d(c, _make_divisible(c / 4), 1)
         self.relu = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(_make_divisible(c / 4), c, 1)
-        self.gate = nn.Hardsigmoid(inplace=True)
+        self.gate = HardSigmoid()
 
     def forward(self, x):  # x: (B, c, H, W)
         s = self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))  # (B, c, 1, 1)
@@ -108,7 +117,7 @@ class MobileNetV3Small(nn.Module):
         return self.classifier(x.flatten(1))  # (B, num_classes)
 
 
-@register_model("mobilenetv2", "MobileNetV2 x0.5, CIFAR strides (downsamples 8x), 1280-wide last conv")
+@register_model("mobilenetv2", "MobileNetV2 x0.5, CIFAR strides (downsamples 8x), 1280 last conv")
 def mobilenetv2(in_channels: int, num_classes: int, input_size: int) -> nn.Module:
     return MobileNetV2(in_channels, num_classes, width=0.5)
 

@@ -9,6 +9,7 @@ flattens heads with `reshape(B, N, -1)`, so torch-pruning can remove whole heads
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from models._registry import register_model
 
@@ -24,11 +25,15 @@ class Attention(nn.Module):
 
     def forward(self, x):  # x: (B, N, D)
         B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, h, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
-        attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, N, N)
-        x = attn.softmax(dim=-1) @ v  # (B, h, N, d)
-        x = x.transpose(1, 2).reshape(B, N, -1)  # (B, N, h*d), not D: heads may be pruned
+        h, d = self.num_heads, self.head_dim
+        qkv = self.qkv(x)  # (B, N, 3*h*d), laid out (3, h, d)
+        # split by slicing the feature dim and batch the heads into 3-D bmm: XNNPACK takes
+        # slices and bmm, while unbind (squeeze) and 4-D matmul (expand) stay outside it
+        q, k, v = (qkv[..., i * h * d : (i + 1) * h * d].reshape(B, N, h, d).transpose(1, 2)
+                   .reshape(B * h, N, d) for i in range(3))  # each (B*h, N, d)
+        attn = torch.bmm(q * self.scale, k.transpose(1, 2))  # (B*h, N, N)
+        x = torch.bmm(attn.softmax(dim=-1), v)  # (B*h, N, d)
+        x = x.reshape(B, h, N, d).transpose(1, 2).reshape(B, N, -1)  # (B, N, h*d), not D
         return self.proj(x)  # (B, N, D)
 
 
@@ -67,10 +72,12 @@ class ViT(nn.Module):
 
     def forward(self, x):  # x: (B, C, H, W)
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D), N = (H/p)*(W/p)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed  # (B, N+1, D)
-        x = self.norm(self.blocks(x))  # (B, N+1, D)
-        return self.head(x[:, 0])  # (B, num_classes)
+        # class token in slot 0: pad a zero token and add it, where cat(cls.expand(B, ...), x)
+        # would leave an expand op outside XNNPACK
+        x = F.pad(x, (0, 0, 1, 0))  # (B, N+1, D)
+        x = x + self.pos_embed + F.pad(self.cls_token, (0, 0, 0, x.shape[1] - 1))  # (B, N+1, D)
+        x = self.blocks(x)  # (B, N+1, D)
+        return self.head(self.norm(x[:, :1]).flatten(1))  # class token -> (B, num_classes)
 
 
 @register_model("vit_tiny", "ViT, dim 64, 4 heads, 4 blocks, patch size from input (<=8x8 grid)")

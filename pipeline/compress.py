@@ -192,8 +192,9 @@ class _Context:
         rng = np.random.default_rng(1234)
         x_rand = rng.standard_normal((RANDOM_INPUTS, *self.spec["input_shape"])).astype(np.float32)
         with torch.no_grad():
-            ref = {name: torch.cat([exp.reference(torch.from_numpy(x[i : i + 64]))
-                                    for i in range(0, len(x), 64)]).numpy()
+            # one image at a time: quantized references are exported graphs fixed to batch 1
+            ref = {name: torch.cat([exp.reference(torch.from_numpy(x[i : i + 1]))
+                                    for i in range(len(x))]).numpy()
                    for name, x in (("test", self.data.x_test), ("random", x_rand))}
         np.savez(folder / "reference.npz", test=ref["test"], random=ref["random"], x_random=x_rand)
         return {"file": exp.path.name, "precision": exp.precision, "io": exp.io,

@@ -424,6 +424,22 @@ def _slice(a, at):
     return x[tuple(idx)]
 
 
+def _pad(a, at):
+    x, pads = a[0], _ints(a[1])
+    value = float(a[2]) if len(a) > 2 and a[2] is not None and a[2].numel() else 0.0
+    axes = _ints(a[3]) if len(a) > 3 and a[3] is not None else list(range(x.ndim))
+    mode = at.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    n = len(axes)
+    per_axis = {ax % x.ndim: (pads[i], pads[i + n]) for i, ax in enumerate(axes)}
+    flat = []
+    for ax in reversed(range(min(per_axis, default=x.ndim), x.ndim)):
+        flat += list(per_axis.get(ax, (0, 0)))
+    if mode == "constant":
+        return F.pad(x, flat, value=value)
+    return F.pad(x, flat, mode={"reflect": "reflect", "edge": "replicate"}[mode])
+
+
 def _gather(a, at):
     x, idx = a[0], a[1].long()
     axis = at.get("axis", 0) % x.ndim
@@ -521,6 +537,7 @@ _OPS = {
     "Concat": lambda a, at: torch.cat([t for t in a if t is not None], dim=at["axis"]),
     "Slice": _slice,
     "Gather": _gather,
+    "Pad": _pad,
     "Squeeze": _squeeze,
     "Unsqueeze": _unsqueeze,
     "LayerNormalization": _layer_norm,

@@ -1,8 +1,8 @@
 """LiteRT (TFLite) through litert-torch: .tflite files, fp32 or fully int8 (PT2E, PT2EQuantizer).
 
 fp32: `litert_torch.convert(model, (example,))`. int8: static, per-channel symmetric weights,
-per-tensor activations, calibrated with PT2E and converted with `quant_config` so that every
-tensor in the file, the model input and output included, is int8. The runner from `load`
+per-tensor affine activations, calibrated with PT2E and converted with `quant_config` so that
+weights and activations, the model input and output included, are int8 (biases int32). The runner from `load`
 still takes float32 (1, C, H, W) and returns float32 logits (1, K): it quantizes and
 dequantizes with the file's own scale and zero point, which `Exported.io` records for the app.
 
@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from targets._base import ExportRequest, Exported, Runner, Tolerance
+from targets._base import Exported, ExportRequest, Runner, Tolerance
 from targets._registry import register_backend
 
 SIGNATURE = "serving_default"  # the one signature litert_torch.convert writes
 _QUANT_FORMULA = {
-    "quantize": "q = clamp(round(x / scale) + zero_point, -128, 127) as int8",
+    "quantize": ("q = clamp(round(x / scale) + zero_point, -128, 127) as int8, rounding "
+                 "half to even as the PyTorch reference does"),
     "dequantize": "x = (q - zero_point) * scale",
 }
 
@@ -53,14 +54,15 @@ class Tflite:
         path = req.out_dir / self.filename
         with _quiet():
             if req.precision == "fp32":
-                reference = model
+                reference, batched = model, True
                 edge = litert_torch.convert(model, args)
             else:
                 from litert_torch.quantize.quant_config import QuantConfig
 
-                reference, quantizer = _quantize_pt2e(model, args, req.calibration)
+                graph, quantizer, batched = _quantize_pt2e(model, args, req.calibration)
+                reference = graph if batched else _row_by_row(graph)
                 # without quant_config the file keeps float I/O and fake-quant float math
-                edge = litert_torch.convert(reference, args,
+                edge = litert_torch.convert(graph, args,
                                             quant_config=QuantConfig(pt2e_quantizer=quantizer))
             edge.export(str(path))
 
@@ -70,8 +72,11 @@ class Tflite:
         if got != {want}:
             raise RuntimeError(f"{self.name}: {req.precision} export wrote a file with "
                                f"{sorted(got)} inputs/outputs, expected {want}")
-        notes = [f"input layout {io['layout']} (the PyTorch signature); the file changes it "
-                 "to NHWC internally"]
+        notes = [(f"input layout {io['layout']} (the PyTorch signature); the file changes it "
+                  "to NHWC internally")]
+        if req.precision == "int8" and not batched:
+            notes.append("the model did not export with a dynamic batch: its quantized "
+                         "reference runs the batch-1 graph row by row")
         if req.precision == "int8":
             notes.append("input and output tensors are int8: quantize the preprocessed float "
                          "input and dequantize the logits with io's scale and zero_point")
@@ -120,7 +125,8 @@ class Tflite:
 
 
 def _quantize_pt2e(model, args, calibration):
-    """(quantized torch reference, quantizer): the reference has fake-quant ops in torch."""
+    """(quantized graph, quantizer, batched): the graph has fake-quant ops in torch and takes
+    any batch if `batched`, else batch 1 only."""
     from litert_torch.quantize import pt2e_quantizer
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -129,11 +135,10 @@ def _quantize_pt2e(model, args, calibration):
         raise ValueError("int8 quantization needs calibration images")
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    # strict=True: with non-strict export residual adds are left unannotated and stay float
-    graph = torch.export.export(model, args, strict=True).module()
+    graph, batched = _export_for_quantization(model, args[0])
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
-        for i in range(len(calibration)):  # the graph is exported for batch 1
+        for i in range(len(calibration)):  # one image at a time, as the executorch backend
             prepared(torch.from_numpy(calibration[i : i + 1]))
     # fold_quantize=True leaves int8 weight constants that the litert converter rejects
     quantized = convert_pt2e(prepared, fold_quantize=False)
@@ -141,7 +146,32 @@ def _quantize_pt2e(model, args, calibration):
     # an exported GraphModule refuses .eval(); litert_torch only reads `training` to warn
     # "converted in training mode", and the graph is already in eval form
     quantized.training = False
-    return quantized, quantizer
+    # litert_torch.convert re-exports `quantized` with the batch-1 example, so the file's
+    # input stays (1, C, H, W) whichever graph was quantized
+    return quantized, quantizer, batched
+
+
+def _export_for_quantization(model, example):
+    """(graph, batched). strict=True: with non-strict export residual adds are left
+    unannotated and stay float. The batch dimension is made dynamic so that the reference
+    takes any batch, as the fp32 model does (the pipeline runs it 64 rows at a time); a model
+    that does not export that way is exported for batch 1."""
+    try:
+        two = torch.cat([example, example])  # batch 1 would be specialized, not dynamic
+        dynamic = ({0: torch.export.Dim("batch")},)
+        graph = torch.export.export(model, (two,), dynamic_shapes=dynamic, strict=True)
+        return graph.module(), True
+    except Exception:  # noqa: BLE001  torch.export raises several types for shapes it cannot keep symbolic
+        return torch.export.export(model, (example,), strict=True).module(), False
+
+
+def _row_by_row(graph):
+    """A batch-1 graph made to take (N, C, H, W)."""
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([graph(x[i : i + 1]) for i in range(len(x))])
+
+    return reference
 
 
 def _quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

@@ -1,0 +1,154 @@
+"""The whole command through click, and the bundle read the way an app engineer would."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from pipeline.rundir import sha256_file
+
+
+def test_bundle_has_every_file_and_a_true_manifest(android_bundle):
+    b = android_bundle["bundle"]
+    names = {p.name for p in b.iterdir()}
+    assert {"model.pte", "model.tflite", "model.json", "golden.npz", "report.json",
+            "manifest.json"} <= names
+    manifest = json.loads((b / "manifest.json").read_text())
+    listed = {f["path"] for f in manifest["files"]}
+    assert listed == names - {"manifest.json"}
+    for f in manifest["files"]:
+        assert sha256_file(b / f["path"]) == f["sha256"]
+        assert (b / f["path"]).stat().st_size == f["bytes"]
+    # no partial or temporary folders left beside the bundle
+    assert [p.name for p in b.parent.iterdir()] == ["android"]
+
+
+def test_report_figures_say_where_they_came_from(android_bundle):
+    report = json.loads((android_bundle["bundle"] / "report.json").read_text())
+    assert report["ok"] and report["problems"] == []
+    settings = {"recipe", "tolerance", "model", "host", "seed", "io", "preflight",
+                "calibration", "widths", "ratio", "final_loss", "threads", "runs", "slimship_report"}
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if "source" in node:
+                assert node["source"] in ("measured", "estimated", "counted"), path
+                assert node.get("on") and "unit" in node, path
+                return
+            for k, v in node.items():
+                if k not in settings:
+                    walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+        else:
+            assert not isinstance(node, (int, float)) or isinstance(node, bool), \
+                f"bare number at {path}: {node}"
+
+    walk(report, "report")
+    teacher = report["stages"]["teacher"]
+    assert teacher["accuracy"]["value"] >= 0.9
+    assert report["stages"]["distilled"]["macs"]["value"] <= 0.5 * teacher["macs"]["value"]
+    for name in ("executorch-xnnpack", "tflite"):
+        b = report["backends"][name]
+        assert b["parity"]["state"] == "verified" and b["precision"] == "int8"
+        assert b["parity"]["file_accuracy"]["value"] >= teacher["accuracy"]["value"] - 0.03
+        lat = b["latency"][0]
+        assert lat["runs"] >= 20 and lat["p50"]["source"] == "measured"
+        assert lat["p50"]["value"] <= lat["p90"]["value"]
+    assert report["backends"]["executorch-xnnpack"]["preflight"]["delegated_fraction"] == 1.0
+
+
+def test_pte_reproduces_golden_from_the_bundle_alone(android_bundle):
+    """What an app engineer does: model.json + model.pte + executorch.runtime, nothing else."""
+    import torch
+    from executorch.runtime import Runtime
+
+    b = android_bundle["bundle"]
+    meta = json.loads((b / "model.json").read_text())
+    entry = meta["backends"]["executorch-xnnpack"]
+    golden = np.load(b / "golden.npz")
+    method = Runtime.get().load_program(b / entry["file"]).load_method("forward")
+    shape = meta["inputs"][0]["shape"]
+    for x, want in zip(golden["x"], golden[entry["golden_key"]]):
+        got = method.execute([torch.from_numpy(x.reshape(shape).copy())])[0].numpy()
+        np.testing.assert_array_equal(got[0], want)
+
+
+def test_tflite_reproduces_golden_from_the_bundle_alone(android_bundle):
+    """model.json + model.tflite + ai_edge_litert: quantize the input with the file's own
+    scale and zero point as model.json says, dequantize the output."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    b = android_bundle["bundle"]
+    meta = json.loads((b / "model.json").read_text())
+    entry = meta["backends"]["tflite"]
+    golden = np.load(b / "golden.npz")
+    interp = Interpreter(model_path=str(b / entry["file"]))
+    runner = interp.get_signature_runner(entry["io"]["signature"])
+    (inp,), (out,) = entry["io"]["inputs"], entry["io"]["outputs"]
+    assert inp["dtype"] == "int8" and inp["layout"] == "NCHW"
+    for x, want in zip(golden["x"], golden[entry["golden_key"]]):
+        q = inp["quantization"]
+        xi = np.clip(np.round(x[None] / q["scale"]) + q["zero_point"], -128, 127).astype(np.int8)
+        y = runner(**{inp["name"]: xi})[out["name"]]
+        o = out["quantization"]
+        got = (y.astype(np.float32) - o["zero_point"]) * o["scale"]
+        np.testing.assert_allclose(got[0], want, atol=1e-6)
+
+
+def test_rerun_reuses_every_stage(android_bundle):
+    root = android_bundle["root"]
+    result = CliRunner().invoke(cli.cli, [
+        "compress", "--target", "android", "--out", str(root / "dist2"),
+        "--run-dir", str(android_bundle["run"]), "--epochs", "10", "--distill-epochs", "8",
+    ])
+    assert result.exit_code == 0, result.output
+    for stage in ("train", "prune", "distill", "export/executorch-xnnpack-int8",
+                  "verify/tflite-int8"):
+        assert f"[{stage}] reused" in result.output
+    a = json.loads((android_bundle["bundle"] / "model.json").read_text())
+    b = json.loads((root / "dist2" / "android" / "model.json").read_text())
+    assert a["backends"]["executorch-xnnpack"]["sha256"] == b["backends"]["executorch-xnnpack"]["sha256"]
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--target", "nosuch"], r"^error: unknown target 'nosuch'; available: .*android"),
+    (["--target", "android", "--data", "no/such/dir"], r"^error: --data no/such/dir: no such file"),
+    (["--target", "android", "--model", "nosuch"], r"^error: unknown model 'nosuch'; available: "),
+    (["--target", "android", "--alpha", "2"], r"^error: recipe key distill.alpha"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, pattern):
+    out, run = tmp_path / "out", tmp_path / "run"
+    result = CliRunner().invoke(cli.cli, ["compress", *args, "--out", str(out), "--run-dir", str(run)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and re.match(pattern, lines[0]), result.output
+    assert not out.exists()
+
+
+def test_listing_commands():
+    runner = CliRunner()
+    targets = runner.invoke(cli.cli, ["targets"])
+    assert targets.exit_code == 0 and "executorch-xnnpack" in targets.output
+    models = runner.invoke(cli.cli, ["models"])
+    assert models.exit_code == 0 and "small_cnn" in models.output
+
+
+def test_readme_names_every_command_and_option():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert readme.splitlines()[0] == "# slimship"
+    assert "make demo" in readme and "make test" in readme
+    for name, cmd in cli.cli.commands.items():
+        assert f"cli.py {name}" in readme, name
+        for p in cmd.params:
+            for opt in p.opts:
+                if opt.startswith("--"):
+                    assert f"`{opt}`" in readme, f"{name} {opt}"
