@@ -12,8 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import bundle_readme
 from pipeline.data import Dataset
-from pipeline.rundir import atomic_path, file_record, list_files, sha256_file, write_json
+from pipeline.rundir import (
+    atomic_path,
+    file_record,
+    list_files,
+    sha256_path,
+    write_bytes,
+    write_json,
+)
 
 GOLDEN_COUNT = 8
 
@@ -53,7 +61,7 @@ def _assemble(folder: Path, report: dict, backends: dict, data: Dataset, spec: d
         rb = report["backends"][name]
         entries[name] = {
             "file": r["file"],
-            "sha256": sha256_file(src) if src.is_file() else None,
+            "sha256": sha256_path(src),
             "precision": r["precision"],
             "io": rb["io"],
             "golden_key": golden_key(name) if golden_key(name) in golden else None,
@@ -76,6 +84,7 @@ def _assemble(folder: Path, report: dict, backends: dict, data: Dataset, spec: d
         "ok": report["ok"],
     }
     write_json(folder / "model.json", model_json)
+    write_bytes(folder / "README.md", bundle_readme.render(model_json).encode())
     with atomic_path(folder / "golden.npz") as t:
         with open(t, "wb") as f:
             np.savez(f, **golden)

@@ -167,7 +167,7 @@ class _Context:
                 "inputs": [student.digest], "calibration": calib["sha256"],
             }, lambda d: self.export(d, b, choice, student.dir, calib))
             ver = self.run.stage(f"verify/{key}", {"inputs": [exp.digest], "data": self.data.fingerprint()},
-                                 lambda d: self.verify(d, b, exp))
+                                 lambda d: self.verify(d, b, exp, choice, student.dir, calib))
             prof = self.run.stage(f"profile/{key}", {"config": asdict(self.recipe.profile),
                                                      "inputs": [exp.digest]},
                                   lambda d: self.profile(d, b, exp))
@@ -203,23 +203,52 @@ class _Context:
                 "calibration": {k: calib[k] for k in ("count", "split", "sha256")}
                 if choice.precision != "fp32" else None}
 
-    def verify(self, folder: Path, b, exp) -> dict:
+    def verify(self, folder: Path, b, exp, choice, student_dir: Path, calib: dict) -> dict:
         path = exp.dir / exp.info["file"]
         ref = np.load(exp.dir / "reference.npz")
         ok, why = b.can_run()
-        if not ok:
-            return {"state": "structurally-checked-only", "why": why, "structure": b.describe(path)}
+        if not ok:  # e.g. Core ML on Linux: check what can be checked, and say so
+            check = b.structural_check(path, exp.info["io"])
+            weights = exp.info["preflight"].get("weights_check")
+            problems = check["problems"] + (weights.get("problems", []) if weights else [])
+            state = "failed" if problems else "structurally-checked-only"
+            log(f"[verify] {b.name}: {state} (not run: {why})"
+                + (f"; {'; '.join(problems)}" if problems else ""))
+            return {"state": state, "why_not_run": why, "problems": problems,
+                    "structure": check["describe"], "weights_check": weights}
         runner = b.load(path)
         out_test = run_all(runner, self.data.x_test)
         out_rand = run_all(runner, ref["x_random"])
         np.savez(folder / "outputs.npz", test=out_test, random=out_rand)
         block = parity(ref["test"], out_test, ref["random"], out_rand, self.data.y_test,
                        Tolerance(**exp.info["tolerance"]))
+        if block["state"] == "failed" and hasattr(b, "first_divergence"):
+            block["first_divergence"] = self.locate(b, exp, choice, student_dir, calib)
         log(f"[verify] {b.name}: {block['state']}"
             + (f", file accuracy {block['file_accuracy']:.2%}, SQNR "
                f"{block['test_split']['sqnr_db']:.1f} dB vs its reference" if "file_accuracy" in block else "")
             + (f"; {'; '.join(block['problems'])}" if block["problems"] else ""))
         return block
+
+    def locate(self, b, exp, choice, student_dir: Path, calib: dict) -> dict:
+        """Re-lower with every layer tapped and name the first one that departs."""
+        model, _, _ = load_model(student_dir)
+        tol = exp.info["tolerance"]
+        threshold = tol.get("min_sqnr_db") or 60.0  # fp32 layers agree to ~130 dB when right
+        log(f"[verify] {b.name}: locating the first divergent layer (taps, SQNR < {threshold} dB)")
+        req = ExportRequest(model, self.example, choice.precision,
+                            calib["x"] if choice.precision != "fp32" else None, Path("."),
+                            dict(choice.options))
+        found = b.first_divergence(req, self.data.x_test[:1], threshold)
+        if found["first"]:
+            f = found["first"]
+            found["problem"] = (f"first divergent layer: {f['module'] or f['node']} "
+                                f"({f['op']}, SQNR {f['sqnr_db']:.1f} dB vs PyTorch)")
+        else:
+            found["problem"] = (f"no tapped layer departs by more than {threshold} dB on a single "
+                                "re-lowering: the divergence is outside the tapped ops or not "
+                                "reproducible")
+        return found
 
     def profile(self, folder: Path, b, exp) -> dict:
         ok, why = b.can_run()
@@ -251,7 +280,9 @@ def _report(opts, target, data, recipe, spec, teacher, pruned, student, calib, b
             "latency": p["latency"], "reused": {"export": r["export"].reused, "verify": r["verify"].reused},
         }
         if v["state"] == "failed":
-            problems.append(f"{name}: parity failed: {'; '.join(v['problems'])}")
+            where = v.get("first_divergence", {}).get("problem")
+            problems.append(f"{name} ({e['file']}): parity failed: {'; '.join(v['problems'])}"
+                            + (f"; {where}" if where else ""))
     return {
         "slimship_report": 1,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

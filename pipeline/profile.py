@@ -44,3 +44,144 @@ def measure_latency(backend, path: Path, x: np.ndarray, threads: int, warmup: in
         "first_inference": {"value": round((t2 - t1) * 1e3, 3), "unit": "ms", "source": "measured",
                             "on": f"{Path(path).name}, first call after load"},
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 5: planned memory, ExecuTorch per-op breakdown, peak RSS of a fresh process
+
+_RSS_SCRIPT = r"""
+import importlib, json, sys, time
+sys.path.insert(0, {root!r})
+import numpy as np
+from targets import get_backend
+be = get_backend({backend!r})
+importlib.import_module(be.runtime)          # the runtime's own import, before the file
+x = np.random.default_rng(0).standard_normal({shape!r}).astype(np.float32)
+def status():
+    d = {{}}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                k, v = line.split(":")
+                d[k] = int(v.split()[0]) * 1024  # kB
+    return d
+before = status()
+try:  # reset the high-water mark to the current RSS (Linux >= 4.0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    reset = True
+except OSError:
+    reset = False
+t0 = time.perf_counter()
+run = be.load({path!r}, threads={threads!r})
+y = run(x)
+t1 = time.perf_counter()
+after = status()
+print(json.dumps({{"import_peak": before["VmHWM"], "baseline": before["VmRSS"],
+                  "peak": after["VmHWM"], "after": after["VmRSS"], "reset": reset,
+                  "load_and_run_s": t1 - t0, "out_shape": list(np.asarray(y).shape)}}))
+"""
+
+
+def peak_rss(backend_name: str, path: Path, input_shape, threads: int | None = 1,
+             timeout_s: float = 300) -> dict:
+    """Peak resident memory of a fresh Python process that imports the backend's runtime,
+    loads `path`, and runs it once on a random float32 input of `input_shape`.
+
+    Figures (bytes, measured, from /proc/self/status of the child):
+    - `baseline_rss`: VmRSS after the imports (Python, numpy, torch, the runtime), before the
+      file is loaded;
+    - `peak_rss`: VmHWM at the end, the high-water mark having been reset to the baseline
+      (`echo 5 > /proc/self/clear_refs`) just before loading, so it is the peak while loading and
+      running the file (the baseline included);
+    - `file_rss`: peak - baseline, what the file added.
+    Not `getrusage().ru_maxrss`: on Linux a child started by vfork/exec (Python's subprocess)
+    inherits its parent's high-water mark in ru_maxrss, and the import peak would hide the file.
+    """
+    import json
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parent.parent)
+    code = _RSS_SCRIPT.format(root=root, backend=backend_name,
+                              shape=tuple(int(s) for s in input_shape),
+                              path=str(Path(path).resolve()), threads=threads)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout_s, cwd=root)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"peak_rss: {backend_name} on {Path(path).name} failed: {tail[0]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    on = (f"{Path(path).name} via {backend_name}, fresh `python -c` process, {threads} "
+          f"thread(s), input {tuple(input_shape)}")
+    peak_on = on + (", load + one inference: VmHWM after resetting it at the baseline"
+                    if r["reset"] else ", whole process: VmHWM (clear_refs not permitted, the "
+                                       "import peak is included)")
+    return {
+        "peak_rss": {"value": r["peak"], "unit": "B", "source": "measured", "on": peak_on},
+        "baseline_rss": {"value": r["baseline"], "unit": "B", "source": "measured",
+                         "on": on + ", after imports, before loading the file: VmRSS"},
+        "file_rss": {"value": r["peak"] - r["baseline"], "unit": "B", "source": "measured",
+                     "on": on + ", peak_rss - baseline_rss"},
+        "import_peak_rss": {"value": r["import_peak"], "unit": "B", "source": "measured",
+                            "on": on + ", VmHWM after the imports"},
+        "load_and_first_run": {"value": round(r["load_and_run_s"] * 1e3, 3), "unit": "ms",
+                               "source": "measured", "on": on + ", wall time of load + one run"},
+    }
+
+
+def planned_memory(pte_path: Path) -> dict:
+    """ExecuTorch's memory plan of a .pte as counted figures (forward method)."""
+    from targets.executorch_xnnpack import planned_memory as _plan
+
+    plans = _plan(Path(pte_path))
+    name = "forward" if "forward" in plans else next(iter(plans))
+    p = plans[name]
+    on = (f"{Path(pte_path).name}, method {name}: sum of the execution plan's "
+          f"non_const_buffer_sizes {p['buffer_sizes']}")
+    return {
+        "planned_bytes": {"value": p["planned_bytes"], "unit": "B", "source": "counted", "on": on},
+        "buffers": len([s for s in p["buffer_sizes"] if s]),
+        "note": ("the plan covers tensors passed between instructions (inputs, outputs, "
+                 "non-delegated intermediates); the XNNPACK delegate allocates the activations "
+                 "inside it itself at load time, outside the plan"
+                 if p["delegates"] else "no delegate: every activation is in the plan"),
+    }
+
+
+def op_breakdown(pte_path: Path, x, runs: int = 20, warmup: int = 3, threads: int | None = 1,
+                 top: int | None = None) -> dict:
+    """ExecuTorch's own profiler (ETDump + devtools Inspector) on a .pte: time per event.
+
+    Returns {"rows": [{"name", "block", "delegated", "p50": fig, "mean": fig, "share"}...],
+    "top": names of the slowest operator rows, "total": the Method::execute figure}.
+    Rows are in program order. "share" is the row's p50 over Method::execute's p50.
+    """
+    from targets.executorch_xnnpack import op_breakdown as _ob
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    r = _ob(Path(pte_path), x, runs=runs, warmup=warmup, threads=threads)
+    on = (f"{Path(pte_path).name}, ExecuTorch ETDump via devtools Inspector, {threads} thread(s), "
+          f"{runs} runs after {warmup} warm-up")
+    total = next((row for row in r["rows"] if row["name"] == "Method::execute"), None)
+    tot = total["p50_ms"] if total else None
+    rows = []
+    for row in r["rows"]:
+        o = on if row["block"] == "Execute" else f"{Path(pte_path).name}, load (once)"
+        rows.append({
+            "name": row["name"], "block": row["block"], "delegated": row["delegated"],
+            "p50": {"value": round(row["p50_ms"], 6), "unit": "ms", "source": "measured", "on": o},
+            "mean": {"value": round(row["mean_ms"], 6), "unit": "ms", "source": "measured", "on": o},
+            "samples": row["samples"],
+            "share": (round(row["p50_ms"] / tot, 4) if tot and row["block"] == "Execute" else None),
+        })
+    ops = [row for row in rows if row["block"] == "Execute"
+           and row["name"] not in ("Method::execute", "DELEGATE_CALL")]
+    ops.sort(key=lambda row: -row["p50"]["value"])
+    return {"rows": rows,
+            "top": [row["name"] for row in ops[: top or 10]],
+            "total": (rows[[x["name"] for x in rows].index("Method::execute")]["p50"]
+                      if total else None),
+            "resolution": "XNNPACK operator events are timed in whole microseconds"}

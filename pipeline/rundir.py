@@ -45,6 +45,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a directory (e.g. .mlpackage) as its sorted (path, sha256) list."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    return sha256_json([(str(p.relative_to(path)), sha256_file(p)) for p in list_files(path)])
+
+
 def sha256_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from targets._base import ExportRequest, Exported, Runner, Tolerance
+from targets._base import Exported, ExportRequest, Runner, Tolerance
 from targets._registry import register_backend
 
 INPUT, OUTPUT = "x", "logits"
@@ -108,8 +108,8 @@ class CoreML:
         wcheck = weights_check(path, folded, req.precision)
         reference = model
         notes = [f"minimum_deployment_target {target_name}",
-                 "Core ML files execute only on macOS; off macOS the check is structural plus "
-                 "weights (preflight.weights_check)"]
+                 ("Core ML files execute only on macOS; off macOS the check is structural plus "
+                  "weights (preflight.weights_check)")]
         if req.precision == "int8":
             reference = _weight_twin(model, folded, path)
             notes.append("reference: the fp32 model holding the file's dequantized int8 "
@@ -200,8 +200,8 @@ def weights_check(path: Path, folded: list[dict], precision: str) -> dict:
     reported but not judged (see `bias_differs`). `folded` comes from `_folded_torch_weights`.
     A weight-level check only: it says the file holds the model's weights at the expected
     precision, not that the ops between them compute what torch computes."""
-    import coremltools.optimize.coreml as cto
     import coremltools as ct
+    import coremltools.optimize.coreml as cto
 
     with _quiet():
         prog = cto.decompress_weights(ct.models.MLModel(str(path), skip_model_load=True))._mil_program

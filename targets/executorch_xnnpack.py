@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -23,17 +25,14 @@ class ExecuTorchXnnpack:
         return True, "ExecuTorch's Python runtime runs XNNPACK-delegated programs on this host"
 
     def export(self, req: ExportRequest) -> Exported:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-
         model, args = req.model.eval(), (req.example,)
         reference = model
         if req.precision == "int8":
             reference = _quantize_pt2e(model, args, req.calibration)
         elif req.precision != "fp32":
             raise ValueError(f"{self.name}: precision {req.precision!r} not in {self.precisions}")
-        ep = torch.export.export(reference, args)
-        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        # lower a copy: nothing lowering does may alias the reference the file is judged by
+        edge = self._lower(torch.export.export(copy.deepcopy(reference), args))
         preflight = _delegation(edge.exported_program().graph_module)
         path = req.out_dir / self.filename
         edge.to_executorch().save(str(path))
@@ -42,6 +41,66 @@ class ExecuTorchXnnpack:
         io = {"inputs": [_tensor_io("x", req.example)],
               "outputs": [_tensor_io("logits", reference(req.example).detach())]}
         return Exported(path, req.precision, reference, io, tol, preflight=preflight)
+
+    @staticmethod
+    def _lower(ep):
+        """The one lowering step every .pte goes through (the divergence search re-uses it)."""
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        return to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+
+    def first_divergence(self, req: ExportRequest, x: np.ndarray, min_sqnr_db: float) -> dict:
+        """Name the first layer whose output in the runtime departs from PyTorch.
+
+        The model is lowered again, through the same path as the file, with every layer output
+        tapped (executorch.devtools.intermediate_output_tap: the taps survive the XNNPACK
+        delegate); the runtime's tapped values are compared with the same program run eagerly.
+        For int8 the taps sit on quantize nodes (the int8 activations), because tapping
+        dequantize or conv nodes of a quantized graph breaks lowering in this version.
+        """
+        from executorch.devtools.intermediate_output_tap import (
+            FULL_TENSOR,
+            compare_aot_runtime_dataframe,
+            select_by_op_type,
+            strip_taps_,
+            tap_intermediate_outputs_,
+        )
+        from torch.utils._pytree import tree_flatten
+
+        model, args = req.model.eval(), (torch.from_numpy(np.ascontiguousarray(x[:1])),)
+        paths = _module_paths(model, args)
+        if req.precision == "int8":
+            model = _quantize_pt2e(model, args, req.calibration)
+            ops = ("quantized_decomposed.quantize_per_tensor.default",)
+        else:
+            ops = ("aten.conv2d.default", "aten.linear.default", "aten.add.Tensor",
+                   "aten.relu.default", "aten.relu_.default", "aten.max_pool2d.default",
+                   "aten.adaptive_avg_pool2d.default", "aten.hardswish.default",
+                   "aten.layer_norm.default", "aten.softmax.int", "aten.matmul.default")
+        ep_t, specs = tap_intermediate_outputs_(torch.export.export(model, args),
+                                                rules=[(select_by_op_type(*ops), FULL_TENSOR)])
+        aot, _ = tree_flatten(ep_t.module()(*args))
+        edge = self._lower(ep_t)
+        strip_taps_(edge)
+        with tempfile.TemporaryDirectory() as tmp:
+            pte = Path(tmp) / "tapped.pte"
+            edge.to_executorch().save(str(pte))
+            from executorch.runtime import Runtime
+
+            rt = Runtime.get().load_program(pte).load_method("forward").execute(list(args))
+        df = compare_aot_runtime_dataframe(specs, aot, list(rt))
+        # a tap on a quantize node names the layer whose output it quantizes
+        nodes = {n.name: n for n in ep_t.graph.nodes}
+        source = {n: (nodes[n].args[0].name if req.precision == "int8" and n in nodes
+                      and nodes[n].args and hasattr(nodes[n].args[0], "name") else n)
+                  for n in df["node_name"]}
+        rows = [{"node": source[r["node_name"]], "op": r["op_target"],
+                 "module": r["module_path"] or paths.get(source[r["node_name"]], ""),
+                 "sqnr_db": float(r["sqnr_db"])} for _, r in df.iterrows()]
+        bad = [r for r in rows if r["sqnr_db"] < min_sqnr_db]
+        return {"taps": len(rows), "threshold_db": min_sqnr_db,
+                "first": bad[0] if bad else None, "layers": rows}
 
     def load(self, path: Path, threads: int | None = None) -> Runner:
         from executorch.runtime import Runtime, Verification
@@ -95,6 +154,16 @@ def _quantize_pt2e(model, args, calibration):
     return convert_pt2e(prepared)
 
 
+def _module_paths(model, args) -> dict[str, str]:
+    """Node name -> the module it came from, from a float export (PT2E keeps node names)."""
+    out = {}
+    for n in torch.export.export(model, args).graph.nodes:
+        stack = n.meta.get("nn_module_stack")
+        if stack:
+            out[n.name] = list(stack.values())[-1][0]
+    return out
+
+
 def _delegation(graph_module) -> dict:
     """Which ops went to XNNPACK and which stay on portable kernels (counted)."""
     from executorch.devtools.backend_debug import get_delegation_info
@@ -117,3 +186,77 @@ def _delegation(graph_module) -> dict:
 
 def _tensor_io(name: str, t: torch.Tensor) -> dict:
     return {"name": name, "shape": list(t.shape), "dtype": "float32"}
+
+
+# ---------------------------------------------------------------------------------------------
+# counted and profiled facts about .pte files (issue 5); pipeline/profile.py wraps them as figures
+
+
+def planned_memory(path: Path) -> dict:
+    """The memory plan of each method: `non_const_buffer_sizes` of its execution plan, in bytes.
+
+    Buffer 0 is reserved by the format (always 0). These buffers hold the tensors the runtime
+    passes between instructions (inputs, outputs, non-delegated intermediates); an XNNPACK
+    delegate allocates its own workspace for the activations inside it when the method loads,
+    and that is not in the plan.
+    """
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(Path(path).read_bytes())
+    program = getattr(program, "program", program)
+    plans = {}
+    for plan in program.execution_plan:
+        sizes = [int(s) for s in plan.non_const_buffer_sizes]
+        plans[plan.name] = {"buffer_sizes": sizes, "planned_bytes": sum(sizes),
+                            "delegates": [d.id for d in plan.delegates]}
+    return plans
+
+
+def op_breakdown(path: Path, x: np.ndarray, runs: int = 20, warmup: int = 3,
+                 threads: int | None = None, workdir: Path | None = None) -> dict:
+    """Run the program with ETDump on and read it back with the devtools Inspector.
+
+    Returns {"rows": [{"name", "block", "delegated", "per_run", "p50_ms", "mean_ms",
+    "min_ms", "samples"}], "runs", "warmup", "threads", "events_per_run"}: one row per profiler
+    event in program order; the first `warmup` executions are dropped. With the XNNPACK
+    delegate, the installed runtime logs one event per XNNPACK operator inside each
+    DELEGATE_CALL (e.g. "Convolution (NHWC, F32) IGEMM #1"), timed by XNNPACK's own profiler
+    at microsecond resolution.
+    """
+    import tempfile
+    import warnings
+
+    from executorch.devtools import Inspector
+    from executorch.runtime import Runtime
+
+    if threads is not None:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(threads)
+    xt = torch.tensor(np.asarray(x, dtype=np.float32))
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        etdump, debug = Path(tmp) / "run.etdp", Path(tmp) / "debug.bin"
+        program = Runtime.get().load_program(Path(path), enable_etdump=True, debug_buffer_size=0)
+        method = program.load_method("forward")
+        for _ in range(warmup + runs):
+            method.execute([xt])
+        program.write_etdump_result_to_file(str(etdump), str(debug))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Output Buffer not found": no debug data asked for
+            inspector = Inspector(etdump_path=str(etdump))
+    rows = []
+    for block in inspector.event_blocks:
+        for ev in block.events:
+            if ev.perf_data is None:
+                continue
+            raw = list(ev.perf_data.raw)
+            if block.name == "Execute":
+                raw = raw[warmup:] if len(raw) > warmup else raw
+            t = np.asarray(raw, dtype=float)
+            rows.append({"name": ev.name, "block": block.name,
+                         "delegated": bool(ev.is_delegated_op),
+                         "delegate": ev.delegate_backend_name,
+                         "p50_ms": float(np.median(t)), "mean_ms": float(t.mean()),
+                         "min_ms": float(t.min()), "samples": len(t)})
+    return {"rows": rows, "runs": runs, "warmup": warmup, "threads": threads,
+            "time_unit": "ms (Inspector default: ETDump ns ticks -> ms)"}
