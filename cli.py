@@ -50,22 +50,56 @@ def cli():
 @click.option("--importance", help="Override prune.importance: l1, l2, bn_scale, taylor, hessian, random.")
 @click.option("--temperature", type=float, help="Override distill.temperature.")
 @click.option("--alpha", type=float, help="Override distill.alpha.")
+@click.option("--budget", type=click.Path(path_type=Path),
+              help="Budgets YAML: after the run, exit 1 if any line is broken (see `cli.py gate`).")
 @one_line_errors
 def compress(target, out, model, data, config, seed, run_dir, epochs, distill_epochs,
-             macs_fraction, importance, temperature, alpha):
+             macs_fraction, importance, temperature, alpha, budget):
     """Run every stage and write the bundle OUT/<target>/; exit 1 if a file fails parity."""
     from pipeline.compress import CompressOptions
     from pipeline.compress import compress as run
+    from pipeline.gate import load_budgets
+
+    budgets = load_budgets(budget) if budget else None  # a bad file fails before any work
 
     overrides = {"train.epochs": epochs, "distill.epochs": distill_epochs,
                  "prune.macs_fraction": macs_fraction, "prune.importance": importance,
                  "distill.temperature": temperature, "distill.alpha": alpha}
     report = run(CompressOptions(target=target, out=out, model=model, data=data, config=config,
-                                 seed=seed, run_dir=run_dir, overrides=overrides))
+                                 seed=seed, run_dir=run_dir, overrides=overrides,
+                                 budgets=budgets))
+    if budgets is not None:
+        from pipeline.gate import table
+
+        click.echo(table(report["gate"]))
     if not report["ok"]:
         for p in report["problems"]:
             click.echo(f"error: {p}", err=True)
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("report", type=click.Path(path_type=Path))
+@click.option("--budget", required=True, type=click.Path(path_type=Path), help="Budgets YAML.")
+@click.option("--baseline", type=click.Path(path_type=Path),
+              help="An earlier report.json: show deltas; a regression beyond "
+                   "max_regression_percent fails.")
+@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML (one case per line).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the verdicts as JSON.")
+@one_line_errors
+def gate(report, budget, baseline, junit, json_out):
+    """Check REPORT (a report.json) against budgets: exit 0 if all hold, 1 if any is broken."""
+    from pipeline.gate import evaluate, junit_xml, load_budgets, load_report, table
+    from pipeline.rundir import write_bytes, write_json
+
+    budgets = load_budgets(budget)
+    lines = evaluate(load_report(report), budgets, load_report(baseline) if baseline else None)
+    click.echo(table(lines))
+    if junit:
+        write_bytes(junit, junit_xml(lines))
+    if json_out:
+        write_json(json_out, {"ok": all(ln["verdict"] == "pass" for ln in lines), "lines": lines})
+    sys.exit(0 if all(ln["verdict"] == "pass" for ln in lines) else 1)
 
 
 @cli.command()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import bundle_readme
+from pipeline import bundle_readme, report_html
 from pipeline.data import Dataset
 from pipeline.rundir import (
     atomic_path,
@@ -89,6 +89,7 @@ def _assemble(folder: Path, report: dict, backends: dict, data: Dataset, spec: d
         with open(t, "wb") as f:
             np.savez(f, **golden)
     write_json(folder / "report.json", report)
+    write_bytes(folder / "report.html", report_html.render(report).encode())
     files = [file_record(p, folder) for p in list_files(folder)]
     write_json(folder / "manifest.json", {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -21,6 +21,7 @@ from pipeline.config import Recipe, load_recipe
 from pipeline.data import Dataset, load_dataset
 from pipeline.distill import kd_loss_fn
 from pipeline.errors import SlimshipError
+from pipeline.gate import evaluate
 from pipeline.log import log
 from pipeline.profile import host, measure_latency
 from pipeline.prune import count, layer_widths, prune_to_macs
@@ -45,6 +46,7 @@ class CompressOptions:
     seed: int = 0
     run_dir: Path | None = None
     overrides: dict = field(default_factory=dict)
+    budgets: object = None  # pipeline.gate.Budgets, checked against the report
 
 
 def compress(opts: CompressOptions) -> dict:
@@ -76,6 +78,12 @@ def compress(opts: CompressOptions) -> dict:
     for choice in target.backends:
         backends[choice.backend] = ctx.backend(choice, student, calib)
     report = _report(opts, target, data, recipe, spec, teacher, pruned, student, calib, backends)
+    if opts.budgets is not None:
+        report["gate"] = evaluate(report, opts.budgets)
+        broken = [ln["name"] for ln in report["gate"] if ln["verdict"] == "fail"]
+        if broken:
+            report["ok"] = False
+            report["problems"].append(f"budget broken: {', '.join(broken)}")
     out = bundle.publish(Path(opts.out) / target.name, report, backends, data, spec)
     log(f"bundle written to {out}")
     print(summary_table(report))

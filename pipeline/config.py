@@ -13,6 +13,8 @@ import yaml
 from pipeline.errors import UsageError
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "hessian", "random")
+PRUNE_TARGETS = ("macs", "params", "channels")
+PRUNE_SCOPES = ("local", "global")
 
 
 @dataclass(frozen=True)
@@ -35,16 +37,57 @@ class PruneConfig:
     importance: str = "l2"
     round_to: int | None = None  # None: what the target's backends want
     ignored_layers: tuple[str, ...] = ()
+    # what the kept fraction is a fraction of: "macs", "params" or "channels" (conv/linear
+    # output channels, classifier and ignored layers excepted)
+    target: str = "macs"
+    fraction: float | None = None  # kept fraction of `target`; None: macs_fraction
+    # "local": per-layer widths fitted to the target, layers shrink about evenly;
+    # "global": one importance ranking over all layers (no layer below 10 %)
+    scope: str = "local"
+    # attention heads removed per layer; None: chosen with the channels to meet the target
+    head_pruning_ratio: float | None = None
+    # 1: one-shot; n > 1: prune -> fine-tune n times on a cubic schedule (Zhu & Gupta 2017)
+    iterative_steps: int = 1
+    finetune_epochs: int = 2  # fine-tuning epochs after each iterative step but the last
+    # lottery-ticket rewinding (Frankle & Carbin): None off; 0 resets the surviving weights to
+    # their initial values, k > 0 to their values after k training epochs, then retrain
+    rewind_epoch: int | None = None
+    # unstructured global magnitude sparsity of conv/linear weights after channel pruning
+    # (0: off); real zeros, but no speed-up on dense kernels
+    sparsity: float = 0.0
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.macs_fraction if self.fraction is None else self.fraction
 
     def check(self):
         if not 0 < self.macs_fraction <= 1:
             raise UsageError(f"recipe key prune.macs_fraction must be in (0, 1], "
                              f"got {self.macs_fraction}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise UsageError(f"recipe key prune.fraction must be in (0, 1], got {self.fraction}")
         if self.importance not in IMPORTANCES:
             raise UsageError(f"recipe key prune.importance: unknown {self.importance!r}; "
                              f"available: {', '.join(IMPORTANCES)}")
+        if self.target not in PRUNE_TARGETS:
+            raise UsageError(f"recipe key prune.target: unknown {self.target!r}; "
+                             f"available: {', '.join(PRUNE_TARGETS)}")
+        if self.scope not in PRUNE_SCOPES:
+            raise UsageError(f"recipe key prune.scope: unknown {self.scope!r}; "
+                             f"available: {', '.join(PRUNE_SCOPES)}")
         if self.round_to is not None:
             _positive("prune.round_to", self.round_to)
+        if self.head_pruning_ratio is not None and not 0 <= self.head_pruning_ratio < 1:
+            raise UsageError(f"recipe key prune.head_pruning_ratio must be in [0, 1), "
+                             f"got {self.head_pruning_ratio}")
+        _positive("prune.iterative_steps", self.iterative_steps)
+        if self.finetune_epochs < 0:
+            raise UsageError(f"recipe key prune.finetune_epochs must be >= 0, "
+                             f"got {self.finetune_epochs}")
+        if self.rewind_epoch is not None and self.rewind_epoch < 0:
+            raise UsageError(f"recipe key prune.rewind_epoch must be >= 0, got {self.rewind_epoch}")
+        if not 0 <= self.sparsity < 1:
+            raise UsageError(f"recipe key prune.sparsity must be in [0, 1), got {self.sparsity}")
 
 
 @dataclass(frozen=True)
@@ -134,51 +177,51 @@ def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recip
     return from_dict(Recipe, data, "").check()
 
 
-def from_dict(cls, data, prefix: str):
+def from_dict(cls, data, prefix: str, what: str = "recipe"):
     """Build a frozen dataclass from plain data; unknown keys and wrong types name the key."""
     if not isinstance(data, dict):
-        raise UsageError(f"recipe key {prefix.rstrip('.') or '<root>'} must be a mapping, "
+        raise UsageError(f"{what} key {prefix.rstrip('.') or '<root>'} must be a mapping, "
                          f"got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise UsageError(f"recipe key {prefix}{key} is unknown; "
+            raise UsageError(f"{what} key {prefix}{key} is unknown; "
                              f"known: {', '.join(sorted(names))}")
     kwargs = {}
     for key, value in data.items():
-        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
+        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}", what)
     return cls(**kwargs)
 
 
-def _coerce(tp, value, key):
+def _coerce(tp, value, key, what="recipe"):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key + ".")
+        return from_dict(tp, value, key + ".", what)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)][0]
-        return _coerce(inner, value, key)
+        return _coerce(inner, value, key, what)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise UsageError(f"recipe key {key} must be a list, got {type(value).__name__}")
-        return tuple(_coerce(args[0], v, key) for v in value)
+            raise UsageError(f"{what} key {key} must be a list, got {type(value).__name__}")
+        return tuple(_coerce(args[0], v, f"{key}[{i}]", what) for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
-            raise UsageError(f"recipe key {key} must be true or false, got {value!r}")
+            raise UsageError(f"{what} key {key} must be true or false, got {value!r}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(f"recipe key {key} must be an integer, got {value!r}")
+            raise UsageError(f"{what} key {key} must be an integer, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(f"recipe key {key} must be a number, got {value!r}")
+            raise UsageError(f"{what} key {key} must be a number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise UsageError(f"recipe key {key} must be a string, got {value!r}")
+            raise UsageError(f"{what} key {key} must be a string, got {value!r}")
         return value
     raise TypeError(f"unsupported recipe type {tp} for {key}")

@@ -114,7 +114,7 @@ class CoreML:
             reference = _weight_twin(model, folded, path)
             notes.append("reference: the fp32 model holding the file's dequantized int8 "
                          "weights (weight-only quantization; activations stay fp32)")
-        preflight = {"ops": desc["file_ops"], "specification_version": desc["specification_version"],
+        preflight = {"file_ops": desc["file_ops"], "specification_version": desc["specification_version"],
                      "weights_check": wcheck, "timings": timings}
         io = {"inputs": desc["inputs"], "outputs": desc["outputs"]}
         return Exported(path, req.precision, reference, io, TOLERANCES[req.precision],

@@ -95,7 +95,7 @@ class OnnxRuntime:
                 notes.append(note)
             path = req.out_dir / self.filename
             _atomic_copy(final, path)
-        preflight = {"ops": _op_counts(proto), "opset": _opset(proto), "ir_version": proto.ir_version,
+        preflight = {"file_ops": _op_counts(proto), "opset": _opset(proto), "ir_version": proto.ir_version,
                      "timings": timings}
         if req.precision == "int8":
             preflight["quantization_error"] = quant_err

@@ -74,7 +74,7 @@ def test_structure(exported, precision):
     assert d["structural_problems"] == []
     assert d["bytes"] == sum(p.stat().st_size for p in exp.path.rglob("*") if p.is_file())
     assert exp.io == IO
-    assert exp.preflight["ops"] == d["file_ops"]
+    assert exp.preflight["file_ops"] == d["file_ops"]
     check = structural_check(exp.path, IO)
     assert check["ok"], check["problems"]
     dequant = d["file_ops"].get("constexpr_affine_dequantize", 0)

@@ -89,7 +89,7 @@ def test_describe(exported, precision):
     assert d["outputs"] == [{"name": "logits", "shape": [1, 10], "dtype": "float32"}]
     assert d["file_ops"]["Conv"] == 4 and d["file_ops"]["Gemm"] == 1
     assert "BatchNormalization" not in d["file_ops"]  # folded into the convolutions
-    assert exp.preflight["ops"] == d["file_ops"]
+    assert exp.preflight["file_ops"] == d["file_ops"]
     assert exp.io == {"inputs": d["inputs"], "outputs": d["outputs"]}
     if precision == "int8":
         assert d["file_ops"]["QuantizeLinear"] > 0 and d["file_ops"]["DequantizeLinear"] > 0
