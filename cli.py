@@ -37,7 +37,8 @@ def cli():
 @click.option("--target", required=True, help="Platform to build for (see `cli.py targets`).")
 @click.option("--out", default="dist", show_default=True, type=click.Path(path_type=Path),
               help="Output directory; the bundle goes to OUT/<target>/.")
-@click.option("--model", default="small_cnn", show_default=True, help="Zoo model (see `cli.py models`).")
+@click.option("--model", default="small_cnn", show_default=True,
+              help="Zoo model (see `cli.py models`) or path/to/file.py:factory.")
 @click.option("--data", default="digits", show_default=True,
               help="'digits' (bundled), an .npz with x and y, or a directory with train.npz/test.npz.")
 @click.option("--config", type=click.Path(path_type=Path), help="Recipe YAML (see README).")
@@ -52,9 +53,14 @@ def cli():
 @click.option("--alpha", type=float, help="Override distill.alpha.")
 @click.option("--budget", type=click.Path(path_type=Path),
               help="Budgets YAML: after the run, exit 1 if any line is broken (see `cli.py gate`).")
+@click.option("--weights", type=click.Path(path_type=Path),
+              help="Trained teacher weights (.safetensors, or .pt/.pth loaded weights-only): "
+                   "skips training.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow --weights that only unpickling can load (runs code from the file).")
 @one_line_errors
 def compress(target, out, model, data, config, seed, run_dir, epochs, distill_epochs,
-             macs_fraction, importance, temperature, alpha, budget):
+             macs_fraction, importance, temperature, alpha, budget, weights, trust_pickle):
     """Run every stage and write the bundle OUT/<target>/; exit 1 if a file fails parity."""
     from pipeline.compress import CompressOptions
     from pipeline.compress import compress as run
@@ -67,7 +73,7 @@ def compress(target, out, model, data, config, seed, run_dir, epochs, distill_ep
                  "distill.temperature": temperature, "distill.alpha": alpha}
     report = run(CompressOptions(target=target, out=out, model=model, data=data, config=config,
                                  seed=seed, run_dir=run_dir, overrides=overrides,
-                                 budgets=budgets))
+                                 budgets=budgets, weights=weights, trust_pickle=trust_pickle))
     if budgets is not None:
         from pipeline.gate import table
 

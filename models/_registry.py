@@ -41,12 +41,21 @@ def list_models() -> list[str]:
 
 
 def get_model_entry(name: str) -> ModelEntry:
+    from models._user import is_user_model
+
+    if is_user_model(name):
+        return ModelEntry(name, None, "user model", 8)
     if name not in _MODELS:
         raise unknown("model", name, _MODELS)
     return _MODELS[name]
 
 
 def create_model(name: str, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
+    """A zoo model by name, or a user model given as `path/to/file.py:factory`."""
+    from models._user import create_user_model, is_user_model
+
+    if is_user_model(name):
+        return create_user_model(name, in_channels, num_classes, input_size)
     return get_model_entry(name).factory(
         in_channels=in_channels, num_classes=num_classes, input_size=input_size
     )

@@ -15,6 +15,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save
 
 from models import create_model
+from pipeline.errors import SlimshipError
 from pipeline.rundir import write_bytes, write_json
 
 
@@ -23,6 +24,15 @@ def save_model(folder: Path, model: nn.Module, spec: dict, plan: dict | None = N
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     write_bytes(folder / "model.safetensors", save(state))
     write_json(folder / "model.json", {"spec": spec, "plan": plan})
+
+
+def check_finite(model: nn.Module, where: str) -> None:
+    """NaN/Inf in weights or buffers stop the run, naming the stage and the tensor."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise SlimshipError(f"{where}: tensor {name} has {bad} NaN/Inf values of {t.numel()}; "
+                                "nothing after this stage was run")
 
 
 def build_model(spec: dict, plan: dict | None) -> nn.Module:

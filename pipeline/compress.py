@@ -16,17 +16,18 @@ import torch
 
 from models import create_model, get_model_entry
 from pipeline import bundle
-from pipeline.checkpoint import example_input, load_model, save_model
+from models._user import is_user_model, load_weights, user_factory
+from pipeline.checkpoint import check_finite, example_input, load_model, save_model
 from pipeline.config import Recipe, load_recipe
 from pipeline.data import Dataset, load_dataset
 from pipeline.distill import kd_loss_fn
-from pipeline.errors import SlimshipError
+from pipeline.errors import SlimshipError, UsageError
 from pipeline.gate import evaluate
 from pipeline.log import log
 from pipeline.profile import host, measure_latency
 from pipeline.prune import count, layer_widths, prune_to_macs
 from pipeline.report import counted, measured, parity_figures, summary_table
-from pipeline.rundir import RunDir, library_versions, write_json
+from pipeline.rundir import RunDir, library_versions, sha256_file, write_json
 from pipeline.train import accuracy, fit, predict
 from pipeline.verify import parity
 from targets import get_backend, get_target
@@ -47,11 +48,16 @@ class CompressOptions:
     run_dir: Path | None = None
     overrides: dict = field(default_factory=dict)
     budgets: object = None  # pipeline.gate.Budgets, checked against the report
+    weights: Path | None = None  # a trained teacher: the train stage loads it instead
+    trust_pickle: bool = False
 
 
 def compress(opts: CompressOptions) -> dict:
     target = get_target(opts.target)  # bad names fail before any work
     get_model_entry(opts.model)
+    if is_user_model(opts.model):
+        user_factory(opts.model)  # a missing file or factory fails before any work
+    loaded = load_weights(opts.weights, opts.trust_pickle) if opts.weights is not None else None
     recipe = load_recipe(opts.config, opts.overrides)
     data = load_dataset(opts.data)
     log(f"data {data.summary()}")
@@ -64,8 +70,13 @@ def compress(opts: CompressOptions) -> dict:
     fp = data.fingerprint()
     ctx = _Context(run, data, recipe, spec, opts.seed)
 
-    teacher = run.stage("train", {"config": {**asdict(recipe.train), "spec": spec, "seed": opts.seed},
-                                  "data": fp}, ctx.train)
+    weights = None
+    if opts.weights is not None:
+        weights = {"path": str(opts.weights), "sha256": sha256_file(Path(opts.weights)),
+                   "loaded_with": loaded[1]}
+    teacher = run.stage("train", {"config": {**asdict(recipe.train), "spec": spec, "seed": opts.seed,
+                                             "weights": weights}, "data": fp},
+                        lambda d: ctx.train(d, opts.weights, loaded))
     pruned = run.stage("prune", {"config": {**asdict(recipe.prune), "round_to": _round_to(recipe, target, opts.model)},
                                  "inputs": [teacher.digest], "data": fp},
                        lambda d: ctx.prune(d, teacher.dir, _round_to(recipe, target, opts.model)))
@@ -120,17 +131,31 @@ class _Context:
             "params": counted(params, "parameters", what),
         }
 
-    def train(self, folder: Path) -> dict:
+    def train(self, folder: Path, weights: Path | None = None, loaded=None) -> dict:
         cfg = self.recipe.train
         torch.manual_seed(self.seed)
         s = self.spec
         model = create_model(s["name"], s["in_channels"], s["num_classes"], s["input_size"])
-        log(f"[train] {s['name']} on {self.data.name}: {cfg.epochs} epochs")
-        loss = fit(model, self.data.x_train, self.data.y_train, epochs=cfg.epochs,
-                   batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                   seed=self.seed, desc="train teacher")
+        extra = {}
+        if weights is not None:
+            state, how = loaded
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                raise UsageError(f"--weights {weights}: does not fit --model {s['name']}: "
+                                 f"{str(e).splitlines()[0]}") from None
+            log(f"[train] loaded the teacher from {weights} ({how}); no training")
+            extra = {"weights_loaded_with": how, "trusted_pickle": "trust-pickle" in how}
+            check_finite(model, f"--weights {weights}")
+        else:
+            log(f"[train] {s['name']} on {self.data.name}: {cfg.epochs} epochs")
+            loss = fit(model, self.data.x_train, self.data.y_train, epochs=cfg.epochs,
+                       batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                       seed=self.seed, desc="train teacher")
+            extra = {"final_loss": loss[-1]}
+            check_finite(model, "train")
         save_model(folder, model, s)
-        info = {**self._figures(model, "teacher"), "final_loss": loss[-1]}
+        info = {**self._figures(model, "teacher"), **extra}
         log(f"[train] teacher accuracy {info['accuracy']['value']:.2%}")
         return info
 
@@ -141,6 +166,7 @@ class _Context:
             f"channels rounded to multiples of {round_to}")
         res = prune_to_macs(teacher, self.example, cfg.macs_fraction, cfg.importance, round_to,
                             cfg.ignored_layers, (self.data.x_train, self.data.y_train))
+        check_finite(res.model, "prune")
         save_model(folder, res.model, spec, res.plan)
         info = self._figures(res.model, "pruned, before fine-tuning")
         info["ratio"] = res.ratio
@@ -159,6 +185,7 @@ class _Context:
         fit(student, self.data.x_train, self.data.y_train, epochs=cfg.epochs,
             batch_size=cfg.batch_size, lr=cfg.lr, seed=self.seed, desc="distill student",
             loss_fn=kd_loss_fn(teacher, cfg.temperature, cfg.alpha))
+        check_finite(student, "distill")
         save_model(folder, student, spec, plan)
         info = self._figures(student, "distilled student")
         log(f"[distill] student accuracy {info['accuracy']['value']:.2%}")
