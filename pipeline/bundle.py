@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import bundle_readme, report_html
+from pipeline import bundle_readme, faults, report_html
 from pipeline.data import Dataset
 from pipeline.rundir import (
     atomic_path,
@@ -33,9 +33,12 @@ def golden_key(backend: str) -> str:
 def publish(dest: Path, report: dict, backends: dict, data: Dataset, spec: dict) -> Path:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}.*.partial"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     try:
         _assemble(tmp, report, backends, data, spec)
+        faults.point("bundle:assembled")
         _swap_into_place(tmp, dest)
     finally:
         if tmp.exists():

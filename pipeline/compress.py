@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from models import create_model, get_model_entry
-from pipeline import bundle
+from pipeline import bundle, faults
 from models._user import is_user_model, load_weights, user_factory
 from pipeline.checkpoint import check_finite, example_input, load_model, save_model
 from pipeline.config import Recipe, load_recipe
@@ -224,6 +224,7 @@ class _Context:
                                      calib["x"] if choice.precision != "fp32" else None, folder,
                                      dict(choice.options)))
         log(f"[export] {b.name}: wrote {exp.path.name} in {time.perf_counter() - start:.1f} s")
+        faults.point(f"export:{b.name}")
         rng = np.random.default_rng(1234)
         x_rand = rng.standard_normal((RANDOM_INPUTS, *self.spec["input_shape"])).astype(np.float32)
         with torch.no_grad():

@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from pipeline import faults
+
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -68,6 +70,7 @@ def fit(
             sched.step()
             total += loss.item() * len(idx)
         history.append(total / len(xt))
+        faults.point(f"{desc}:epoch{len(history)}")
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     bar.close()
     model.eval()
