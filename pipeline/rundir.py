@@ -92,6 +92,15 @@ def list_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
+def _well_formed(entry) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("key"), str)
+            and isinstance(entry.get("info"), dict)
+            and isinstance(entry.get("digest"), str) and isinstance(entry.get("files"), list)
+            and all(isinstance(f, dict) and isinstance(f.get("path"), str)
+                    and isinstance(f.get("sha256"), str) and isinstance(f.get("bytes"), int)
+                    for f in entry["files"]))
+
+
 @dataclass
 class StageResult:
     name: str
@@ -113,9 +122,12 @@ class RunDir:
             return {"stages": {}}
         try:
             data = json.loads(p.read_text())
-            assert isinstance(data.get("stages"), dict)
+            if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+                raise ValueError("no stages mapping")
+            # keep only well-formed entries: anything else is rebuilt, never trusted
+            data["stages"] = {k: v for k, v in data["stages"].items() if _well_formed(v)}
             return data
-        except (ValueError, AssertionError):
+        except (ValueError, UnicodeDecodeError):
             log(f"run manifest {p} is unreadable; every stage will run again")
             return {"stages": {}}
 

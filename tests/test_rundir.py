@@ -41,3 +41,26 @@ def test_stage_is_reused_and_rebuilt_when_tampered(tmp_path):
     assert not d.reused and len(calls) == 3
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["stages"]["s"]["files"][0]["path"] == "s/out.txt"
+
+
+def _finished(tmp_path):
+    run = RunDir(tmp_path)
+    run.stage("s", {"config": 1}, lambda f: write_bytes(f / "w.bin", b"0123456789") or {})
+    return tmp_path / "s" / "w.bin"
+
+
+def test_a_truncated_artefact_is_rebuilt(tmp_path):
+    f = _finished(tmp_path)
+    f.write_bytes(b"01234")
+    calls = []
+    res = RunDir(tmp_path).stage("s", {"config": 1},
+                                 lambda d: calls.append(1) or write_bytes(d / "w.bin", b"new") or {})
+    assert not res.reused and calls and f.read_bytes() == b"new"
+
+
+def test_a_wrong_hash_in_the_manifest_is_rebuilt(tmp_path):
+    _finished(tmp_path)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    m["stages"]["s"]["files"][0]["sha256"] = "0" * 64
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    assert not RunDir(tmp_path).stage("s", {"config": 1}, lambda d: {}).reused
