@@ -6,6 +6,7 @@ library. Errors a user can fix print as one line and exit 2 (usage) or 1 (a fail
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -23,6 +24,13 @@ def one_line_errors(fn):
         except SlimshipError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            click.echo(f"error: {e.strerror}{where}: free space (or fix permissions) and run "
+                       "again; finished stages and the previous bundle are kept", err=True)
+            sys.exit(1)
 
     return wrapper
 

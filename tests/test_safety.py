@@ -87,3 +87,30 @@ def test_a_user_model_file_and_factory(tmp_path):
     assert m(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     result = compress(tmp_path, "--model", f"{src}:nosuch")
     assert result.exit_code == 2 and "has no callable 'nosuch'" in result.output
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_bundle(android_bundle, tmp_path, monkeypatch):
+    import errno
+    import os
+    import shutil
+
+    from pipeline import rundir
+
+    shutil.copytree(android_bundle["run"], tmp_path / "run")
+    shutil.copytree(android_bundle["bundle"], tmp_path / "out" / "android")
+    before = (tmp_path / "out" / "android" / "manifest.json").read_bytes()
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the disk fills up while the new bundle's report is written
+        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(".report.html"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(rundir.os, "fsync", fsync)
+    result = compress(tmp_path, "--epochs", "10", "--distill-epochs", "8")
+    assert result.exit_code == 1, result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: No space left on device: free space (or fix permissions) and run "
+                      "again; finished stages and the previous bundle are kept"]
+    assert (tmp_path / "out" / "android" / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["android"]
