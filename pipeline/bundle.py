@@ -81,6 +81,9 @@ def _assemble(folder: Path, report: dict, backends: dict, data: Dataset, spec: d
                      "meaning": "unnormalised class scores; softmax gives probabilities"}],
         "preprocessing": data.preprocessing.describe(),
         "labels": data.labels,
+        "temperature": {k: report["stages"]["temperature"][k] for k in
+                        ("temperature_applied", "temperature_fitted", "folded", "decision")}
+        if "temperature" in report["stages"] else None,
         "backends": entries,
         "golden": {"file": "golden.npz", "inputs_key": "x", "labels_key": "y",
                    "count": len(golden["y"]), "note": "x is already preprocessed model input"},

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from models import create_model, get_model_entry
-from pipeline import bundle, faults
+from pipeline import bundle, calibration, faults
 from models._user import is_user_model, load_weights, user_factory
 from pipeline.checkpoint import check_finite, example_input, load_model, save_model
 from pipeline.config import Recipe, load_recipe
@@ -83,12 +83,16 @@ def compress(opts: CompressOptions) -> dict:
     student = run.stage("distill", {"config": {**asdict(recipe.distill), "seed": opts.seed},
                                     "inputs": [teacher.digest, pruned.digest], "data": fp},
                         lambda d: ctx.distill(d, teacher.dir, pruned.dir))
+    calibrated = run.stage("calibrate", {"config": asdict(recipe.calibrate),
+                                         "inputs": [student.digest], "data": fp},
+                           lambda d: ctx.calibrate(d, student.dir))
     calib = _calibration(data, recipe.quantize.calibration_images, opts.seed)
 
     backends = {}
     for choice in target.backends:
-        backends[choice.backend] = ctx.backend(choice, student, calib)
-    report = _report(opts, target, data, recipe, spec, teacher, pruned, student, calib, backends)
+        backends[choice.backend] = ctx.backend(choice, calibrated, calib)
+    report = _report(opts, target, data, recipe, spec, teacher, pruned, student, calibrated,
+                     backends)
     if opts.budgets is not None:
         report["gate"] = evaluate(report, opts.budgets)
         broken = [ln["name"] for ln in report["gate"] if ln["verdict"] == "fail"]
@@ -124,9 +128,13 @@ class _Context:
     def _figures(self, model, what: str) -> dict:
         d = self.data
         macs, params = count(model, self.example)
+        logits = predict(model, d.x_test)
+        on = f"{what}, PyTorch fp32, {len(d.y_test)} test images"
+        m = calibration.metrics(logits, d.y_test, self.recipe.calibrate.bins)
         return {
-            "accuracy": measured(accuracy(predict(model, d.x_test), d.y_test), "top1",
-                                 f"{what}, PyTorch fp32, {len(d.y_test)} test images"),
+            "reliability_data": m,  # raw bins for the diagram; the figures are in "calibration"
+            "accuracy": measured(accuracy(logits, d.y_test), "top1", on),
+            "calibration": calibration.figures(m, on),
             "macs": counted(macs, "MAC", f"{what}, one {tuple(self.example.shape)} input"),
             "params": counted(params, "parameters", what),
         }
@@ -190,6 +198,35 @@ class _Context:
         info = self._figures(student, "distilled student")
         log(f"[distill] student accuracy {info['accuracy']['value']:.2%}")
         return info
+
+    def calibrate(self, folder: Path, student_dir: Path) -> dict:
+        """Fit T on the validation split, fold it into the classifier (W/T, b/T)."""
+        cfg, d = self.recipe.calibrate, self.data
+        student, spec, plan = load_model(student_dir)
+        ev = calibration.evaluate(predict(student, d.x_val), d.y_val,
+                                  predict(student, d.x_test), d.y_test, cfg.bins)
+        fit = ev["fit"]
+        applied = 1.0
+        if cfg.temperature_scaling:
+            applied = fit["temperature"] if cfg.apply == "always" else fit["recommended_temperature"]
+        folded = calibration.fold_temperature(student, applied, self.example)
+        save_model(folder, folded, spec, plan)
+        on = f"distilled student, {len(d.y_test)} test images, T fitted on {len(d.y_val)} validation images"
+        why = ("switched off (calibrate.temperature_scaling: false)" if not cfg.temperature_scaling
+               else "folded" if applied != 1.0 else
+               "fitted but not folded: " + fit.get("note", "cross-validation on the validation "
+                                                    "split says scaling does not lower NLL"))
+        log(f"[calibrate] temperature fitted {fit['temperature']:.3f}, applied {applied:.3f} ({why}); "
+            f"test NLL {ev['before']['nll']:.4f} -> {ev['after']['nll']:.4f} with the fitted T")
+        return {"temperature_fitted": fit["temperature"], "temperature_applied": applied,
+                "folded": applied != 1.0, "decision": why,
+                "cross_validation": fit.get("cv"),
+                "before": calibration.figures(ev["before"], on + ", unscaled"),
+                "after_fitted": calibration.figures(ev["after"], on + ", scaled by the fitted T"),
+                "temperature": measured(applied, "T", on.replace("distilled student, ", "")
+                                        + "; the T folded into the classifier"),
+                "reliability_data": {"before": ev["before"], "after": ev["after"],
+                                     "temperature": fit["temperature"]}}
 
     def backend(self, choice, student, calib) -> dict:
         """Export, verify and profile one backend; a failure is recorded, not raised, so the
@@ -258,6 +295,8 @@ class _Context:
         np.savez(folder / "outputs.npz", test=out_test, random=out_rand)
         block = parity(ref["test"], out_test, ref["random"], out_rand, self.data.y_test,
                        Tolerance(**exp.info["tolerance"]))
+        block["calibration"] = calibration.metrics(out_test, self.data.y_test,
+                                                   self.recipe.calibrate.bins)
         if block["state"] == "failed" and hasattr(b, "first_divergence"):
             block["first_divergence"] = self.locate(b, exp, choice, student_dir, calib)
         log(f"[verify] {b.name}: {block['state']}"
@@ -298,8 +337,10 @@ class _Context:
         return {"latency": lat}
 
 
-def _report(opts, target, data, recipe, spec, teacher, pruned, student, calib, backends) -> dict:
-    stages = {"teacher": teacher.info, "pruned": pruned.info, "distilled": student.info}
+def _report(opts, target, data, recipe, spec, teacher, pruned, student, calibrated,
+            backends) -> dict:
+    stages = {"teacher": teacher.info, "pruned": pruned.info, "distilled": student.info,
+              "temperature": calibrated.info}
     out, problems = {}, []
     for name, r in backends.items():
         if "error" in r:
@@ -314,6 +355,10 @@ def _report(opts, target, data, recipe, spec, teacher, pruned, student, calib, b
             "parity": parity_figures(v, e["file"]) if "test_split" in v else v,
             "preflight": e["preflight"], "io": e["io"], "calibration": e["calibration"],
             "latency": p["latency"], "reused": {"export": r["export"].reused, "verify": r["verify"].reused},
+            "calibration_metrics": calibration.figures(v["calibration"], f"{e['file']}, "
+                                                       f"{len(data.y_test)} test images")
+            if "calibration" in v else None,
+            "reliability_data": v.get("calibration"),
         }
         if v["state"] == "failed":
             where = v.get("first_divergence", {}).get("problem")

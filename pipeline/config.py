@@ -118,6 +118,23 @@ class QuantizeConfig:
 
 
 @dataclass(frozen=True)
+class CalibrateConfig:
+    """Temperature scaling (Guo et al. 2017) fitted on the held-out validation split and folded
+    into the classifier. `apply: fitted` folds the fitted T only where cross-validation inside
+    the validation split says it lowers NLL (otherwise T = 1); `always` folds it regardless."""
+
+    temperature_scaling: bool = True
+    apply: str = "fitted"
+    bins: int = 15
+
+    def check(self):
+        if self.apply not in ("fitted", "always"):
+            raise UsageError(f"recipe key calibrate.apply must be fitted or always, "
+                             f"got {self.apply!r}")
+        _positive("calibrate.bins", self.bins)
+
+
+@dataclass(frozen=True)
 class ProfileConfig:
     warmup: int = 5
     runs: int = 50
@@ -137,6 +154,7 @@ class Recipe:
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def check(self) -> "Recipe":

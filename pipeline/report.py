@@ -23,7 +23,7 @@ def counted(value, unit, on):
 
 def parity_figures(block: dict, file: str) -> dict:
     """Wrap the raw numbers of a parity block into figures."""
-    out = {k: v for k, v in block.items() if k not in ("test_split", "random_inputs",
+    out = {k: v for k, v in block.items() if k not in ("test_split", "random_inputs", "calibration",
                                                         "file_accuracy", "reference_accuracy")}
     units = {"max_abs_diff": "logit", "max_abs_diff_rel": "ratio", "sqnr_db": "dB",
              "top1_agreement": "fraction"}
@@ -44,6 +44,8 @@ def summary_table(report: dict) -> str:
     """A plain-text table for the terminal."""
     rows = [("stage / file", "accuracy", "MACs", "params", "bytes", "p50 ms", "parity")]
     for name, st in report["stages"].items():
+        if "accuracy" not in st:
+            continue
         rows.append((name, _v(st.get("accuracy"), "{:.2%}"), _v(st.get("macs"), "{:,}"),
                      _v(st.get("params"), "{:,}"), "", "", ""))
     for name, b in report["backends"].items():

@@ -18,7 +18,8 @@ def render(report: dict) -> str:
              _section("Channel widths before and after pruning", _widths_chart(report)),
              _section("ExecuTorch op-time breakdown", _op_breakdown(report)),
              _section("Scorecard: measured and estimated", _scorecard(report)),
-             _section("Parity of every exported file", _parity_table(report))]
+             _section("Parity of every exported file", _parity_table(report)),
+             _section("Confidence calibration", _reliability(report))]
     if report.get("gate") is not None:
         parts.append(_section("Budgets", _gate_table(report["gate"])))
     parts.append(_FOOT)
@@ -112,6 +113,25 @@ def _scorecard(report: dict) -> str:
                             f"<td class='{f['source']}'>{f['source']}</td>"
                             f"<td>{html.escape(str(f.get('on', '')))}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _reliability(report: dict) -> str:
+    from pipeline.calibration import reliability_png
+
+    per = {k: st["reliability_data"] for k, st in report["stages"].items()
+           if st.get("reliability_data")}
+    per.update({b["file"]: b["reliability_data"] for b in report["backends"].values()
+                if b.get("reliability_data")})
+    if not per:
+        return "<p>No calibration figures in this report.</p>"
+    data = base64.b64encode(reliability_png(per)).decode()
+    t = report["stages"].get("temperature", {})
+    note = (f"<p>Temperature: fitted {t['temperature_fitted']:.3f} on the validation split, "
+            f"applied {t['temperature_applied']:.3f} ({html.escape(t['decision'])}). "
+            "Reliability diagrams on the test split (measured); the 'temperature' panel shows "
+            "the distilled student before (bars) and after (outline) scaling by the fitted T.</p>"
+            if t else "")
+    return f'<img class="chart" alt="reliability diagrams" src="data:image/png;base64,{data}">' + note
 
 
 def _parity_table(report: dict) -> str:

@@ -32,7 +32,9 @@ def test_report_figures_say_where_they_came_from(android_bundle):
     report = json.loads((android_bundle["bundle"] / "report.json").read_text())
     assert report["ok"] and report["problems"] == []
     settings = {"recipe", "tolerance", "model", "host", "seed", "io", "preflight",
-                "calibration", "widths", "ratio", "final_loss", "threads", "runs", "slimship_report"}
+                "calibration", "widths", "ratio", "final_loss", "threads", "runs", "slimship_report",
+                "reliability_data", "cross_validation", "temperature_fitted",
+                "temperature_applied"}
 
     def walk(node, path):
         if isinstance(node, dict):
@@ -152,3 +154,18 @@ def test_readme_names_every_command_and_option():
             for opt in p.opts:
                 if opt.startswith("--"):
                     assert f"`{opt}`" in readme, f"{name} {opt}"
+
+
+def test_calibration_is_reported_per_stage_and_per_file(android_bundle):
+    b = android_bundle["bundle"]
+    report = json.loads((b / "report.json").read_text())
+    for stage in ("teacher", "pruned", "distilled"):
+        cal = report["stages"][stage]["calibration"]
+        assert {"ece", "nll", "brier"} <= set(cal) and cal["ece"]["source"] == "measured"
+    t = report["stages"]["temperature"]
+    assert t["temperature"]["value"] == t["temperature_applied"] > 0
+    for name in ("executorch-xnnpack", "tflite"):
+        assert report["backends"][name]["calibration_metrics"]["ece"]["unit"].startswith("ECE")
+    meta = json.loads((b / "model.json").read_text())
+    assert meta["temperature"]["temperature_applied"] == t["temperature_applied"]
+    assert meta["temperature"]["folded"] == (t["temperature_applied"] != 1.0)

@@ -1,0 +1,280 @@
+"""Calibration per stage, before and after temperature scaling (issue 12).
+
+    .venv/bin/python benchmarks/calibration.py [--only digits|cifar10|cifar10-long]
+                                               [--no-export] [--work DIR] [--no-write|--rewrite]
+
+For the default digits data (small_cnn, the recipe's default epochs) and a CIFAR-10 slice
+(../shared/data/cifar10, resnet20, a few thousand training images, a few epochs) this runs a
+small version of the pipeline's stages with the library functions: train the teacher, prune it
+to 50 % of the MACs (pipeline.prune.prune_to_macs), fine-tune the pruned model by knowledge
+distillation from the teacher (pipeline.distill.kd_loss_fn). For every stage it fits one
+temperature on the held-out validation split (Dataset.x_val, never the test split) and measures
+ECE (15 equal-width bins), NLL, Brier and accuracy on the test split before and after scaling.
+
+Then the distilled student's T is folded into its classifier (pipeline.calibration
+.fold_temperature) and the student is exported to ExecuTorch XNNPACK: fp32 with T folded
+(its outputs compared with the PyTorch logits / T), and int8 without and with T folded; the
+files are run over the test split and measured like the stages.
+
+Runs digits and cifar10 by default; `--only cifar10-long` runs an over-fitting CIFAR-10
+configuration (2,000 images, 12 epochs). Writes DIR/<run>.json, DIR/<run>-reliability.png and
+the section "## Calibration (issue 12)" of benchmarks/RESULTS.md (that section only), which
+lists every run whose JSON is in DIR (this invocation's and earlier ones').
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models import create_model  # noqa: E402
+from pipeline import calibration as cal  # noqa: E402
+from pipeline.config import DistillConfig, TrainConfig  # noqa: E402
+from pipeline.data import load_dataset  # noqa: E402
+from pipeline.distill import kd_loss_fn  # noqa: E402
+from pipeline.prune import prune_to_macs  # noqa: E402
+from pipeline.train import fit, predict  # noqa: E402
+
+HEADING = "## Calibration (issue 12)"
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+SEED = 0
+CALIB_IMAGES = 256  # int8 calibration images, a seeded draw from the training split (as compress)
+
+_train, _distill = TrainConfig(), DistillConfig()
+RUNS = {
+    "digits": dict(data="digits", limit=None, model="small_cnn",
+                   train=dict(epochs=_train.epochs, batch_size=_train.batch_size, lr=_train.lr,
+                              weight_decay=_train.weight_decay),
+                   distill=dict(epochs=_distill.epochs, batch_size=_distill.batch_size,
+                                lr=_distill.lr, temperature=_distill.temperature,
+                                alpha=_distill.alpha)),
+    "cifar10": dict(data=str(CIFAR), limit=4000, model="resnet20",
+                    train=dict(epochs=5, batch_size=64, lr=0.003, weight_decay=5e-4),
+                    distill=dict(epochs=3, batch_size=64, lr=0.002,
+                                 temperature=_distill.temperature, alpha=_distill.alpha)),
+    # opt-in (--only cifar10-long): fewer images, more epochs, so the teacher over-fits and is
+    # over-confident, the regime Guo et al. describe
+    "cifar10-long": dict(data=str(CIFAR), limit=2000, model="resnet20",
+                         train=dict(epochs=12, batch_size=64, lr=0.003, weight_decay=5e-4),
+                         distill=dict(epochs=4, batch_size=64, lr=0.002,
+                                      temperature=_distill.temperature, alpha=_distill.alpha)),
+}
+DEFAULT_KEYS = ("digits", "cifar10")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run(key: str, work: Path, export: bool) -> dict:
+    cfg = RUNS[key]
+    t0 = time.perf_counter()
+    d = load_dataset(cfg["data"], limit_train=cfg["limit"])
+    log(d.summary())
+    c, h, _ = d.input_shape
+    example = torch.zeros(1, *d.input_shape)
+    torch.manual_seed(SEED)
+    teacher = create_model(cfg["model"], c, d.num_classes, h)
+    tr = cfg["train"]
+    fit(teacher, d.x_train, d.y_train, epochs=tr["epochs"], batch_size=tr["batch_size"],
+        lr=tr["lr"], weight_decay=tr["weight_decay"], seed=SEED, desc="teacher")
+    log(f"{key}: teacher trained ({time.perf_counter() - t0:.0f} s)")
+    pruned = prune_to_macs(teacher, example, 0.5, data=(d.x_train, d.y_train)).model
+    student = copy.deepcopy(pruned)
+    ds = cfg["distill"]
+    fit(student, d.x_train, d.y_train, epochs=ds["epochs"], batch_size=ds["batch_size"],
+        lr=ds["lr"], seed=SEED, desc="distill",
+        loss_fn=kd_loss_fn(copy.deepcopy(teacher), ds["temperature"], ds["alpha"]))
+    log(f"{key}: pruned and distilled ({time.perf_counter() - t0:.0f} s)")
+
+    stages, logits = {}, {}
+    for name, m in (("teacher", teacher), ("pruned", pruned), ("distilled", student)):
+        lv, lt = predict(m, d.x_val), predict(m, d.x_test)
+        logits[name] = (lv, lt)
+        stages[name] = cal.evaluate(lv, d.y_val, lt, d.y_test)
+        _say(key, name, stages[name])
+
+    files = {}
+    if export:
+        files = export_rows(key, d, student, stages["distilled"]["temperature"], example,
+                            logits["distilled"][1], work)
+    out = {"data": d.summary(), "model": cfg["model"], "train": tr, "distill": ds,
+           "prune": {"macs_fraction": 0.5, "importance": "l2", "round_to": 8},
+           "seed": SEED, "stages": stages, "files": files,
+           "seconds": round(time.perf_counter() - t0, 1)}
+    work.mkdir(parents=True, exist_ok=True)
+    (work / f"{key}.json").write_text(json.dumps(out, indent=1))
+    png = cal.reliability_png({**stages, **{k: v for k, v in files.items() if "before" in v}},
+                              title=f"{d.summary()} ({cfg['model']}): test split, T fitted on val")
+    (work / f"{key}-reliability.png").write_bytes(png)
+    log(f"{key}: done in {out['seconds']} s; wrote {work / (key + '.json')}")
+    return out
+
+
+def export_rows(key, d, student, t, example, torch_test_logits, work: Path) -> dict:
+    from targets import get_backend
+    from targets._base import ExportRequest, run_all
+
+    b = get_backend("executorch-xnnpack")
+    rng = np.random.default_rng(SEED)
+    calib = d.x_train[np.sort(rng.choice(len(d.x_train), min(CALIB_IMAGES, len(d.x_train)),
+                                         replace=False))]
+    folded = cal.fold_temperature(student, t, example)
+    rows = {}
+
+    def file_outputs(model, precision, tag):
+        out_dir = work / key / tag
+        out_dir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        exp = b.export(ExportRequest(copy.deepcopy(model), example, precision,
+                                     calib if precision == "int8" else None, out_dir))
+        runner = b.load(exp.path)
+        val, test = run_all(runner, d.x_val), run_all(runner, d.x_test)
+        log(f"{key}: {tag} exported and run ({time.perf_counter() - start:.0f} s)")
+        return val, test
+
+    # fp32 file of the folded student: does the file emit the scaled logits?
+    _, test32 = file_outputs(folded, "fp32", "fp32-folded")
+    scaled = torch_test_logits.astype(np.float64) / t
+    diff = float(np.abs(test32 - scaled).max())
+    rows["fp32 .pte, T folded"] = {
+        "temperature": t, "after": cal.metrics(test32, d.y_test),
+        "parity_vs_torch_logits_over_T": {"max_abs_diff": diff,
+                                          "max_abs_rel": diff / float(np.abs(scaled).max())}}
+    _say(key, "fp32 .pte, T folded", rows["fp32 .pte, T folded"])
+    # int8 files: the student as exported without T, and with T folded before quantization
+    val8, test8 = file_outputs(student, "int8", "int8")
+    _, test8f = file_outputs(folded, "int8", "int8-folded")
+    rows["int8 .pte"] = {"temperature": t, "before": cal.metrics(test8, d.y_test),
+                         "after": cal.metrics(test8f, d.y_test),
+                         "refit_on_file": cal.evaluate(val8, d.y_val, test8, d.y_test)}
+    _say(key, "int8 .pte", rows["int8 .pte"])
+    return rows
+
+
+def _say(key, name, r):
+    b, a = r.get("before"), r["after"]
+    log(f"{key} {name}: T={r['temperature']:.3f}"
+        + (f" ECE {b['ece']:.4f} -> {a['ece']:.4f}, NLL {b['nll']:.4f} -> {a['nll']:.4f}" if b
+           else f" ECE {a['ece']:.4f} NLL {a['nll']:.4f}")
+        + f", acc {a['accuracy']:.4f}")
+
+
+def section(results: dict) -> str:
+    lines = [HEADING, "",
+             f"`benchmarks/calibration.py`, {time.strftime('%Y-%m-%d')}, host "
+             f"{platform.machine()} ({platform.processor() or 'cpu'}), torch {torch.__version__}, "
+             f"1 thread, seed {SEED}.",
+             "",
+             "Every number below is **measured** on the test split (never used for fitting). "
+             "ECE: 15 equal-width confidence bins over the max softmax probability, weighted by "
+             "bin count. NLL: mean -log p(label), nats. Brier: mean over images of the sum over "
+             "classes of (p - onehot)^2 (range 0..2). T: one temperature per stage, fitted by "
+             "minimising NLL on the validation split held out from training "
+             "(`pipeline.calibration.fit_temperature`); scaling does not change accuracy. "
+             "`pruned` is the pruned model before fine-tuning. File rows: the distilled "
+             "student exported to ExecuTorch XNNPACK and run through the ExecuTorch runtime; "
+             "'before' is the file exported without T, 'after' the file exported with the "
+             "student's T folded into its classifier (W/T, b/T). NLL change: mean over test "
+             "images of the per-image change of -log p(label) from scaling, ± its standard "
+             "error. CV on val: 5-fold cross-validation inside the validation split, NLL of "
+             "each held-out fold with T fitted on the other four, unscaled → scaled (a "
+             "diagnostic; T is always the fit on the whole validation split).", ""]
+    for key, r in results.items():
+        tr, ds = r["train"], r["distill"]
+        lines += [f"### {key}, {r['model']}: {r['data'].split(': ', 1)[-1]}", "",
+                  f"Teacher: {tr['epochs']} epochs (batch {tr['batch_size']}, lr {tr['lr']}, "
+                  f"AdamW + one-cycle). Pruned to 50 % of the MACs (l2, round_to 8). Distilled: "
+                  f"{ds['epochs']} epochs, KD T={ds['temperature']}, alpha={ds['alpha']}. "
+                  f"Seed {r['seed']}; {r['seconds']:.0f} s in all.", "",
+                  "| data | stage | T | ECE before | ECE after | NLL before | NLL after | "
+                  "NLL change ± SE | CV on val: T helps? | Brier before | Brier after | accuracy |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        rows = {**r["stages"], **r["files"]}
+        for name, x in rows.items():
+            b, a = x.get("before"), x["after"]
+            f = lambda m, k, p=4: f"{m[k]:.{p}f}" if m else "–"  # noqa: E731
+            note = ""
+            if not x.get("fit", {}).get("identifiable", True):
+                note = " (T not identifiable: val all correct)"
+            ch = x.get("nll_change")
+            change = f"{ch['mean']:+.4f} ± {ch['standard_error']:.4f}" if ch else "–"
+            cv = x.get("fit", {}).get("cv")
+            helps = ("yes" if cv["scaling_helps"] else "no") + \
+                f" ({cv['nll_unscaled']:.4f} → {cv['nll_scaled']:.4f})" if cv else "–"
+            lines.append(f"| {key} | {name}{note} | {x['temperature']:.3f} | {f(b, 'ece')} | "
+                         f"{f(a, 'ece')} | {f(b, 'nll')} | {f(a, 'nll')} | {change} | {helps} | "
+                         f"{f(b, 'brier')} | {f(a, 'brier')} | {a['accuracy']:.2%} |")
+        for name, x in r["files"].items():
+            if "parity_vs_torch_logits_over_T" in x:
+                p = x["parity_vs_torch_logits_over_T"]
+                lines += ["", f"{name}: max |file - PyTorch logits / T| = {p['max_abs_diff']:.2e} "
+                              f"({p['max_abs_rel']:.2e} of the largest logit), over "
+                              f"{x['after']['count']} test images (fp32 parity tolerance 1e-4 "
+                              "relative)."]
+            if "refit_on_file" in x:
+                rf = x["refit_on_file"]
+                lines += ["", f"{name}: T refitted on the int8 file's own validation outputs = "
+                              f"{rf['temperature']:.3f} (vs {x['temperature']:.3f} from the fp32 "
+                              f"student); with it, test ECE {rf['after']['ece']:.4f}, NLL "
+                              f"{rf['after']['nll']:.4f}."]
+        lower = [n for n, x in r["stages"].items() if x["after"]["nll"] < x["before"]["nll"]]
+        higher = [n for n in r["stages"] if n not in lower]
+        cv_no = [n for n, x in r["stages"].items()
+                 if "cv" in x["fit"] and not x["fit"]["cv"]["scaling_helps"]]
+        lines += ["", f"Reading: temperature scaling lowered test NLL for "
+                      f"{', '.join(lower) or 'no stage'}; it did not for "
+                      f"{', '.join(higher) or 'no stage'}. Cross-validation inside the "
+                      f"validation split flagged {', '.join(cv_no) or 'no stage'} as not helped."]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_section(text: str, path: Path = RESULTS) -> None:
+    """Replace this script's section in RESULTS.md (other sections are left as they are)."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
+    if pattern.search(old):
+        new = pattern.sub(lambda _: text + "\n", old, count=1)
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    path.write_text(new.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", choices=sorted(RUNS), help="run only this configuration")
+    ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/slimship-calibration"))
+    ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    ap.add_argument("--rewrite", action="store_true",
+                    help="run nothing: rebuild the RESULTS.md section from the JSON in --work")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    keys = [] if args.rewrite else [args.only] if args.only else list(DEFAULT_KEYS)
+    fresh = {k: run(k, args.work, not args.no_export) for k in keys}
+    # the section lists every run with results in --work: this one's, and earlier ones' JSON
+    results = {k: fresh[k] if k in fresh else json.loads((args.work / f"{k}.json").read_text())
+               for k in RUNS if k in fresh or (args.work / f"{k}.json").is_file()}
+    text = section(results)
+    print(text)
+    if not args.no_write:
+        write_section(text)
+        log(f"wrote {HEADING!r} in {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

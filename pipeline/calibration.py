@@ -1,0 +1,344 @@
+"""Calibration: can an app threshold the softmax? ECE, NLL, Brier and reliability diagrams per
+stage, and temperature scaling (Guo, Pleiss, Sun & Weinberger 2017) folded into the classifier.
+
+Conventions (all computed in float64 from the logits):
+- probabilities p = softmax(logits), computed via log-softmax (no overflow for large logits);
+  confidence = max_k p_k, prediction = argmax_k (the first index on ties).
+- ECE: `bins` equal-width confidence bins over [0, 1]; bin b holds confidences in
+  (b/B, (b+1)/B] (a confidence on an inner edge goes to the lower bin, as in Guo et al.'s code).
+  ECE = sum_b (n_b / N) * |accuracy_b - mean confidence_b|. Empty bins contribute nothing.
+  MCE = max_b over non-empty bins of the same gap.
+- NLL: mean over samples of -log p_{label}, in nats.
+- Brier: the original multi-class score (Brier 1950): mean over samples of
+  sum over classes (p_k - onehot_k)^2; range [0, 2]; not divided by the class count.
+
+Temperature scaling divides every logit by one scalar T > 0 fitted on a split held out from
+training (never the test split); it does not change argmax, so accuracy is unchanged. Folding
+T into the last nn.Linear (W/T, b/T) makes the model itself emit the scaled logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+DEFAULT_BINS = 15
+T_BOUNDS = (0.05, 20.0)
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _check(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    logits = np.asarray(logits)
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
+        raise ValueError(f"calibration: logits must be (N, K) with one label each, got logits "
+                         f"{tuple(logits.shape)} and {len(labels)} labels")
+    if labels.min() < 0 or labels.max() >= logits.shape[1]:
+        raise ValueError(f"calibration: labels must be in [0, {logits.shape[1]}), got "
+                         f"[{labels.min()}, {labels.max()}]")
+    if not np.isfinite(logits).all():
+        raise ValueError("calibration: logits contain NaN or inf")
+    return logits, labels
+
+
+def bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
+    """Bin of each confidence: b such that edges[b] < c <= edges[b + 1] (c = 0 goes to bin 0)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+
+
+def metrics(logits: np.ndarray, labels: np.ndarray, bins: int = DEFAULT_BINS) -> dict:
+    """ECE, MCE, NLL, Brier and accuracy of `logits` against `labels`, plus the reliability
+    diagram (per bin: count, mean confidence, accuracy; None for an empty bin). Plain floats."""
+    if bins < 1:
+        raise ValueError(f"calibration: bins must be >= 1, got {bins}")
+    logits, labels = _check(logits, labels)
+    n, k = logits.shape
+    logp = _log_softmax(logits)
+    p = np.exp(logp)
+    conf = p.max(axis=1)
+    pred = logp.argmax(axis=1)
+    correct = (pred == labels).astype(np.float64)
+
+    idx = bin_index(conf, bins)
+    count = np.bincount(idx, minlength=bins)
+    conf_sum = np.bincount(idx, weights=conf, minlength=bins)
+    corr_sum = np.bincount(idx, weights=correct, minlength=bins)
+    nz = count > 0
+    mean_conf = np.where(nz, conf_sum / np.maximum(count, 1), np.nan)
+    acc = np.where(nz, corr_sum / np.maximum(count, 1), np.nan)
+    gap = np.abs(acc - mean_conf)
+    ece = float(np.sum(count[nz] / n * gap[nz]))
+    mce = float(gap[nz].max())
+
+    nll = float(-logp[np.arange(n), labels].mean())
+    onehot = np.zeros_like(p)
+    onehot[np.arange(n), labels] = 1.0
+    brier = float(((p - onehot) ** 2).sum(axis=1).mean())
+    as_list = lambda a: [None if not np.isfinite(v) else float(v) for v in a]  # noqa: E731
+    return {
+        "ece": ece, "mce": mce, "nll": nll, "brier": brier,
+        "accuracy": float(correct.mean()), "mean_confidence": float(conf.mean()),
+        "count": int(n), "classes": int(k), "bins": int(bins),
+        "reliability": {"edges": [float(e) for e in np.linspace(0.0, 1.0, bins + 1)],
+                        "count": [int(c) for c in count],
+                        "confidence": as_list(mean_conf), "accuracy": as_list(acc)},
+    }
+
+
+UNITS = {
+    "ece": lambda m: f"ECE ({m['bins']} equal-width confidence bins)",
+    "mce": lambda m: f"MCE ({m['bins']} equal-width confidence bins)",
+    "nll": lambda m: "nats per image (mean negative log-likelihood)",
+    "brier": lambda m: "Brier (mean over images of the sum over classes of (p - onehot)^2)",
+    "accuracy": lambda m: "top1",
+}
+
+
+def figures(m: dict, on: str) -> dict:
+    """ECE, MCE, NLL, Brier and accuracy of a `metrics` result as measured figures."""
+    from pipeline.report import measured
+
+    return {key: measured(float(m[key]), unit(m), on) for key, unit in UNITS.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# temperature scaling
+
+
+def _nll_and_grad(beta: float, z: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """NLL of softmax(beta * z) and its derivative in beta (convex in beta)."""
+    logp = _log_softmax(beta * z)
+    p = np.exp(logp)
+    n = len(labels)
+    zy = z[np.arange(n), labels]
+    return float(-logp[np.arange(n), labels].mean()), float(((p * z).sum(1) - zy).mean())
+
+
+def fit_temperature_info(val_logits: np.ndarray, val_labels: np.ndarray,
+                         bounds: tuple[float, float] = T_BOUNDS, cv_folds: int = 5) -> dict:
+    """Fit T minimising the NLL of softmax(logits / T) on a held-out split, with the evidence.
+
+    With beta = 1/T, NLL(beta) = mean(logsumexp(beta z) - beta z_y) is convex, so its derivative
+    is monotone and bisection on log beta finds the minimiser deterministically (to float64
+    precision, no step sizes to tune). If the minimiser lies outside `bounds`, T is clipped to
+    the bound and `at_bound` says which. One case has no minimiser at all: when every held-out
+    image is classified correctly, NLL keeps falling as T -> 0; T is then not identifiable from
+    this split and 1.0 (no scaling) is returned with `identifiable: False`.
+
+    `cv` (a diagnostic; it does not change T): `cv_folds`-fold cross-validation inside the
+    held-out split, NLL on each held-out fold with T fitted on the other folds versus T = 1.
+    On a small split whose few errors decide T (digits: 144 images), the fitted T can fail to
+    help out of sample; `cv["scaling_helps"]` says whether it did inside the split, and
+    `recommended_temperature` is T where it did (or no CV was possible) and 1.0 where it did not.
+    """
+    z, y = _check(val_logits, val_labels)
+    z = z.astype(np.float64)
+    t_lo, t_hi = bounds
+    if not 0 < t_lo < 1 < t_hi:
+        raise ValueError(f"calibration: temperature bounds must satisfy 0 < lo < 1 < hi, "
+                         f"got {bounds}")
+    nll1, _ = _nll_and_grad(1.0, z, y)
+    out = {"val_count": int(len(y)), "nll_val_before": nll1, "bounds": list(bounds),
+           "identifiable": True, "at_bound": None}
+    others = z.copy()
+    others[np.arange(len(y)), y] = -np.inf
+    if (z[np.arange(len(y)), y] > others.max(1)).all():
+        out.update(temperature=1.0, nll_val_after=nll1, identifiable=False,
+                   recommended_temperature=1.0,
+                   why="every held-out image is classified correctly: NLL falls without bound "
+                       "as T -> 0, so T is not identifiable from this split; not scaled")
+        return out
+    lo, hi = math.log(1 / t_hi), math.log(1 / t_lo)  # log beta
+    if _nll_and_grad(math.exp(lo), z, y)[1] >= 0:
+        log_beta, out["at_bound"] = lo, "upper"  # minimiser at T >= t_hi
+    elif _nll_and_grad(math.exp(hi), z, y)[1] <= 0:
+        log_beta, out["at_bound"] = hi, "lower"  # minimiser at T <= t_lo
+    else:
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            if _nll_and_grad(math.exp(mid), z, y)[1] > 0:
+                hi = mid
+            else:
+                lo = mid
+            if hi - lo < 1e-12:
+                break
+        log_beta = 0.5 * (lo + hi)
+    t = 1.0 / math.exp(log_beta)
+    out.update(temperature=t, nll_val_after=_nll_and_grad(1.0 / t, z, y)[0])
+    out["recommended_temperature"] = t
+    if cv_folds >= 2 and len(y) >= 2 * cv_folds:
+        out["cv"] = _cross_validate(z, y, bounds, cv_folds)
+        if not out["cv"]["scaling_helps"]:
+            out["recommended_temperature"] = 1.0
+    return out
+
+
+def _cross_validate(z, y, bounds, k) -> dict:
+    order = np.random.default_rng(0).permutation(len(y))
+    scaled = unscaled = 0.0
+    temps = []
+    for f in range(k):
+        held = np.zeros(len(y), bool)
+        held[order[f::k]] = True
+        t = fit_temperature_info(z[~held], y[~held], bounds, cv_folds=0)["temperature"]
+        temps.append(t)
+        scaled += _nll_and_grad(1.0 / t, z[held], y[held])[0] * held.sum()
+        unscaled += _nll_and_grad(1.0, z[held], y[held])[0] * held.sum()
+    return {"folds": k, "temperatures": temps, "nll_scaled": scaled / len(y),
+            "nll_unscaled": unscaled / len(y), "scaling_helps": bool(scaled < unscaled)}
+
+
+def fit_temperature(val_logits: np.ndarray, val_labels: np.ndarray) -> float:
+    """One scalar T > 0 minimising NLL(softmax(val_logits / T)) on a held-out split."""
+    return float(fit_temperature_info(val_logits, val_labels)["temperature"])
+
+
+def evaluate(val_logits, val_labels, test_logits, test_labels, bins: int = DEFAULT_BINS) -> dict:
+    """Fit T on the held-out split; metrics on the test split before and after scaling."""
+    fit = fit_temperature_info(val_logits, val_labels)
+    t = fit["temperature"]
+    z, y = _check(test_logits, test_labels)
+    z = z.astype(np.float64)
+    idx = np.arange(len(y))
+    # per-image change of -log p(label): its mean is the NLL change, its spread the noise
+    d = _log_softmax(z)[idx, y] - _log_softmax(z / t)[idx, y]
+    return {"temperature": t, "fit": fit,
+            "before": metrics(z, y, bins), "after": metrics(z / t, y, bins),
+            "nll_change": {"mean": float(d.mean()),
+                           "standard_error": float(d.std(ddof=1) / math.sqrt(len(d)))
+                           if len(d) > 1 else None}}
+
+
+# --------------------------------------------------------------------------------------------
+# folding T into the classifier
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError(f"fold_temperature: {type(model).__name__} has no nn.Linear; temperature "
+                         "folding needs a model whose output is a linear classifier's output")
+    return found[-1]
+
+
+def fold_temperature(model: nn.Module, T: float, example: torch.Tensor | None = None) -> nn.Module:
+    """A copy of `model` whose last nn.Linear has weight/T and bias/T, so it emits logits / T.
+
+    The caller's model is not modified. With `example` (any input of the model's shape; only its
+    shape is used, the values are seeded random) it is checked, by running both, that the
+    model's output is exactly that Linear's output and that the copy emits the original / T;
+    without it, the last registered nn.Linear is assumed to produce the output.
+    """
+    if not (isinstance(T, (int, float)) and math.isfinite(T) and T > 0):
+        raise ValueError(f"fold_temperature: T must be a finite number > 0, got {T!r}")
+    name, _ = last_linear(model)
+    folded = copy.deepcopy(model).eval()
+    lin = dict(folded.named_modules())[name]
+    with torch.no_grad():
+        lin.weight.copy_((lin.weight.double() / T).to(lin.weight.dtype))
+        if lin.bias is not None:
+            lin.bias.copy_((lin.bias.double() / T).to(lin.bias.dtype))
+    if example is not None:
+        _check_fold(model, folded, name, T, example)
+    return folded
+
+
+def _check_fold(model, folded, name, T, example):
+    x = torch.randn(tuple(example.shape), generator=torch.Generator().manual_seed(0),
+                    dtype=example.dtype if example.is_floating_point() else torch.float32)
+    seen = {}
+    lin = dict(model.named_modules())[name]
+    handle = lin.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o.detach().clone()))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+            out_folded = folded(x)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or "out" not in seen or seen["out"].shape != out.shape \
+            or not torch.equal(seen["out"], out):
+        raise ValueError(f"fold_temperature: the model's output is not the output of its last "
+                         f"nn.Linear ({name!r}); something runs after it (or it is not the "
+                         "classifier), so dividing its weights by T would not scale the logits. "
+                         "Temperature folding needs a model that ends in a Linear.")
+    ref = out.double() / T
+    err = (out_folded.double() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-12)
+    if err > 1e-5:
+        raise ValueError(f"fold_temperature: folded output departs from output / T by "
+                         f"{err:.2e} (relative); is {name!r} used more than once?")
+
+
+# --------------------------------------------------------------------------------------------
+# reliability diagrams
+
+
+def reliability_figure(per_stage: dict[str, dict], title: str | None = None):
+    """Small multiples, one reliability diagram per stage, as a matplotlib Figure (Agg canvas,
+    no pyplot state). A stage maps to a `metrics` result, or to {"before": m, "after": m}
+    (e.g. `evaluate`'s result), drawn together: bars before scaling, outline after."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = max(1, len(per_stage))
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(3.0 * cols, 3.2 * rows), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (stage, m) in enumerate(per_stage.items()):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        pairs = [("before", m["before"]), ("after", m["after"])] if "before" in m else [("", m)]
+        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="0.5")
+        for label, mm in pairs:
+            r = mm["reliability"]
+            edges = np.asarray(r["edges"])
+            width = np.diff(edges)
+            acc = np.array([np.nan if a is None else a for a in r["accuracy"]])
+            keep = np.isfinite(acc)
+            text = f"ECE {mm['ece']:.3f}, NLL {mm['nll']:.3f}"
+            if label == "after" and "temperature" in m:
+                text += f" (T={m['temperature']:.2f})"
+            if label == "after":
+                ax.bar(edges[:-1][keep], acc[keep], width[keep], align="edge", fill=False,
+                       edgecolor="tab:orange", lw=1.2, label=f"after: {text}")
+            else:
+                ax.bar(edges[:-1][keep], acc[keep], width[keep], align="edge", color="tab:blue",
+                       alpha=0.6, edgecolor="white", lw=0.5,
+                       label=f"{label + ': ' if label else ''}{text}")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(stage, fontsize=9)
+        ax.set_xlabel(f"confidence ({pairs[0][1]['bins']} bins)", fontsize=8)
+        if i % cols == 0:
+            ax.set_ylabel("accuracy", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(loc="upper left", fontsize=6, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_png(per_stage: dict[str, dict], title: str | None = None) -> bytes:
+    """`reliability_figure` rendered to PNG bytes (for a data: URI in report.html)."""
+    fig = reliability_figure(per_stage, title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
