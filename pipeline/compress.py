@@ -90,7 +90,7 @@ def compress(opts: CompressOptions) -> dict:
 
     backends = {}
     for choice in target.backends:
-        backends[choice.backend] = ctx.backend(choice, calibrated, calib)
+        backends[choice.backend] = ctx.backend(choice, calibrated, calib, target.devices)
     report = _report(opts, target, data, recipe, spec, teacher, pruned, student, calibrated,
                      backends)
     if opts.budgets is not None:
@@ -228,7 +228,7 @@ class _Context:
                 "reliability_data": {"before": ev["before"], "after": ev["after"],
                                      "temperature": fit["temperature"]}}
 
-    def backend(self, choice, student, calib) -> dict:
+    def backend(self, choice, student, calib, devices=()) -> dict:
         """Export, verify and profile one backend; a failure is recorded, not raised, so the
         other backends still finish."""
         b = get_backend(choice.backend)
@@ -241,8 +241,9 @@ class _Context:
             ver = self.run.stage(f"verify/{key}", {"inputs": [exp.digest], "data": self.data.fingerprint()},
                                  lambda d: self.verify(d, b, exp, choice, student.dir, calib))
             prof = self.run.stage(f"profile/{key}", {"config": asdict(self.recipe.profile),
-                                                     "inputs": [exp.digest]},
-                                  lambda d: self.profile(d, b, exp))
+                                                     "inputs": [exp.digest, student.digest],
+                                                     "devices": list(devices)},
+                                  lambda d: self.profile(d, b, exp, student.dir, devices))
         except SlimshipError:
             raise
         except Exception as e:  # a backend's converter or runtime failed: name it, go on
@@ -325,16 +326,35 @@ class _Context:
                                 "reproducible")
         return found
 
-    def profile(self, folder: Path, b, exp) -> dict:
+    def profile(self, folder: Path, b, exp, student_dir: Path, devices) -> dict:
+        """Measured on this host where the file runs; estimated for the target's devices."""
+        from pipeline import estimate, profile
+
+        out = {"latency": None, "estimates": self._estimates(exp, student_dir, devices)}
         ok, why = b.can_run()
         if not ok:
-            return {"latency": None, "why": why}
-        cfg = self.recipe.profile
+            out["why"] = why
+            return out
+        cfg, path = self.recipe.profile, exp.dir / exp.info["file"]
         x = self.data.x_test[:1]
-        lat = [measure_latency(b, exp.dir / exp.info["file"], x, t, cfg.warmup, cfg.runs)
-               for t in cfg.threads]
-        log(f"[profile] {b.name}: p50 {lat[0]['p50']['value']:.3f} ms ({lat[0]['threads']} thread)")
-        return {"latency": lat}
+        out["latency"] = [measure_latency(b, path, x, t, cfg.warmup, cfg.runs) for t in cfg.threads]
+        log(f"[profile] {b.name}: p50 {out['latency'][0]['p50']['value']:.3f} ms "
+            f"({out['latency'][0]['threads']} thread)")
+        out["memory"] = _guarded(lambda: profile.peak_rss(b.name, path, x.shape, threads=1))
+        if b.name == "executorch-xnnpack":
+            out["memory"].update(_guarded(lambda: estimate.planned_memory(path)))
+            out["op_breakdown"] = _guarded(lambda: profile.op_breakdown(path, x, threads=1))
+        return out
+
+    def _estimates(self, exp, student_dir: Path, devices) -> dict:
+        from pipeline import estimate
+
+        if not devices:
+            return {}
+        model, _, _ = load_model(student_dir)
+        precision = "int8" if exp.info["precision"] == "int8" else "fp32"
+        return _guarded(lambda: estimate.estimate_for_devices(model, self.example, precision,
+                                                              list(devices), threads=1))
 
 
 def _report(opts, target, data, recipe, spec, teacher, pruned, student, calibrated,
@@ -354,7 +374,8 @@ def _report(opts, target, data, recipe, spec, teacher, pruned, student, calibrat
             "bytes": counted(_size(path), "bytes", e["file"]),
             "parity": parity_figures(v, e["file"]) if "test_split" in v else v,
             "preflight": e["preflight"], "io": e["io"], "calibration": e["calibration"],
-            "latency": p["latency"], "reused": {"export": r["export"].reused, "verify": r["verify"].reused},
+            "latency": p["latency"], "memory": p.get("memory"), "estimates": p.get("estimates"),
+            "op_breakdown": p.get("op_breakdown"), "reused": {"export": r["export"].reused, "verify": r["verify"].reused},
             "calibration_metrics": calibration.figures(v["calibration"], f"{e['file']}, "
                                                        f"{len(data.y_test)} test images")
             if "calibration" in v else None,
@@ -375,6 +396,17 @@ def _report(opts, target, data, recipe, spec, teacher, pruned, student, calibrat
         "stages": stages, "backends": out,
         "ok": not problems, "problems": problems,
     }
+
+
+def _guarded(fn) -> dict:
+    """A profiling extra that fails is reported with its error, not raised: the file itself
+    was already verified, and the report says what could not be measured."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        log(f"[profile] not measured: {msg}")
+        return {"error": msg}
 
 
 def _size(path: Path) -> int:

@@ -29,7 +29,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from pipeline.report import fig
@@ -37,8 +37,10 @@ from pipeline.report import fig
 PRECISION_BYTES = {"fp32": 4, "int8": 1}
 # efficiency classes: one fitted factor each (per precision)
 EFF_CLASSES = ("conv", "dwconv", "linear", "other")
-KIND_CLASS = {"conv": "conv", "dwconv": "dwconv", "linear": "linear", "pool": "other",
-              "add": "other", "other": "other"}
+# "linear" is every GEMM: nn.Linear, matmul/bmm, and 1x1 stride-1 convs ("pwconv"), which the
+# XNNPACK delegate runs as "Fully Connected" operators (seen in ETDump)
+KIND_CLASS = {"conv": "conv", "dwconv": "dwconv", "pwconv": "linear", "linear": "linear",
+              "pool": "other", "add": "other", "other": "other"}
 CALIBRATION_PATH = Path(__file__).resolve().parent.parent / "targets" / "host_calibration.json"
 
 # aten ops that only change a tensor's view or metadata: no arithmetic, no bytes
@@ -65,13 +67,14 @@ _NORM_OPS = {"_native_batch_norm_legit_no_training", "native_batch_norm", "batch
 # (batch norm into the weights, the activation as the output clamp). A ReLU after a residual
 # add is not: ETDump shows "Add (ND)" followed by its own "Clamp (NC)" operator.
 _ACT_OPS = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp", "clamp_", "threshold"}
-_FUSE_BN_INTO = {"conv", "dwconv", "linear"}
-_FUSE_ACT_INTO = {"conv", "dwconv", "linear"}
+_FUSE_BN_INTO = {"conv", "dwconv", "pwconv", "linear"}
+_FUSE_ACT_INTO = {"conv", "dwconv", "pwconv", "linear"}
 
 
 @dataclass
 class Layer:
-    """One runtime layer, counted. `kind` is conv | dwconv | linear | pool | add | other, or
+    """One runtime layer, counted. `kind` is conv | dwconv | pwconv (1x1) | linear | pool | add |
+    other, or
     `fused` for a batch norm / ReLU-like op that XNNPACK folds into the layer before it."""
 
     name: str
@@ -84,6 +87,12 @@ class Layer:
     act_in_bytes: int
     act_out_bytes: int
     fused_into: str | None = None
+    # the GEMM the layer's kernel computes (conv/linear/matmul): M output rows (pixels or
+    # tokens), N output channels, K MACs per output; for a depthwise conv N = channels,
+    # K = kernel taps. 0 for other layers.
+    gemm_m: int = 0
+    gemm_n: int = 0
+    gemm_k: int = 0
     _out_ptr: int = field(default=0, repr=False)
     _in_ptrs: tuple = field(default=(), repr=False)
 
@@ -122,8 +131,8 @@ def _ptr(t: torch.Tensor) -> int:
         return id(t)
 
 
-def _op_cost(op: str, args, kwargs, out) -> tuple[str, int, int]:
-    """(kind, MACs, other ops) of one aten op."""
+def _op_cost(op: str, args, kwargs, out) -> tuple[str, int, int, tuple]:
+    """(kind, MACs, other ops, (M, N, K) of the GEMM or ()) of one aten op."""
     outs = list(_tensors(out))
     n_out = sum(t.numel() for t in outs)
     if op in _CONV_OPS:
@@ -133,30 +142,35 @@ def _op_cost(op: str, args, kwargs, out) -> tuple[str, int, int]:
         k = math.prod(w.shape[2:])
         macs = n_out * w.shape[1] * k
         cin = x.shape[1]
-        kind = "dwconv" if groups == cin and cin > 1 and w.shape[1] == 1 else "conv"
-        return kind, macs, (n_out if bias is not None else 0)
-    if op in _MM_OPS:
-        a, b = (args[1], args[2]) if op in ("addmm", "baddbmm") else (args[0], args[1])
-        if op == "linear":  # (.., K) x (N, K)^T
-            k = a.shape[-1]
+        stride = args[3] if len(args) > 3 else kwargs.get("stride", [1])
+        if groups == cin and cin > 1 and w.shape[1] == 1:
+            kind = "dwconv"
+        elif k == 1 and groups == 1 and all(s == 1 for s in stride):
+            kind = "pwconv"  # 1x1, stride 1: XNNPACK runs it as a GEMM ("Fully Connected")
         else:
-            k = a.shape[-1]
+            kind = "conv"
+        n = w.shape[0]
+        return kind, macs, (n_out if bias is not None else 0), (n_out // n, n, w.shape[1] * k)
+    if op in _MM_OPS:
+        a = args[1] if op in ("addmm", "baddbmm") else args[0]
+        k = a.shape[-1]  # (.., K) x (K, N), or (N, K)^T for linear
         macs = n_out * k
         bias_ops = n_out if op in ("addmm", "baddbmm") or (op == "linear" and len(args) > 2
                                                             and args[2] is not None) else 0
-        return "linear", macs, bias_ops
+        n = outs[0].shape[-1]
+        return "linear", macs, bias_ops, (n_out // n, n, k)
     if op in _POOL_OPS:
-        return "pool", 0, args[0].numel()
+        return "pool", 0, args[0].numel(), ()
     if op in _NORM_OPS:
         x = args[0]
         affine = any(isinstance(a, torch.Tensor) and a.dim() >= 1 for a in args[1:3])
-        return "norm", 0, x.numel() * (2 if affine else 1)
+        return "norm", 0, x.numel() * (2 if affine else 1), ()
     if op in _ADD_OPS:
         both = sum(isinstance(a, torch.Tensor) and a.numel() > 1 for a in args[:2]) == 2
-        return ("add" if both else "other"), 0, n_out
+        return ("add" if both else "other"), 0, n_out, ()
     if op in _ACT_OPS:
-        return "act", 0, n_out
-    return "other", 0, n_out
+        return "act", 0, n_out, ()
+    return "other", 0, n_out, ()
 
 
 class _Counter(TorchDispatchMode):
@@ -176,8 +190,9 @@ def count_layers(model: nn.Module, example: torch.Tensor, precision: str = "fp32
 
     A layer is a call of a leaf module (one with no children), or an op that runs in a
     container's own forward (functional adds, matmuls, multiplies). View ops (reshape,
-    transpose, flatten) cost nothing and are dropped. BN and ReLU/ReLU6/clamp directly after a
-    conv/linear (and ReLU after an add) become kind `fused`, as the XNNPACK lowering folds them.
+    transpose, flatten) cost nothing and are dropped. A BatchNorm directly after a conv/linear,
+    and a ReLU/ReLU6/clamp directly after one (or after its folded BatchNorm), become kind
+    `fused`, as the XNNPACK lowering folds them; a ReLU after a residual add stays a layer.
 
     Bytes at `precision` (fp32: 4 B per element, int8: 1 B per weight and activation; biases
     counted at 4 B, as int8 kernels keep them in int32).
@@ -220,7 +235,7 @@ def count_layers(model: nn.Module, example: torch.Tensor, precision: str = "fp32
         if not layer.ops_seen:  # identity / dropout in eval: nothing runs
             return
         kinds = layer.kind.split("+") if layer.kind else []
-        for k in ("conv", "dwconv", "linear", "add", "pool"):
+        for k in ("conv", "dwconv", "pwconv", "linear", "add", "pool"):
             if k in kinds:
                 layer.kind = k
                 break
@@ -255,13 +270,15 @@ def count_layers(model: nn.Module, example: torch.Tensor, precision: str = "fp32
         op = _name(func)
         if op in _VIEW_OPS:
             return
-        kind, macs, ops = _op_cost(op, args, kwargs, out)
+        kind, macs, ops, shape = _op_cost(op, args, kwargs, out)
         cur = stack[-1][2] if stack else None
         if cur is not None:  # inside a leaf module
             cur.ops_seen.append(op)
             cur.kind = f"{cur.kind}+{kind}" if cur.kind else kind
             cur.macs += macs
             cur.ops += ops
+            if shape and not cur.gemm_m:
+                cur.gemm_m, cur.gemm_n, cur.gemm_k = (int(v) for v in shape)
             return
         parent = stack[-1][0] if stack else type(model).__name__
         key = f"{parent}:{op}"
@@ -275,6 +292,8 @@ def count_layers(model: nn.Module, example: torch.Tensor, precision: str = "fp32
                       sum(t.numel() for t in outs) * eb,
                       _out_ptr=_ptr(outs[0]) if outs else 0,
                       _in_ptrs=tuple(_ptr(t) for t in ins))
+        if shape:
+            layer.gemm_m, layer.gemm_n, layer.gemm_k = (int(v) for v in shape)
         _finish(layer)
 
     handles = []
@@ -296,11 +315,11 @@ def count_layers(model: nn.Module, example: torch.Tensor, precision: str = "fp32
 def layer_table(model: nn.Module, example: torch.Tensor, precision: str = "fp32") -> dict:
     """Per-layer counts as one table (source "counted", units in the header) plus totals as
     figures. Rows: name, kind, module, macs, ops, weight_bytes, act_in_bytes, act_out_bytes,
-    bytes_moved, fused_into."""
+    bytes_moved, fused_into, gemm_m/n/k (the GEMM a conv/linear computes)."""
     layers = count_layers(model, example, precision)
     on = f"{type(model).__name__}, input {tuple(example.shape)}, {precision}, per layer"
     cols = ["name", "kind", "module", "macs", "ops", "weight_bytes", "act_in_bytes",
-            "act_out_bytes", "bytes_moved", "fused_into"]
+            "act_out_bytes", "bytes_moved", "fused_into", "gemm_m", "gemm_n", "gemm_k"]
     rows = [[l.row()[c] for c in cols] for l in layers]
     run = [l for l in layers if l.kind != "fused"]
     tot_on = f"{type(model).__name__}, input {tuple(example.shape)}, {precision}, sum over layers"
@@ -344,32 +363,48 @@ def layer_table(model: nn.Module, example: torch.Tensor, precision: str = "fp32"
 
 @dataclass(frozen=True)
 class Calibration:
-    """Efficiency factors fitted on this host (see benchmarks/estimator.py).
+    """Efficiency factors fitted on this host (benchmarks/estimator.py), per precision `p`.
 
-    eff[precision][class]: fraction of the per-core peak MAC rate a layer class reaches.
-    bw_eff: fraction of DRAM bandwidth reached by the memory term.
-    overhead_ms[precision]: fixed time per layer that runs, at the host's clock.
-    parallel_eff[precision]: each thread beyond the first adds this fraction of a core.
+    eff[p][class]: the fraction of the per-core peak MAC rate a large layer of the class
+        reaches (class: conv, dwconv, linear, other; "other" counts an elementwise op as a MAC);
+    shape_m0 / shape_n0 / shape_k0[p]: a conv/linear layer's efficiency is
+        eff[class] x M/(M + m0) x N/(N + n0) x K/(K + k0), M, N, K its GEMM dimensions
+        (output pixels or tokens, output channels, MACs per output): small GEMMs use the
+        kernels' register tiles poorly;
+    bw_eff[p]: fraction of the DRAM bandwidth the memory term assumes (<= 1);
+    overhead_ms[p]: fixed time per layer that runs, at the host's clock;
+    sync_ms[p]: extra time per layer when more than one thread runs (threadpool dispatch);
+    call_overhead_ms[p]: fixed time per inference (runtime entry, layout/convert ops at the
+        delegate boundary, the Python runner), at the host's clock;
+    parallel_eff[p]: each core beyond the first adds this fraction of a core.
     """
 
     eff: dict
-    bw_eff: float
+    bw_eff: dict
     overhead_ms: dict
+    call_overhead_ms: dict
     parallel_eff: dict
     host_clock_ghz: float
+    shape_m0: dict = field(default_factory=lambda: {"fp32": 0.0, "int8": 0.0})
+    shape_n0: dict = field(default_factory=lambda: {"fp32": 0.0, "int8": 0.0})
+    shape_k0: dict = field(default_factory=lambda: {"fp32": 0.0, "int8": 0.0})
+    sync_ms: dict = field(default_factory=lambda: {"fp32": 0.0, "int8": 0.0})
     meta: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
 
+    _FIELDS = ("eff", "bw_eff", "overhead_ms", "call_overhead_ms", "parallel_eff",
+               "shape_m0", "shape_n0", "shape_k0", "sync_ms")
+
     @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
-        return cls(eff=d["eff"], bw_eff=float(d["bw_eff"]), overhead_ms=d["overhead_ms"],
-                   parallel_eff=d["parallel_eff"], host_clock_ghz=float(d["host_clock_ghz"]),
-                   meta=d.get("meta", {}), validation=d.get("validation", {}))
+    def from_dict(cls, d: dict) -> Calibration:
+        kw = {k: d[k] for k in cls._FIELDS if k in d}
+        return cls(host_clock_ghz=float(d["host_clock_ghz"]), meta=d.get("meta", {}),
+                   validation=d.get("validation", {}), **kw)
 
     def to_dict(self) -> dict:
-        return {"eff": self.eff, "bw_eff": self.bw_eff, "overhead_ms": self.overhead_ms,
-                "parallel_eff": self.parallel_eff, "host_clock_ghz": self.host_clock_ghz,
-                "meta": self.meta, "validation": self.validation}
+        return {**{k: getattr(self, k) for k in self._FIELDS},
+                "host_clock_ghz": self.host_clock_ghz, "meta": self.meta,
+                "validation": self.validation}
 
 
 class CalibrationMissing(RuntimeError):
@@ -389,7 +424,9 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
 @dataclass(frozen=True)
 class Machine:
     """The figures the roofline needs. From a DeviceProfile via `Machine.of`, or built by hand
-    (the host, tests). bw_gb_s None = no public DRAM bandwidth: the memory term is missing."""
+    (the host, tests). bw_gb_s None = no public DRAM bandwidth: the memory term is missing.
+    cache_bytes: the cache a layer's activations must fit in to stay on chip (the L2 of the
+    profile); None = not public, and then activations are counted as DRAM traffic."""
 
     name: str
     clock_ghz: float
@@ -397,13 +434,26 @@ class Machine:
     peak_gmac_s: dict  # precision -> per-core peak GMAC/s
     bw_gb_s: float | None
     bw_missing_reason: str = ""
+    cache_bytes: int | None = None
 
     @classmethod
-    def of(cls, device) -> "Machine":
-        bw = device.dram_bandwidth_gb_s
+    def of(cls, device) -> Machine:
+        bw, l2 = device.dram_bandwidth_gb_s, device.l2_kib
         return cls(device.key, device.clock_ghz.value, int(device.cores.value),
                    {"fp32": device.peak_fp32_gmac_s.value, "int8": device.peak_int8_gmac_s.value},
-                   bw.value, "" if bw.known else f"dram_bandwidth_gb_s is null ({bw.basis}): {bw.source}")
+                   bw.value, "" if bw.known else f"dram_bandwidth_gb_s is null ({bw.basis}): {bw.source}",
+                   int(l2.value * 1024) if l2.known else None)
+
+
+def dram_bytes(layer: Layer, machine: Machine) -> int:
+    """Bytes a layer moves to or from DRAM: its weights (read once per inference), plus its
+    input and output activations when together they exceed the machine's cache (or when the
+    cache size is not known)."""
+    if layer.kind == "fused":
+        return 0
+    acts = layer.act_in_bytes + layer.act_out_bytes
+    spill = machine.cache_bytes is None or acts > machine.cache_bytes
+    return layer.weight_bytes + (acts if spill else 0)
 
 
 def effective_cores(machine: Machine, threads: int, parallel_eff: float) -> float:
@@ -413,25 +463,41 @@ def effective_cores(machine: Machine, threads: int, parallel_eff: float) -> floa
     return 1.0 + (min(threads, machine.cores) - 1) * parallel_eff
 
 
+def shape_factor(layer: Layer, precision: str, cal: Calibration) -> float:
+    """M/(M + m0) x N/(N + n0) x K/(K + k0) for conv/linear layers, 1 for the others."""
+    if not layer.gemm_m:
+        return 1.0
+    f = 1.0
+    for v, c in ((layer.gemm_m, cal.shape_m0), (layer.gemm_n, cal.shape_n0),
+                 (layer.gemm_k, cal.shape_k0)):
+        x0 = c.get(precision, 0.0)
+        f *= v / (v + x0)
+    return f
+
+
 def layer_times(layers: list[Layer], machine: Machine, precision: str, threads: int,
                 cal: Calibration) -> list[dict]:
     """Per-layer roofline: compute and memory time (ms), the larger, and the overhead.
 
-    compute = (MACs + ops) / (peak_per_core x effective cores x eff[class]);
-    memory  = bytes_moved / (bandwidth x bw_eff)  (None when the machine has no bandwidth);
-    overhead = cal.overhead_ms x host clock / machine clock (a per-layer cost in cycles).
+    compute = (MACs + ops) / (peak_per_core x effective cores x eff[class] x shape factor);
+    memory  = dram_bytes / (bandwidth x bw_eff)  (None when the machine has no bandwidth);
+    overhead = (overhead_ms [+ sync_ms if threads > 1]) x host clock / machine clock.
     """
     cores = effective_cores(machine, threads, cal.parallel_eff[precision])
     peak = machine.peak_gmac_s[precision] * 1e9 * cores
-    over = cal.overhead_ms[precision] * cal.host_clock_ghz / machine.clock_ghz
+    per = cal.overhead_ms[precision] + (cal.sync_ms[precision] if min(threads, machine.cores) > 1
+                                        else 0.0)
+    over = per * cal.host_clock_ghz / machine.clock_ghz
     out = []
     for l in layers:
         if l.kind == "fused":
             continue
         cls = KIND_CLASS[l.kind]
-        compute = (l.macs + l.ops) / (peak * cal.eff[precision][cls]) * 1e3
+        eff = cal.eff[precision][cls] * shape_factor(l, precision, cal)
+        compute = (l.macs + l.ops) / (peak * eff) * 1e3
         memory = (None if machine.bw_gb_s is None
-                  else l.bytes_moved / (machine.bw_gb_s * 1e9 * cal.bw_eff) * 1e3)
+                  else dram_bytes(l, machine) / (machine.bw_gb_s * 1e9 * cal.bw_eff[precision])
+                  * 1e3)
         t = compute if memory is None else max(compute, memory)
         out.append({"name": l.name, "kind": l.kind, "class": cls, "compute_ms": compute,
                     "memory_ms": memory, "overhead_ms": over, "ms": t + over,
@@ -439,9 +505,15 @@ def layer_times(layers: list[Layer], machine: Machine, precision: str, threads: 
     return out
 
 
+def call_overhead_ms(machine: Machine, precision: str, cal: Calibration) -> float:
+    return cal.call_overhead_ms[precision] * cal.host_clock_ghz / machine.clock_ghz
+
+
 def roofline_ms(layers: list[Layer], machine: Machine, precision: str, threads: int,
                 cal: Calibration) -> float:
-    return sum(r["ms"] for r in layer_times(layers, machine, precision, threads, cal))
+    """Estimated latency (ms): the per-layer roofline summed, plus the per-inference overhead."""
+    rows = layer_times(layers, machine, precision, threads, cal)
+    return sum(r["ms"] for r in rows) + call_overhead_ms(machine, precision, cal)
 
 
 def estimate_latency(layers: list[Layer], machine: Machine, precision: str, threads: int,
@@ -449,7 +521,8 @@ def estimate_latency(layers: list[Layer], machine: Machine, precision: str, thre
     """Estimated latency (ms) as a figure, with the split into compute- and memory-bound time."""
     cal = cal or load_calibration()
     rows = layer_times(layers, machine, precision, threads, cal)
-    total = sum(r["ms"] for r in rows)
+    call = call_overhead_ms(machine, precision, cal)
+    total = sum(r["ms"] for r in rows) + call
     used = min(threads, machine.cores)
     on = (f"{machine.name}, {precision}, {threads} thread(s) -> {used} core(s), per-layer "
           f"roofline with efficiencies fitted on {cal.meta.get('host_cpu', 'this host')}")
@@ -457,8 +530,12 @@ def estimate_latency(layers: list[Layer], machine: Machine, precision: str, thre
         "latency": fig(total, "ms", "estimated", on),
         "compute_bound_layers": sum(r["bound"] == "compute" for r in rows),
         "memory_bound_layers": sum(r["bound"] == "memory" for r in rows),
-        "overhead": fig(sum(r["overhead_ms"] for r in rows), "ms", "estimated",
-                        on + ": fixed per-layer cost, scaled by clock"),
+        "compute_bound_ms": fig(sum(r["ms"] - r["overhead_ms"] for r in rows
+                                    if r["bound"] == "compute"), "ms", "estimated", on),
+        "memory_bound_ms": fig(sum(r["ms"] - r["overhead_ms"] for r in rows
+                                   if r["bound"] == "memory"), "ms", "estimated", on),
+        "overhead": fig(sum(r["overhead_ms"] for r in rows) + call, "ms", "estimated",
+                        on + ": fixed per-layer and per-inference costs, scaled by clock"),
         "memory_term": "included",
     }
     if machine.bw_gb_s is None:
@@ -468,29 +545,41 @@ def estimate_latency(layers: list[Layer], machine: Machine, precision: str, thre
             "has the compute term and overhead only, so it is a lower bound for memory-bound "
             "layers")
         out["latency"]["on"] += "; memory term missing (no public DRAM bandwidth)"
+    elif machine.cache_bytes is None:
+        out["cache_note"] = (f"no public L2 size for {machine.name}: every layer's activations "
+                             "are counted as DRAM traffic (pessimistic for small models)")
     return out
 
 
 def estimate_energy(layers: list[Layer], device, precision: str) -> dict:
-    """Energy proxy per inference: MACs x pJ/MAC(precision) + DRAM bytes x pJ/byte.
+    """Energy proxy per inference from the device's energy model (a 45 nm proxy):
+    MACs x pJ/MAC(precision) + DRAM bytes x pJ/byte + on-chip activation bytes x pJ/byte (SRAM).
 
-    DRAM bytes are every running layer's weights, inputs and outputs (bytes_moved): an upper
-    bound on traffic, as caches keep part of it on chip. Non-MAC arithmetic (bias, pooling,
-    elementwise) is not charged. Energies come from the device's energy model (a 45 nm proxy).
+    DRAM bytes as in the roofline (`dram_bytes`): weights, plus activations that do not fit the
+    device's L2 (all activations where its L2 size is not public). Activations that fit stay
+    on chip and are charged at the SRAM figure, an L1-sized best case. Non-MAC arithmetic (bias,
+    pooling, elementwise) is not charged.
     """
     em = device.energy_model
+    m = Machine.of(device)
     pj_mac = {"fp32": em.pj_per_fp32_mac.value, "int8": em.pj_per_int8_mac.value}[precision]
+    run = [l for l in layers if l.kind != "fused"]
     macs = sum(l.macs for l in layers)
-    dram = sum(l.bytes_moved for l in layers)
+    dram = sum(dram_bytes(l, m) for l in run)
+    sram = sum(l.bytes_moved for l in run) - dram
     e_mac = macs * pj_mac * 1e-9  # pJ -> mJ
     e_dram = dram * em.pj_per_dram_byte.value * 1e-9
+    e_sram = sram * em.pj_per_sram_byte.value * 1e-9
+    cache = (f"L2 {device.l2_kib.value:g} KiB" if m.cache_bytes is not None
+             else "no public L2 size: all activations from DRAM")
     on = (f"{device.key}, {precision}, energy model {em.key}: {macs:,} MAC x {pj_mac} pJ + "
-          f"{dram:,} B x {em.pj_per_dram_byte.value} pJ/B (all layer traffic from DRAM, an upper "
-          "bound); 45 nm proxy, relative use only")
+          f"{dram:,} B DRAM x {em.pj_per_dram_byte.value} pJ/B + {sram:,} B on chip x "
+          f"{em.pj_per_sram_byte.value} pJ/B ({cache}); 45 nm proxy, relative use only")
     return {
-        "energy": fig(e_mac + e_dram, "mJ", "estimated", on),
+        "energy": fig(e_mac + e_dram + e_sram, "mJ", "estimated", on),
         "compute_energy": fig(e_mac, "mJ", "estimated", on),
         "dram_energy": fig(e_dram, "mJ", "estimated", on),
+        "sram_energy": fig(e_sram, "mJ", "estimated", on),
         "energy_model": em.key,
     }
 

@@ -103,7 +103,7 @@ def figure(report: dict, backend: str, limit: str, line: Budget):
             lat = (b.get("latency") or [{}])[0]
             return f(lat.get(line.latency_stat))
         est = (b.get("estimates") or {}).get(line.latency_on, {})
-        return f(est.get("latency"))
+        return f(((est.get("latency") or {}).get("1") or {}).get("latency"))
     if limit == "max_peak_rss_bytes":
         return f((b.get("memory") or {}).get("peak_rss"))
     if limit == "max_accuracy_drop_points":

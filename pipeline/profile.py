@@ -107,7 +107,7 @@ def peak_rss(backend_name: str, path: Path, input_shape, threads: int | None = 1
                               shape=tuple(int(s) for s in input_shape),
                               path=str(Path(path).resolve()), threads=threads)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout_s, cwd=root)
+                          timeout=timeout_s, cwd=root, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"peak_rss: {backend_name} on {Path(path).name} failed: {tail[0]}")

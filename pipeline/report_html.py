@@ -84,12 +84,15 @@ def _widths_chart(report: dict) -> str:
 
 def _op_breakdown(report: dict) -> str:
     for b in report["backends"].values():
-        rows = b.get("op_breakdown")
+        rows = [r for r in (b.get("op_breakdown") or {}).get("rows", [])
+                if r.get("block") == "Execute" and r["name"] != "Method::execute"]
         if rows:
-            top = rows[:12]
+            top = sorted(rows, key=lambda r: -r["p50"]["value"])[:12]
             fig, ax = plt.subplots(figsize=(9, 0.35 * len(top) + 1))
-            ax.barh([r["name"] for r in top][::-1], [r["ms"] for r in top][::-1], color="#693")
-            ax.set_xlabel("time per inference, ms (measured by the ExecuTorch profiler)")
+            ax.barh([r["name"] for r in top][::-1], [r["p50"]["value"] for r in top][::-1],
+                    color="#693")
+            ax.set_xlabel(f"p50 time per inference, ms ({b['file']}, measured by ExecuTorch's "
+                          "profiler, ETDump)")
             return _png(fig)
     return "<p>No ExecuTorch op-time breakdown in this report.</p>"
 
@@ -104,8 +107,16 @@ def _scorecard(report: dict) -> str:
         for lat in b.get("latency") or []:
             figs += [(f"p50 latency ({lat['threads']} thr)", lat["p50"]),
                      (f"p90 latency ({lat['threads']} thr)", lat["p90"])]
+        for key in ("peak_rss", "planned_bytes"):
+            figs.append((key.replace("_", " "), (b.get("memory") or {}).get(key)))
         for dev, est in (b.get("estimates") or {}).items():
-            figs += [(f"{dev} {k}", v) for k, v in est.items() if isinstance(v, dict) and "source" in v]
+            if not isinstance(est, dict) or "latency" not in est:
+                continue
+            for t, block in est["latency"].items():
+                figs.append((f"{dev} latency ({t} thr)", block.get("latency")))
+            figs.append((f"{dev} energy", est.get("energy")))
+            err = est.get("estimator_error") or {}
+            figs.append((f"{dev}: estimator |error| median on this host", err.get("median_abs_error")))
         for label, f in figs:
             if f:
                 rows.append(f"<tr><td>{html.escape(b['file'])}</td><td>{html.escape(label)}</td>"

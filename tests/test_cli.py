@@ -34,7 +34,10 @@ def test_report_figures_say_where_they_came_from(android_bundle):
     settings = {"recipe", "tolerance", "model", "host", "seed", "io", "preflight",
                 "calibration", "widths", "ratio", "final_loss", "threads", "runs", "slimship_report",
                 "reliability_data", "cross_validation", "temperature_fitted",
-                "temperature_applied"}
+                "temperature_applied",
+                # counts and shares that sit beside figures in the profiler/estimator blocks
+                "buffers", "compute_bound_layers", "memory_bound_layers", "share", "delegated",
+                "rows_total"}
 
     def walk(node, path):
         if isinstance(node, dict):
@@ -63,7 +66,19 @@ def test_report_figures_say_where_they_came_from(android_bundle):
         lat = b["latency"][0]
         assert lat["runs"] >= 20 and lat["p50"]["source"] == "measured"
         assert lat["p50"]["value"] <= lat["p90"]["value"]
-    assert report["backends"]["executorch-xnnpack"]["preflight"]["delegated_fraction"] == 1.0
+    et = report["backends"]["executorch-xnnpack"]
+    assert et["preflight"]["delegated_fraction"] == 1.0
+    # issue 5: memory measured in a fresh process, the plan counted, real op names profiled,
+    # estimates per device profile of the target with the estimator's measured error beside
+    assert et["memory"]["peak_rss"]["source"] == "measured" and et["memory"]["peak_rss"]["value"] > 0
+    assert et["memory"]["planned_bytes"]["source"] == "counted"
+    names = {r["name"] for r in et["op_breakdown"]["rows"]}
+    assert "Method::execute" in names and len(names) > 1
+    for dev in ("pixel-8", "galaxy-s24", "cortex-a55"):
+        est = report["backends"]["tflite"]["estimates"][dev]
+        assert est["latency"]["1"]["latency"]["source"] == "estimated"
+        assert est["energy"]["source"] == "estimated" and est["energy"]["unit"] == "mJ"
+        assert est["estimator_error"]["median_abs_error"]["source"] == "measured"
 
 
 def test_pte_reproduces_golden_from_the_bundle_alone(android_bundle):

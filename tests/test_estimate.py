@@ -1,0 +1,196 @@
+"""Counted layers, roofline and energy arithmetic, ExecuTorch planned memory / ETDump breakdown,
+peak RSS (issue 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from pipeline import estimate as E
+from pipeline import profile
+from pipeline.prune import count
+from targets.devices import get_device, list_devices
+
+X = torch.randn(1, 3, 32, 32)
+
+
+def _cal(**kw) -> E.Calibration:
+    base = dict(eff={"fp32": {"conv": 0.5, "dwconv": 0.25, "linear": 0.4, "other": 0.1},
+                     "int8": {"conv": 0.5, "dwconv": 0.25, "linear": 0.4, "other": 0.1}},
+                bw_eff={"fp32": 1.0, "int8": 1.0}, overhead_ms={"fp32": 0.01, "int8": 0.01},
+                call_overhead_ms={"fp32": 0.0, "int8": 0.0},
+                parallel_eff={"fp32": 0.5, "int8": 0.5}, host_clock_ghz=2.0)
+    base.update(kw)
+    return E.Calibration(**base)
+
+
+def _layer(kind="conv", macs=0, ops=0, wb=0, ain=0, aout=0) -> E.Layer:
+    return E.Layer("l", kind, "Conv2d", ["convolution"], macs, ops, wb, ain, aout)
+
+
+def test_small_cnn_layer_sums_match_torch_pruning():
+    m = models.create_model("small_cnn", 3, 10, 32).eval()
+    layers = E.count_layers(m, X, "fp32")
+    tp_ops, _ = count(m, X)
+    # torch-pruning counts conv/linear MACs plus bias, BN (2/elem), ReLU and pooling ops
+    assert sum(l.macs + l.ops for l in layers) == tp_ops
+    # the MACs alone, by hand: four 3x3 convs and the 128 -> 10 linear
+    hand = (3 * 32 * 9 * 32 * 32 + 32 * 64 * 9 * 32 * 32 + 64 * 64 * 9 * 16 * 16
+            + 64 * 128 * 9 * 16 * 16 + 128 * 10)
+    assert sum(l.macs for l in layers) == hand
+    kinds = [l.kind for l in layers]
+    assert kinds.count("conv") == 4 and kinds.count("linear") == 1 and kinds.count("pool") == 2
+    assert kinds.count("fused") == 8  # 4 BN + 4 ReLU folded by XNNPACK
+    first = layers[0]
+    assert (first.weight_bytes, first.act_in_bytes, first.act_out_bytes) == (
+        3 * 32 * 9 * 4, 3 * 32 * 32 * 4, 32 * 32 * 32 * 4)
+    int8 = E.count_layers(m, X, "int8")[0]
+    assert (int8.weight_bytes, int8.act_in_bytes) == (3 * 32 * 9, 3 * 32 * 32)
+
+
+def test_functional_ops_are_counted():
+    """Residual adds (resnet) and bmm (vit) run outside leaf modules and still appear."""
+    res = E.count_layers(models.create_model("resnet20", 3, 10, 32).eval(), X)
+    adds = [l for l in res if l.kind == "add"]
+    assert len(adds) == 9 and all(l.module == "functional" for l in adds)
+    vit = E.count_layers(models.create_model("vit_tiny", 3, 10, 32).eval(), X)
+    bmm = [l for l in vit if "bmm" in l.ops_seen]
+    assert len(bmm) == 8 and all(l.macs > 0 for l in bmm)
+    table = E.layer_table(models.create_model("dscnn", 3, 10, 32).eval(), X, "int8")
+    assert table["source"] == "counted" and table["totals"]["macs"]["source"] == "counted"
+    assert {r[1] for r in table["rows"]} >= {"conv", "dwconv", "pwconv", "linear"}
+
+
+def test_roofline_by_hand():
+    m = E.Machine("hand", clock_ghz=2.0, cores=4, peak_gmac_s={"fp32": 100.0, "int8": 400.0},
+                  bw_gb_s=10.0)
+    cal = _cal()
+    # compute-bound: 1e9 MAC / (100e9 x 0.5) = 20 ms; memory 1e8 B / 10e9 = 10 ms; +0.01 ms
+    layers = [_layer(macs=10**9, wb=10**8)]
+    assert E.roofline_ms(layers, m, "fp32", 1, cal) == pytest.approx(20.01)
+    # memory-bound: 3e8 B / 10e9 B/s = 30 ms > 20 ms (no cache size given: activations count)
+    layers = [_layer(macs=10**9, wb=10**8, ain=10**8, aout=10**8)]
+    row, = E.layer_times(layers, m, "fp32", 1, cal)
+    assert row["bound"] == "memory" and row["ms"] == pytest.approx(30.01)
+    # with a cache the activations fit in, only the weights come from DRAM: compute-bound again
+    cached = E.Machine("hand", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, 10.0, cache_bytes=2 * 10**8)
+    assert E.roofline_ms(layers, cached, "fp32", 1, cal) == pytest.approx(20.01)
+    # 3 threads on 4 cores, parallel efficiency 0.5 -> 2 effective cores: compute 10 ms
+    layers = [_layer(macs=10**9)]
+    assert E.roofline_ms(layers, m, "fp32", 3, cal) == pytest.approx(10.01)
+    # 8 threads: min(8, 4) cores -> 1 + 3 x 0.5 = 2.5 effective cores: 8 ms
+    assert E.roofline_ms(layers, m, "fp32", 8, cal) == pytest.approx(8.01)
+    # fused layers cost nothing; the per-layer overhead scales with host clock / device clock
+    fast = E.Machine("fast", 4.0, 4, {"fp32": 100.0, "int8": 400.0}, 10.0)
+    assert E.roofline_ms([_layer(kind="fused", macs=10**9), _layer(kind="add", ops=0)],
+                         fast, "fp32", 1, cal) == pytest.approx(0.005)
+
+
+def test_shape_factor_by_hand():
+    m = E.Machine("hand", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, None)
+    cal = _cal(shape_m0={"fp32": 4.0, "int8": 0.0}, shape_n0={"fp32": 16.0, "int8": 0.0},
+               shape_k0={"fp32": 100.0, "int8": 0.0}, sync_ms={"fp32": 0.02, "int8": 0.0})
+    lay = _layer(macs=10**9)
+    lay.gemm_m, lay.gemm_n, lay.gemm_k = 4, 16, 100
+    # eff 0.5 x 4/8 x 16/32 x 100/200 = 0.0625: 1e9 / (100e9 x 0.0625) = 160 ms, + 0.01 ms
+    assert E.roofline_ms([lay], m, "fp32", 1, cal) == pytest.approx(160.01)
+    # 2 threads: 1.5 effective cores, and the per-layer sync cost (0.02 ms) on top
+    assert E.roofline_ms([lay], m, "fp32", 2, cal) == pytest.approx(160 / 1.5 + 0.03)
+    # int8 with zero shape constants: no penalty, int8 peak
+    assert E.roofline_ms([lay], m, "int8", 1, cal) == pytest.approx(1e9 / (400e9 * 0.5) * 1e3 + 0.01)
+
+
+def test_null_bandwidth_states_missing_memory_term():
+    null_bw = [k for k in list_devices() if not get_device(k).dram_bandwidth_gb_s.known]
+    assert null_bw, "devices.yaml has a device without public DRAM bandwidth"
+    dev = get_device(null_bw[0])
+    m = E.Machine.of(dev)
+    assert m.bw_gb_s is None
+    out = E.estimate_latency([_layer(macs=10**6, ain=10**9)], m, "fp32", 1, _cal())
+    assert out["memory_term"] == "missing"
+    assert dev.dram_bandwidth_gb_s.basis in out["memory_term_missing"]
+    assert "memory term missing" in out["latency"]["on"]
+    # the compute term and overhead only: 1e6 / (peak x 0.5) + 0.01 x 2.0 / clock
+    peak = dev.peak_fp32_gmac_s.value * 1e9
+    want = 1e6 / (peak * 0.5) * 1e3 + 0.01 * 2.0 / dev.clock_ghz.value
+    assert out["latency"]["value"] == pytest.approx(want, rel=1e-5)
+    assert out["latency"]["source"] == "estimated"
+
+
+def test_energy_by_hand():
+    dev = get_device("raspberry-pi-5")  # L2 512 KiB: these activations stay on chip
+    em = dev.energy_model
+    layers = [_layer(macs=10**6, wb=1000, ain=2000, aout=3000), _layer(kind="fused", macs=0, wb=50)]
+    out = E.estimate_energy(layers, dev, "fp32")
+    want = (10**6 * em.pj_per_fp32_mac.value + 1000 * em.pj_per_dram_byte.value
+            + 5000 * em.pj_per_sram_byte.value) * 1e-9
+    assert out["energy"]["value"] == pytest.approx(want, rel=1e-4)
+    assert out["energy"]["unit"] == "mJ" and out["energy"]["source"] == "estimated"
+    assert em.key in out["energy"]["on"] and out["energy_model"] == em.key
+    int8 = E.estimate_energy(layers, dev, "int8")
+    assert int8["compute_energy"]["value"] == pytest.approx(10**6 * em.pj_per_int8_mac.value * 1e-9)
+    # activations larger than the L2 go to DRAM
+    big = [_layer(macs=0, wb=1000, ain=600 * 1024, aout=0)]
+    want = (1000 + 600 * 1024) * em.pj_per_dram_byte.value * 1e-9
+    assert E.estimate_energy(big, dev, "fp32")["dram_energy"]["value"] == pytest.approx(want, rel=1e-3)
+
+
+def test_estimate_for_devices_uses_the_calibration_file():
+    try:
+        E.load_calibration()
+    except E.CalibrationMissing:
+        pytest.skip("targets/host_calibration.json not written yet (benchmarks/estimator.py)")
+    m = models.create_model("small_cnn", 3, 10, 32).eval()
+    out = E.estimate_for_devices(m, X, "int8", list_devices(), threads=[1, 2])
+    for key, d in out.items():
+        lat = d["latency"]["1"]["latency"]
+        assert lat["source"] == "estimated" and lat["value"] > 0
+        assert d["energy"]["source"] == "estimated"
+        assert d["estimator_error"]["within_15pct"]["source"] == "measured"
+        if not get_device(key).dram_bandwidth_gb_s.known:
+            assert d["latency"]["1"]["memory_term"] == "missing"
+
+
+# ---------------------------------------------------------------------------------------------
+# files: one small_cnn .pte shared by the tests below
+
+
+@pytest.fixture(scope="module")
+def small_pte(tmp_path_factory):
+    import targets
+    from targets._base import ExportRequest
+
+    out = tmp_path_factory.mktemp("pte")
+    m = models.create_model("small_cnn", 3, 10, 32).eval()
+    e = targets.get_backend("executorch-xnnpack").export(
+        ExportRequest(m, X, "fp32", None, out))
+    return e.path
+
+
+def test_planned_memory(small_pte):
+    pm = profile.planned_memory(small_pte)
+    assert pm["planned_bytes"]["source"] == "counted"
+    # at least the fp32 input (3x32x32) and output (10) tensors are planned
+    assert pm["planned_bytes"]["value"] >= (3 * 32 * 32 + 10) * 4
+    assert "XNNPACK" in pm["note"]
+
+
+def test_op_breakdown_has_real_op_names(small_pte):
+    ob = profile.op_breakdown(small_pte, np.zeros((1, 3, 32, 32), np.float32), runs=3, warmup=1)
+    names = [r["name"] for r in ob["rows"]]
+    assert "Method::execute" in names and "DELEGATE_CALL" in names
+    assert any(n.startswith("Convolution (NHWC, F32)") for n in names)  # XNNPACK's own events
+    assert ob["top"] and ob["top"][0].startswith("Convolution")
+    assert ob["total"]["source"] == "measured" and ob["total"]["value"] > 0
+
+
+def test_peak_rss(small_pte):
+    r = profile.peak_rss("executorch-xnnpack", small_pte, (1, 3, 32, 32))
+    base, peak, own = (r[k]["value"] for k in ("baseline_rss", "peak_rss", "file_rss"))
+    assert 20 * 2**20 < base < 4 * 2**30  # python + numpy + torch + executorch
+    assert peak >= base and own == peak - base
+    assert own < 512 * 2**20  # a 0.5 MB program does not take half a gigabyte
+    assert all(r[k]["source"] == "measured" and r[k]["unit"] == "B"
+               for k in ("baseline_rss", "peak_rss", "file_rss"))
