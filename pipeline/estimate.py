@@ -441,7 +441,7 @@ class Machine:
         bw, l2 = device.dram_bandwidth_gb_s, device.l2_kib
         return cls(device.key, device.clock_ghz.value, int(device.cores.value),
                    {"fp32": device.peak_fp32_gmac_s.value, "int8": device.peak_int8_gmac_s.value},
-                   bw.value, "" if bw.known else f"dram_bandwidth_gb_s is null ({bw.basis}): {bw.source}",
+                   bw.value, "" if bw.known else f"dram_bandwidth_gb_s is null ({bw.basis}): {bw.source.rstrip('.')}",
                    int(l2.value * 1024) if l2.known else None)
 
 
