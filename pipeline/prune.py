@@ -33,15 +33,16 @@ import copy
 import math
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
+from torch import nn
 
+from pipeline.config import PRUNE_SCOPES, PRUNE_TARGETS
 from pipeline.errors import UsageError
 
 IMPORTANCE_FACTORIES = {
@@ -52,8 +53,7 @@ IMPORTANCE_FACTORIES = {
     "hessian": lambda: tp.importance.GroupHessianImportance(),  # OBD (LeCun et al. 1990)
     "random": lambda: tp.importance.RandomImportance(),  # a control, not a method
 }
-TARGETS = ("macs", "params", "channels")
-SCOPES = ("local", "global")
+TARGETS, SCOPES = PRUNE_TARGETS, PRUNE_SCOPES
 _ROOT_TYPES = [tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM]
 _REL_TOL = 1e-4
 _GRAPH_OPS = (tp.ops._ElementWiseOp, tp.ops._ConcatOp, tp.ops._SplitOp, tp.ops._ReshapeOp,
@@ -152,8 +152,20 @@ def prune(
         pruned, step = _prune_step(model, example, budget, target, importance, round_to,
                                    ignored_layers, data, head_pruning_ratio, seed)
     plan = {"history": step["history"], "attributes": step["attributes"]}
-    return _result(model, pruned, example, plan, fraction, target, importance, round_to,
-                   ignored_layers, scope, macs0, params0, [step])
+    return _reached(_result(model, pruned, example, plan, fraction, target, importance, round_to,
+                            ignored_layers, scope, macs0, params0, [step]))
+
+
+def _reached(res: PruneResult) -> PruneResult:
+    """A target missed by more than 10 % is an error, not a silent best effort."""
+    if res.fraction_reached > 1.1 * res.fraction_asked:
+        raise UsageError(
+            f"prune: cannot reach {res.fraction_asked:.0%} of the {res.target} with "
+            f"scope={res.plan['scope']}, round_to={res.plan['round_to']} (best "
+            f"{res.fraction_reached:.0%}); use "
+            + ("prune.scope local, " if res.plan["scope"] == "global" else "")
+            + "a smaller prune.round_to, fewer prune.ignored_layers or a larger fraction")
+    return res
 
 
 def prune_to_macs(
@@ -228,13 +240,15 @@ def _prune_step(model, example, budget, target, importance, round_to, ignored_la
         return copy.deepcopy(model).eval(), {"history": [], "attributes": _pruned_attributes(
             model), "verified": [], "unverified": []}
     best = None  # (cost, pruned, record) with cost <= budget, else the smallest cost
-    goal = budget
-    tried = set()
-    for _ in range(6):
+    goal, tried = budget, set()
+    for attempt in range(8):
         kept = _plan_widths(ana, goal)
         key = tuple(sorted(kept.items()))
-        if key in tried:
-            break
+        if key in tried:  # the correction did not change the plan
+            if best[0] <= budget:
+                break
+            goal *= 0.99  # still over: aim lower until the plan changes
+            continue
         tried.add(key)
         pruned, record = _prune_copy(model, example, ana, kept, importance, round_to, data, seed)
         cost = measure(pruned, example, target, ignored_layers)
@@ -246,29 +260,34 @@ def _prune_step(model, example, budget, target, importance, round_to, ignored_la
             break
         goal *= budget / cost  # the cost model missed by cost/goal: aim again
     cost, pruned, record = best
-    record.update(_verify(model, pruned, example, record["history"], ignored_layers))
+    record.update(_verify(model, pruned, example, record["history"]))
     return pruned, record
 
 
 def _prune_global(model, example, budget, target, importance, round_to, ignored_layers, data,
                   head_pruning_ratio, seed):
-    """torch-pruning's global ranking, its ratio bisected so that the cost fits the budget."""
+    """torch-pruning's global ranking, its ratio bisected so that the cost fits the budget.
+
+    The cost is not monotone in the ratio when round_to is coarse (a group rounded to zero
+    channels is left whole), so the best attempt seen is kept: the largest cost that fits,
+    else the smallest cost."""
     ana = _analyse(model, example, ignored_layers, round_to, target, head_pruning_ratio)
-    best, lo, hi = None, 0.0, 0.95
+    best, lo, hi = None, 0.0, 0.9
     while hi - lo > 0.004:
         r = (lo + hi) / 2
         pruned, record = _prune_copy(model, example, ana, None, importance, round_to, data, seed,
                                      global_ratio=r)
         cost = measure(pruned, example, target, ignored_layers)
-        if cost <= budget:
-            best, hi = (pruned, record), r
+        fits = cost <= budget
+        if best is None or (fits and (best[0] > budget or cost > best[0])) or (
+                not fits and best[0] > budget and cost < best[0]):
+            best = (cost, pruned, record)
+        if fits:
+            hi = r
         else:
             lo = r
-    if best is None:  # even 0.95 misses: take it, the plan says so
-        best = _prune_copy(model, example, ana, None, importance, round_to, data, seed,
-                           global_ratio=0.95)
-    pruned, record = best
-    record.update(_verify(model, pruned, example, record["history"], ignored_layers))
+    _, pruned, record = best
+    record.update(_verify(model, pruned, example, record["history"]))
     return pruned, record
 
 
@@ -407,7 +426,7 @@ def _prune_copy(model, example, ana: _Analysis, kept: dict[int, int] | None, imp
     num_heads = {a.qkv: int(a.num_heads) for a in attn.values()}
     kw = {}
     if num_heads:
-        kw = dict(num_heads=num_heads, prune_num_heads=True, prune_head_dims=False)
+        kw = {"num_heads": num_heads, "prune_num_heads": True, "prune_head_dims": False}
     if kept is not None:
         ratios, head_ratios = {}, {}
         for gi, k in kept.items():
@@ -416,6 +435,9 @@ def _prune_copy(model, example, ana: _Analysis, kept: dict[int, int] | None, imp
                 continue
             if g.qkv is not None:  # MetaPruner removes ceil(ratio * heads) heads
                 head_ratios[modules[g.qkv]] = (g.size - k - 0.5) / g.size
+                # it removes heads only in a scope that prunes some width; with
+                # prune_head_dims=False that width ratio then removes nothing itself
+                ratios[modules[g.qkv]] = 0.5
             else:  # int(size * (1 - ratio)) == k exactly, already a multiple of round_to
                 ratios[modules[g.root]] = 1 - (k + 0.5) / g.size
         kw.update(pruning_ratio=0.0, pruning_ratio_dict=ratios)
@@ -502,7 +524,7 @@ def _check_runs(dense, pruned, example, history):
         f"recipe")
 
 
-def _verify(dense, pruned, example, history, ignored_layers) -> dict:
+def _verify(dense, pruned, example, history) -> dict:
     """Exactness on every group whose layers are channel-local; a static scan for channel-
     mixing ops on the others (layer norm, grouped conv: the zeroed channels would still count).
     Returns {"verified": [roots], "unverified": [roots]}; raises UsageError on a failure."""
@@ -523,7 +545,7 @@ def _verify(dense, pruned, example, history, ignored_layers) -> dict:
             bad = _first_failing_entry(dense, example, checkable, None, exact=True) or checkable[0]
             suspects = _suspects(*_graph_with_owners(copy.deepcopy(dense).eval(), example), bad,
                                  mixing_only=False)
-            hint = (f"; ops it treats as element-wise there: {suspects}" if suspects else
+            hint = (f"; ops it treats as element-wise there: {', '.join(suspects)}" if suspects else
                     "; e.g. a reshape/transpose that mixes channels (channel shuffle) or a "
                     "module that uses its own weight in forward")
             raise UsageError(
@@ -534,7 +556,7 @@ def _verify(dense, pruned, example, history, ignored_layers) -> dict:
         suspects = _suspects(owners, dg, entry, mixing_only=True)
         if suspects:
             raise UsageError(
-                f"prune: removing channels of {entry[0]!r} goes through {suspects}, which "
+                f"prune: removing channels of {entry[0]!r} goes through {', '.join(suspects)}, which "
                 f"torch-pruning treats as element-wise; add {entry[0]!r} to "
                 f"prune.ignored_layers in the recipe")
     return {"verified": [e[0] for e in checkable], "unverified": [e[0] for e in unverifiable]}
@@ -554,7 +576,7 @@ def _first_failing_entry(dense, example, entries, fails, exact=False):
         m = copy.deepcopy(dense).eval()
         try:
             apply_plan(m, {"history": [entry]}, example, attributes=False)
-        except Exception:
+        except Exception:  # noqa: BLE001  (any failure here is the finding)
             return entry
         _fix_heads(m)
         if exact:
@@ -564,7 +586,7 @@ def _first_failing_entry(dense, example, entries, fails, exact=False):
             try:
                 if not _same(masked, m, example):
                     return entry
-            except Exception:
+            except Exception:  # noqa: BLE001  (any failure here is the finding)
                 return entry
         elif fails(m):
             return entry
@@ -718,7 +740,7 @@ def _forward_locating(model, x):
         with torch.no_grad():
             out = model(x)
         return None, None, out
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (reported with the layer it happened in)
         return (stack[-1] if stack else None), e, None
     finally:
         for h in handles:
@@ -768,8 +790,10 @@ def prune_iteratively(
     current, records = dense, []
     for t, keep in enumerate(cubic_schedule(fraction, steps), start=1):
         fn = _prune_global if scope == "global" else _prune_step
+        # a recipe-fixed head ratio is a fraction of the dense heads: all of it at step 1
+        heads = cfg.head_pruning_ratio if t == 1 or cfg.head_pruning_ratio is None else 0.0
         current, record = fn(current, example, keep * total, target, cfg.importance, round_to,
-                             ignored, data, cfg.head_pruning_ratio, t)
+                             ignored, data, heads, t)
         record["kept_fraction_goal"] = round(keep, 4)
         records.append(record)
         finetune(current, t)
@@ -777,8 +801,8 @@ def prune_iteratively(
     plan = {"steps": [{"history": r["history"], "attributes": r["attributes"],
                        "kept_fraction_goal": r["kept_fraction_goal"]} for r in records],
             "attributes": records[-1]["attributes"], "schedule": "cubic (Zhu & Gupta 2017)"}
-    return _result(dense, current, example, plan, fraction, target, cfg.importance, round_to,
-                   ignored, scope, macs0, params0, records)
+    return _reached(_result(dense, current, example, plan, fraction, target, cfg.importance,
+                            round_to, ignored, scope, macs0, params0, records))
 
 
 def rewind(pruned_model: nn.Module, plan: dict, initial_state_dict: dict, spec: dict) -> nn.Module:
@@ -873,7 +897,7 @@ def _out_channel_groups(dg, module) -> int:
     p = dg.get_pruner_of_module(module)
     try:
         return int(p.get_out_channel_groups(module) or 1)
-    except Exception:
+    except Exception:  # noqa: BLE001  (a pruner without channel groups)
         return 1
 
 
