@@ -37,7 +37,7 @@ def test_report_figures_say_where_they_came_from(android_bundle):
                 "temperature_applied",
                 # counts and shares that sit beside figures in the profiler/estimator blocks
                 "buffers", "compute_bound_layers", "memory_bound_layers", "share", "delegated",
-                "rows_total"}
+                "rows_total", "samples"}
 
     def walk(node, path):
         if isinstance(node, dict):
