@@ -76,3 +76,25 @@ def test_ios_and_linux_arm64(all_run, target, files):
     assert model_files == files
     meta = json.loads((bundle / "model.json").read_text())
     assert set(meta["backends"]) == {c.backend for c in get_target(target).backends}
+
+
+def test_an_op_xnnpack_does_not_take_shows_in_the_preflight(tmp_path):
+    """x.mean((2, 3)) without keepdim stays on portable kernels: the preflight must say so."""
+    import torch
+    import torch.nn as nn
+
+    from targets._base import ExportRequest
+
+    class MeanHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10)
+
+        def forward(self, x):  # (B, 1, 8, 8)
+            return self.fc(self.conv(x).mean((2, 3)))  # mean without keepdim: not delegated
+
+    exp = get_backend("executorch-xnnpack").export(
+        ExportRequest(MeanHead().eval(), torch.zeros(1, 1, 8, 8), "fp32", None, tmp_path))
+    pre = exp.preflight
+    assert pre["delegated_fraction"] < 1.0
+    assert any("mean" in op for op in pre["non_delegated_ops"]), pre
