@@ -117,6 +117,37 @@ def gate(report, budget, baseline, junit, json_out):
 
 
 @cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--threads", default=1, show_default=True, type=int)
+@click.option("--runs", default=50, show_default=True, type=int, help="Timed runs after warm-up.")
+@click.option("--input-shape", help="Expected input shape, e.g. 1x3x32x32 (checked against the file).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the figures as JSON.")
+@one_line_errors
+def profile(files, threads, runs, input_shape, json_out):
+    """Measure existing .pte/.tflite/.onnx files (and describe .mlpackage) on this host."""
+    from pipeline.errors import UsageError
+    from pipeline.profile import profile_file
+    from pipeline.rundir import write_json
+
+    shape = None
+    if input_shape:
+        try:
+            shape = [int(s) for s in input_shape.lower().split("x")]
+        except ValueError:
+            raise UsageError(f"--input-shape {input_shape}: expected e.g. 1x3x32x32") from None
+    results = [profile_file(f, threads, runs, input_shape=shape) for f in files]
+    for r in results:
+        lat = r["latency"]
+        figure = (f"p50 {lat['p50']['value']:.4f} ms, p90 {lat['p90']['value']:.4f} ms "
+                  f"({lat['threads']} thread(s), {lat['runs']} runs, measured)" if lat
+                  else f"not run: {r['why_not_run']}")
+        click.echo(f"{r['file']}  [{r['backend']}, input {r['input_shape']}, "
+                   f"{r['bytes']['value']:,} bytes]  {figure}")
+    if json_out:
+        write_json(json_out, results)
+
+
+@cli.command()
 def targets():
     """List targets and the backends each builds."""
     from targets import get_target, list_targets

@@ -185,3 +185,58 @@ def op_breakdown(pte_path: Path, x, runs: int = 20, warmup: int = 3, threads: in
             "total": (rows[[x["name"] for x in rows].index("Method::execute")]["p50"]
                       if total else None),
             "resolution": "XNNPACK operator events are timed in whole microseconds"}
+
+
+SUFFIX_BACKEND = {".pte": "executorch-xnnpack", ".tflite": "tflite", ".onnx": "onnx",
+                  ".mlpackage": "coreml"}
+
+
+def file_input_shape(backend, path: Path) -> list[int]:
+    """The first input's shape as the file declares it."""
+    if backend.name == "executorch-xnnpack":
+        from executorch.runtime import Runtime
+
+        meta = Runtime.get().load_program(Path(path)).metadata("forward")
+        return [int(s) for s in meta.input_tensor_meta(0).sizes()]
+    return [int(s) for s in backend.describe(path)["inputs"][0]["shape"]]
+
+
+def profile_file(path: Path, threads: int = 1, runs: int = 50, warmup: int = 5,
+                 input_shape: list[int] | None = None) -> dict:
+    """`cli.py profile`: measure a .pte/.tflite/.onnx without the pipeline (random input of
+    the file's own shape). A file that is not what its suffix says is a one-line error."""
+    from pipeline.errors import UsageError
+    from targets import get_backend
+
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if path.suffix not in SUFFIX_BACKEND:
+        raise UsageError(f"{path}: unknown model file type {path.suffix or '(none)'}; "
+                         f"expected one of {', '.join(SUFFIX_BACKEND)}")
+    b = get_backend(SUFFIX_BACKEND[path.suffix])
+    try:
+        desc = b.describe(path)
+        shape = file_input_shape(b, path)
+    except Exception as e:  # noqa: BLE001  (whatever the runtime raises on a bad file)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"{path}: not a readable {path.suffix} file "
+                         f"({type(e).__name__}: {first})") from None
+    if input_shape is not None and list(input_shape) != shape:
+        raise UsageError(f"{path}: --input-shape {'x'.join(map(str, input_shape))} does not match "
+                         f"the file's input {'x'.join(map(str, shape))}")
+    out = {"file": str(path), "backend": b.name, "input_shape": shape,
+           "bytes": {"value": desc.get("bytes"), "unit": "bytes", "source": "counted",
+                     "on": path.name}}
+    ok, why = b.can_run()
+    if not ok:
+        out["latency"] = None
+        out["why_not_run"] = why
+        return out
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    try:
+        out["latency"] = measure_latency(b, path, x, threads, warmup, runs)
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UsageError(f"{path}: loads but does not run ({type(e).__name__}: {first})") from None
+    return out
