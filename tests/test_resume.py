@@ -27,7 +27,7 @@ def compress(tmp_path, kill_at=""):
 
 
 def figures(report):
-    stages = {k: v["accuracy"]["value"] for k, v in report["stages"].items()}
+    stages = {k: v["accuracy"]["value"] for k, v in report["stages"].items() if "accuracy" in v}
     files = {k: (v["parity"]["file_accuracy"]["value"], v["parity"]["state"])
              for k, v in report["backends"].items()}
     return stages, files
