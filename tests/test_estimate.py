@@ -138,10 +138,9 @@ def test_energy_by_hand():
 
 
 def test_estimate_for_devices_uses_the_calibration_file():
-    try:
-        E.load_calibration()
-    except E.CalibrationMissing:
-        pytest.skip("targets/host_calibration.json not written yet (benchmarks/estimator.py)")
+    # targets/host_calibration.json is committed (written by benchmarks/estimator.py):
+    # a missing one is a failure, not a reason to skip
+    E.load_calibration()
     m = models.create_model("small_cnn", 3, 10, 32).eval()
     out = E.estimate_for_devices(m, X, "int8", list_devices(), threads=[1, 2])
     for key, d in out.items():
