@@ -35,6 +35,31 @@ def one_line_errors(fn):
     return wrapper
 
 
+# Recipe keys with a flag of their own on `compress`; any other key: --set section.key=value.
+RECIPE_FLAGS = [
+    ("--epochs", "train.epochs", int, None),
+    ("--distill-epochs", "distill.epochs", int, None),
+    ("--macs-fraction", "prune.macs_fraction", float, "keep at most this share of MACs"),
+    ("--importance", "prune.importance", str, "l1, l2, bn_scale, taylor, hessian, random"),
+    ("--iterative-steps", "prune.iterative_steps", int, "prune -> fine-tune steps, cubic schedule"),
+    ("--rewind-epoch", "prune.rewind_epoch", int, "lottery ticket: rewind survivors to epoch k"),
+    ("--sparsity", "prune.sparsity", float, "unstructured magnitude sparsity after channels"),
+    ("--temperature", "distill.temperature", float, None),
+    ("--alpha", "distill.alpha", float, None),
+]
+
+
+def _param(key: str) -> str:
+    return "recipe_" + key.replace(".", "__")
+
+
+def recipe_flags(fn):
+    for flag, key, tp, what in reversed(RECIPE_FLAGS):
+        fn = click.option(flag, _param(key), type=tp,
+                          help=f"Override {key}" + (f" ({what})." if what else "."))(fn)
+    return fn
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """Compress a PyTorch model for phones: train, prune, distill, quantize, export, verify,
@@ -53,12 +78,9 @@ def cli():
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--run-dir", type=click.Path(path_type=Path),
               help="Where stage results are kept for reuse [default: runs/<model>-<data>-seed<seed>].")
-@click.option("--epochs", type=int, help="Override train.epochs.")
-@click.option("--distill-epochs", type=int, help="Override distill.epochs.")
-@click.option("--macs-fraction", type=float, help="Override prune.macs_fraction (keep at most this share of MACs).")
-@click.option("--importance", help="Override prune.importance: l1, l2, bn_scale, taylor, hessian, random.")
-@click.option("--temperature", type=float, help="Override distill.temperature.")
-@click.option("--alpha", type=float, help="Override distill.alpha.")
+@recipe_flags
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Override any recipe key, e.g. --set prune.scope=global (repeatable).")
 @click.option("--budget", type=click.Path(path_type=Path),
               help="Budgets YAML: after the run, exit 1 if any line is broken (see `cli.py gate`).")
 @click.option("--weights", type=click.Path(path_type=Path),
@@ -67,18 +89,18 @@ def cli():
 @click.option("--trust-pickle", is_flag=True,
               help="Allow --weights that only unpickling can load (runs code from the file).")
 @one_line_errors
-def compress(target, out, model, data, config, seed, run_dir, epochs, distill_epochs,
-             macs_fraction, importance, temperature, alpha, budget, weights, trust_pickle):
+def compress(target, out, model, data, config, seed, run_dir, settings, budget, weights,
+             trust_pickle, **flags):
     """Run every stage and write the bundle OUT/<target>/; exit 1 if a file fails parity."""
     from pipeline.compress import CompressOptions
     from pipeline.compress import compress as run
+    from pipeline.config import parse_setting
     from pipeline.gate import load_budgets
 
     budgets = load_budgets(budget) if budget else None  # a bad file fails before any work
-
-    overrides = {"train.epochs": epochs, "distill.epochs": distill_epochs,
-                 "prune.macs_fraction": macs_fraction, "prune.importance": importance,
-                 "distill.temperature": temperature, "distill.alpha": alpha}
+    overrides = dict(parse_setting(s) for s in settings)
+    overrides.update({key: flags[_param(key)] for _, key, _, _ in RECIPE_FLAGS
+                      if flags[_param(key)] is not None})
     report = run(CompressOptions(target=target, out=out, model=model, data=data, config=config,
                                  seed=seed, run_dir=run_dir, overrides=overrides,
                                  budgets=budgets, weights=weights, trust_pickle=trust_pickle))

@@ -26,6 +26,15 @@ def save_model(folder: Path, model: nn.Module, spec: dict, plan: dict | None = N
     write_json(folder / "model.json", {"spec": spec, "plan": plan})
 
 
+def save_weights(path: Path, model: nn.Module) -> None:
+    """Weights alone (safetensors), e.g. the initial weights a lottery ticket rewinds to."""
+    write_bytes(path, save({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}))
+
+
+def load_weights_file(path: Path) -> dict:
+    return load_file(str(path))
+
+
 def check_finite(model: nn.Module, where: str) -> None:
     """NaN/Inf in weights or buffers stop the run, naming the stage and the tensor."""
     for name, t in model.state_dict().items():

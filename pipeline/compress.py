@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,14 @@ import torch
 from models import create_model, get_model_entry
 from pipeline import bundle, calibration, faults
 from models._user import is_user_model, load_weights, user_factory
-from pipeline.checkpoint import check_finite, example_input, load_model, save_model
+from pipeline.checkpoint import (
+    check_finite,
+    example_input,
+    load_model,
+    load_weights_file,
+    save_model,
+    save_weights,
+)
 from pipeline.config import Recipe, load_recipe
 from pipeline.data import Dataset, load_dataset
 from pipeline.distill import kd_loss_fn
@@ -25,7 +33,17 @@ from pipeline.errors import SlimshipError, UsageError
 from pipeline.gate import evaluate
 from pipeline.log import log
 from pipeline.profile import host, measure_latency
-from pipeline.prune import count, layer_widths, prune_with_config
+from pipeline.prune import (
+    apply_masks,
+    count,
+    layer_widths,
+    masks_of_zeros,
+    prune_iteratively,
+    prune_unstructured,
+    prune_with_config,
+    remove_masks,
+    rewind,
+)
 from pipeline.report import counted, measured, parity_figures, summary_table
 from pipeline.rundir import RunDir, library_versions, sha256_file, write_json
 from pipeline.train import accuracy, fit, predict
@@ -34,6 +52,7 @@ from targets import get_backend, get_target
 from targets._base import ExportRequest, Tolerance, run_all
 
 GOLDEN_COUNT = 8
+REWIND_FILES = ("init.safetensors", "rewind.safetensors")  # in the train stage's folder
 RANDOM_INPUTS = 32
 
 
@@ -59,7 +78,6 @@ def compress(opts: CompressOptions) -> dict:
         user_factory(opts.model)  # a missing file or factory fails before any work
     loaded = load_weights(opts.weights, opts.trust_pickle) if opts.weights is not None else None
     recipe = load_recipe(opts.config, opts.overrides)
-    _refuse_unwired(recipe)
     data = load_dataset(opts.data)
     log(f"data {data.summary()}")
     run = RunDir(opts.run_dir or Path("runs") / f"{opts.model}-{data.name}-seed{opts.seed}")
@@ -75,8 +93,10 @@ def compress(opts: CompressOptions) -> dict:
     if opts.weights is not None:
         weights = {"path": str(opts.weights), "sha256": sha256_file(Path(opts.weights)),
                    "loaded_with": loaded[1]}
+    rewind_snapshot = recipe.prune.rewind_epoch or None  # epoch k > 0: kept while training
     teacher = run.stage("train", {"config": {**asdict(recipe.train), "spec": spec, "seed": opts.seed,
-                                             "weights": weights}, "data": fp},
+                                             "weights": weights, "rewind_snapshot": rewind_snapshot},
+                                  "data": fp},
                         lambda d: ctx.train(d, opts.weights, loaded))
     pruned = run.stage("prune", {"config": {**asdict(recipe.prune), "round_to": _round_to(recipe, target, opts.model)},
                                  "inputs": [teacher.digest], "data": fp},
@@ -106,16 +126,15 @@ def compress(opts: CompressOptions) -> dict:
     return report
 
 
-def _refuse_unwired(recipe: Recipe) -> None:
-    """Recipe keys that pipeline/prune.py implements but compress does not run yet: refuse them
-    rather than ignore them (see issue 3's note)."""
-    p = recipe.prune
-    for key, value, default in (("iterative_steps", p.iterative_steps, 1),
-                                ("rewind_epoch", p.rewind_epoch, None),
-                                ("sparsity", p.sparsity, 0.0)):
-        if value != default:
-            raise UsageError(f"recipe key prune.{key}: not yet run by compress (the function is in "
-                             f"pipeline/prune.py); leave it at {default}")
+def _rewind_name(epoch: int) -> str:
+    return "initialisation" if epoch == 0 else f"the end of training epoch {epoch}"
+
+
+def _sparsity_figures(info: dict, what: str) -> dict:
+    on = f"conv and linear weights of the {what}"
+    return {"sparsity": counted(info["sparsity"], "fraction of weights that are zero", on),
+            "zeros": counted(info["zeros"], "weights", on),
+            "weights": counted(info["weights"], "weights", on)}
 
 
 def _round_to(recipe: Recipe, target, model_name: str) -> int:
@@ -170,9 +189,18 @@ class _Context:
             check_finite(model, f"--weights {weights}")
         else:
             log(f"[train] {s['name']} on {self.data.name}: {cfg.epochs} epochs")
+            # the initial weights (and, for rewinding to epoch k, the weights after epoch k)
+            # are what a lottery ticket is rewound to (Frankle & Carbin)
+            save_weights(folder / REWIND_FILES[0], model)
+            k = self.recipe.prune.rewind_epoch  # <= train.epochs (Recipe.check)
+
+            def snapshot(epoch, m):
+                if epoch == k:
+                    save_weights(folder / REWIND_FILES[1], m)
+
             loss = fit(model, self.data.x_train, self.data.y_train, epochs=cfg.epochs,
                        batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                       seed=self.seed, desc="train teacher")
+                       seed=self.seed, desc="train teacher", on_epoch=snapshot if k else None)
             extra = {"final_loss": loss[-1]}
             check_finite(model, "train")
         save_model(folder, model, s)
@@ -181,21 +209,71 @@ class _Context:
         return info
 
     def prune(self, folder: Path, teacher_dir: Path, round_to: int) -> dict:
+        """Structured pruning (one-shot, or iterative with KD fine-tuning between the steps),
+        then optionally lottery-ticket rewinding and unstructured magnitude sparsity."""
         cfg = self.recipe.prune
         teacher, spec, _ = load_model(teacher_dir)
+        data = (self.data.x_train, self.data.y_train)
+        steps = cfg.iterative_steps
         log(f"[prune] {cfg.importance} importance, keep {cfg.kept_fraction:.0%} of the {cfg.target}, "
-            f"channels rounded to multiples of {round_to}")
-        res = prune_with_config(teacher, self.example, cfg, (self.data.x_train, self.data.y_train),
-                                round_to)
-        check_finite(res.model, "prune")
-        save_model(folder, res.model, spec, res.plan)
-        info = self._figures(res.model, "pruned, before fine-tuning")
-        info["ratio"] = res.ratio
-        info["widths"] = {"before": layer_widths(teacher), "after": layer_widths(res.model)}
+            f"channels rounded to multiples of {round_to}"
+            + (f", {steps} steps on a cubic schedule, {cfg.finetune_epochs} KD epochs between"
+               if steps > 1 else ", one shot"))
+        if steps > 1:
+            res = prune_iteratively(teacher, self.example, cfg, data,
+                                    self._finetune_between_steps(teacher, steps), steps, round_to)
+        else:
+            res = prune_with_config(teacher, self.example, cfg, data, round_to)
+        model, plan = res.model, res.plan
+        extra = {}
+        if cfg.sparsity > 0:  # the mask is chosen on the trained weights, before any rewind
+            masked, sparsity = prune_unstructured(model, cfg.sparsity)
+            masks = {n: (m.weight != 0) for n, m in masked.named_modules()
+                     if n in sparsity["per_layer"]}
+            plan["unstructured"] = {k: sparsity[k] for k in ("asked", "sparsity", "method")}
+            extra["unstructured"] = _sparsity_figures(sparsity, "pruned model")
+            model = masked
+        if cfg.rewind_epoch is not None:
+            model = self._rewind(model, plan, spec, teacher_dir, cfg.rewind_epoch)
+            if cfg.sparsity > 0:
+                apply_masks(model, masks)
+            plan["rewound_to"] = _rewind_name(cfg.rewind_epoch)
+            extra["rewound_to"] = plan["rewound_to"]
+        check_finite(model, "prune")
+        save_model(folder, model, spec, plan)
+        info = self._figures(model, "pruned, before fine-tuning")
+        info.update(extra, ratio=res.ratio,
+                    widths={"before": layer_widths(teacher), "after": layer_widths(model)})
         log(f"[prune] MACs {res.macs_before:,} -> {res.macs_after:,} "
-            f"({res.macs_after / res.macs_before:.0%}), accuracy before fine-tuning "
-            f"{info['accuracy']['value']:.2%}")
+            f"({res.macs_after / res.macs_before:.0%})"
+            + (f", {extra['unstructured']['sparsity']['value']:.0%} of the conv/linear weights "
+               "zeroed" if "unstructured" in extra else "")
+            + (f", rewound to {extra['rewound_to']}" if "rewound_to" in extra else "")
+            + f", accuracy before fine-tuning {info['accuracy']['value']:.2%}")
         return info
+
+    def _finetune_between_steps(self, teacher, steps: int):
+        """KD fine-tuning after every iterative step but the last (the distill stage follows)."""
+        cfg, d = self.recipe, self.data
+
+        def finetune(model, step):
+            if step == steps or cfg.prune.finetune_epochs == 0:
+                return
+            fit(model, d.x_train, d.y_train, epochs=cfg.prune.finetune_epochs,
+                batch_size=cfg.distill.batch_size, lr=cfg.distill.lr, seed=self.seed + step,
+                desc=f"fine-tune step {step}/{steps}",
+                loss_fn=kd_loss_fn(teacher, cfg.distill.temperature, cfg.distill.alpha))
+
+        return finetune
+
+    def _rewind(self, model, plan, spec, teacher_dir: Path, epoch: int):
+        path = teacher_dir / REWIND_FILES[0 if epoch == 0 else 1]
+        if not path.is_file():
+            raise UsageError("recipe key prune.rewind_epoch: the train stage kept no weights to "
+                             "rewind to (--weights skips training); train here or drop the key")
+        log(f"[prune] lottery ticket: surviving weights reset to their values at "
+            f"{_rewind_name(epoch)}")
+        return rewind(model, plan, load_weights_file(path), spec)
 
     def distill(self, folder: Path, teacher_dir: Path, pruned_dir: Path) -> dict:
         cfg = self.recipe.distill
@@ -203,12 +281,19 @@ class _Context:
         student, spec, plan = load_model(pruned_dir)
         log(f"[distill] fine-tuning the pruned student from the teacher: T={cfg.temperature}, "
             f"alpha={cfg.alpha}, {cfg.epochs} epochs")
+        # unstructured zeros stay zero while fine-tuning (the masks are held as hooks)
+        masks = masks_of_zeros(student) if plan and plan.get("unstructured") else {}
+        apply_masks(student, masks, hold=True)
         fit(student, self.data.x_train, self.data.y_train, epochs=cfg.epochs,
             batch_size=cfg.batch_size, lr=cfg.lr, seed=self.seed, desc="distill student",
             loss_fn=kd_loss_fn(teacher, cfg.temperature, cfg.alpha))
+        remove_masks(student)
         check_finite(student, "distill")
         save_model(folder, student, spec, plan)
         info = self._figures(student, "distilled student")
+        if masks:
+            info["unstructured"] = _sparsity_figures(prune_unstructured(student, 0.0)[1],
+                                                     "distilled student (masks held)")
         log(f"[distill] student accuracy {info['accuracy']['value']:.2%}")
         return info
 
@@ -385,6 +470,9 @@ def _report(opts, target, data, recipe, spec, teacher, pruned, student, calibrat
         out[name] = {
             "file": e["file"], "precision": e["precision"],
             "bytes": counted(_size(path), "bytes", e["file"]),
+            # what an app store download sees; unstructured zeros shrink this, not `bytes`
+            "bytes_compressed": counted(_compressed_size(path), "bytes",
+                                        f"{e['file']}, zlib level 9"),
             "parity": parity_figures(v, e["file"]) if "test_split" in v else v,
             "preflight": e["preflight"], "io": e["io"], "calibration": e["calibration"],
             "latency": p["latency"], "memory": p.get("memory"), "estimates": p.get("estimates"),
@@ -420,6 +508,11 @@ def _guarded(fn) -> dict:
         msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
         log(f"[profile] not measured: {msg}")
         return {"error": msg}
+
+
+def _compressed_size(path: Path) -> int:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return sum(len(zlib.compress(p.read_bytes(), 9)) for p in files)
 
 
 def _size(path: Path) -> int:

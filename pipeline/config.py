@@ -160,6 +160,10 @@ class Recipe:
     def check(self) -> "Recipe":
         for f in dataclasses.fields(self):
             getattr(self, f.name).check()
+        k = self.prune.rewind_epoch
+        if k is not None and k > self.train.epochs:
+            raise UsageError(f"recipe key prune.rewind_epoch is {k}, after the last training "
+                             f"epoch (train.epochs {self.train.epochs}); use 0..{self.train.epochs}")
         return self
 
     def to_dict(self) -> dict:
@@ -169,6 +173,20 @@ class Recipe:
 def _positive(key: str, value):
     if value <= 0:
         raise UsageError(f"recipe key {key} must be > 0, got {value}")
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """'section.key=value' from --set; the value is read as YAML (2, 0.5, true, [a, b], l2)."""
+    key, sep, raw = text.partition("=")
+    if not sep or key.count(".") != 1 or not all(key.split(".")):
+        raise UsageError(f"--set {text}: expected section.key=value, e.g. prune.scope=global")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise UsageError(f"--set {text}: the value is not valid YAML") from None
+    if value is None:
+        raise UsageError(f"--set {text}: no value given")
+    return key, value
 
 
 def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recipe:

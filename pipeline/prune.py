@@ -868,6 +868,28 @@ def remove_masks(model: nn.Module) -> nn.Module:
     return model
 
 
+def masks_of_zeros(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{module name: weight != 0} for conv/linear layers that hold zeros (unstructured pruning)."""
+    return {n: (m.weight != 0) for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and bool((m.weight == 0).any())}
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor], *, hold: bool = False) -> nn.Module:
+    """Zero the masked weights in place; hold=True keeps each mask as a forward pre-hook
+    (torch.nn.utils.prune.custom_from_mask) so fine-tuning cannot regrow them: call
+    `remove_masks` after training."""
+    import torch.nn.utils.prune as tprune
+
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        if hold:
+            tprune.custom_from_mask(modules[name], "weight", mask)
+        else:
+            with torch.no_grad():
+                modules[name].weight.mul_(mask)
+    return model
+
+
 def _sparsity_info(m, layers, asked) -> dict:
     per, zeros, total = {}, 0, 0
     for n, mod in layers:

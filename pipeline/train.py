@@ -43,8 +43,11 @@ def fit(
     seed: int = 0,
     desc: str = "train",
     loss_fn: LossFn = cross_entropy,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> list[float]:
-    """AdamW with a cosine schedule; returns the mean loss of each epoch."""
+    """AdamW with a one-cycle schedule; returns the mean loss of each epoch.
+
+    on_epoch(epoch, model) runs after each epoch (1-based), e.g. to keep a rewind snapshot."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -70,6 +73,8 @@ def fit(
             sched.step()
             total += loss.item() * len(idx)
         history.append(total / len(xt))
+        if on_epoch is not None:
+            on_epoch(len(history), model)
         faults.point(f"{desc}:epoch{len(history)}")
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     bar.close()
