@@ -36,16 +36,29 @@ def one_line_errors(fn):
 
 
 # Recipe keys with a flag of their own on `compress`; any other key: --set section.key=value.
+# (flag, recipe key, type, help); type list: the flag repeats; "mapping": repeats as NAME=VALUE
 RECIPE_FLAGS = [
     ("--epochs", "train.epochs", int, None),
-    ("--distill-epochs", "distill.epochs", int, None),
+    ("--group-lasso", "train.group_lasso", float, "group lasso on channel groups, Wen et al."),
+    ("--bn-l1", "train.bn_l1", float, "L1 on batch-norm scales, network slimming"),
+    ("--targeted-dropout", "train.targeted_dropout", float, "Gomez et al.: drop probability"),
+    ("--targeted-fraction", "train.targeted_fraction", float, "share of low-norm channels targeted"),
+    ("--dropout", "train.dropout", float, "untargeted channel dropout, the control"),
     ("--macs-fraction", "prune.macs_fraction", float, "keep at most this share of MACs"),
     ("--importance", "prune.importance", str, "l1, l2, bn_scale, taylor, hessian, random"),
     ("--iterative-steps", "prune.iterative_steps", int, "prune -> fine-tune steps, cubic schedule"),
     ("--rewind-epoch", "prune.rewind_epoch", int, "lottery ticket: rewind survivors to epoch k"),
     ("--sparsity", "prune.sparsity", float, "unstructured magnitude sparsity after channels"),
+    ("--distill-epochs", "distill.epochs", int, None),
     ("--temperature", "distill.temperature", float, None),
     ("--alpha", "distill.alpha", float, None),
+    ("--teacher-model", "distill.teacher_model", str, "a zoo teacher instead of the dense model"),
+    ("--teacher-weights", "distill.teacher_weights", str, "its .safetensors"),
+    ("--student-model", "distill.student_model", str, "a zoo student instead of the pruned one"),
+    ("--feature-weight", "distill.feature_weight", float, "feature distillation weight"),
+    ("--feature-layer", "distill.feature_layers", list, "student[:teacher] layer, repeatable"),
+    ("--precision", "quantize.precision", "mapping", "BACKEND=SCHEME, e.g. coreml=palettize6"),
+    ("--qat-epochs", "quantize.qat_epochs", int, "ExecuTorch int8 quantization-aware training"),
 ]
 
 
@@ -55,9 +68,30 @@ def _param(key: str) -> str:
 
 def recipe_flags(fn):
     for flag, key, tp, what in reversed(RECIPE_FLAGS):
-        fn = click.option(flag, _param(key), type=tp,
-                          help=f"Override {key}" + (f" ({what})." if what else "."))(fn)
+        text = f"Override {key}" + (f" ({what})." if what else ".")
+        many = tp in (list, "mapping")
+        fn = click.option(flag, _param(key), type=str if many else tp, multiple=many,
+                          help=text)(fn)
     return fn
+
+
+def recipe_overrides(flags: dict) -> dict:
+    """{"section.key": value} for the recipe flags that were given."""
+    from pipeline.errors import UsageError
+
+    out = {}
+    for flag, key, tp, _ in RECIPE_FLAGS:
+        value = flags[_param(key)]
+        if value is None or value == ():
+            continue
+        if tp == "mapping":
+            pairs = [v.partition("=") for v in value]
+            bad = [v for v, (_, sep, right) in zip(value, pairs) if not sep or not right]
+            if bad:
+                raise UsageError(f"{flag} {bad[0]}: expected NAME=VALUE")
+            value = {left: right for left, _, right in pairs}
+        out[key] = list(value) if tp is list else value
+    return out
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,8 +133,7 @@ def compress(target, out, model, data, config, seed, run_dir, settings, budget, 
 
     budgets = load_budgets(budget) if budget else None  # a bad file fails before any work
     overrides = dict(parse_setting(s) for s in settings)
-    overrides.update({key: flags[_param(key)] for _, key, _, _ in RECIPE_FLAGS
-                      if flags[_param(key)] is not None})
+    overrides.update(recipe_overrides(flags))
     report = run(CompressOptions(target=target, out=out, model=model, data=data, config=config,
                                  seed=seed, run_dir=run_dir, overrides=overrides,
                                  budgets=budgets, weights=weights, trust_pickle=trust_pickle))

@@ -82,7 +82,7 @@ def _executorch(b, shape):
         "```swift",
         "import ExecuTorch",
         "",
-        f"let module = Module(filePath: Bundle.main.path(forResource: \"model\", ofType: \"pte\")!)",
+        "let module = Module(filePath: Bundle.main.path(forResource: \"model\", ofType: \"pte\")!)",
         f"let input = Tensor<Float>(pixels /* [Float], preprocessed */, shape: [{dims}])",
         "let output: Tensor<Float> = try module.forward(input)[0].tensor()!",
         "let logits = output.scalars()",

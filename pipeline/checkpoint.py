@@ -27,8 +27,12 @@ def save_model(folder: Path, model: nn.Module, spec: dict, plan: dict | None = N
 
 
 def save_weights(path: Path, model: nn.Module) -> None:
-    """Weights alone (safetensors), e.g. the initial weights a lottery ticket rewinds to."""
-    write_bytes(path, save({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}))
+    """Weights alone (safetensors), e.g. the initial weights a lottery ticket rewinds to, under
+    the plain module's names (a parametrized weight, e.g. while dropout training, is saved as
+    `weight`, its unparametrized original)."""
+    state = {k.replace(".parametrizations.weight.original", ".weight"): v.detach().contiguous().clone()
+             for k, v in model.state_dict().items()}
+    write_bytes(path, save(state))
 
 
 def load_weights_file(path: Path) -> dict:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import hashlib
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models import create_model, get_model_entry
-from pipeline import bundle, calibration, faults
 from models._user import is_user_model, load_weights, user_factory
+from pipeline import bundle, calibration, faults
 from pipeline.checkpoint import (
     check_finite,
     example_input,
@@ -28,7 +28,7 @@ from pipeline.checkpoint import (
 )
 from pipeline.config import Recipe, load_recipe
 from pipeline.data import Dataset, load_dataset
-from pipeline.distill import kd_loss_fn
+from pipeline.distill import FeatureHints, feature_pairs, kd_feature_loss_fn, kd_loss_fn
 from pipeline.errors import SlimshipError, UsageError
 from pipeline.gate import evaluate
 from pipeline.log import log
@@ -44,9 +44,10 @@ from pipeline.prune import (
     remove_masks,
     rewind,
 )
+from pipeline.regularize import SparsityTraining
 from pipeline.report import counted, measured, parity_figures, summary_table
 from pipeline.rundir import RunDir, library_versions, sha256_file, write_json
-from pipeline.train import accuracy, fit, predict
+from pipeline.train import accuracy, cross_entropy, fit, predict
 from pipeline.verify import parity
 from targets import get_backend, get_target
 from targets._base import ExportRequest, Tolerance, run_all
@@ -78,6 +79,8 @@ def compress(opts: CompressOptions) -> dict:
         user_factory(opts.model)  # a missing file or factory fails before any work
     loaded = load_weights(opts.weights, opts.trust_pickle) if opts.weights is not None else None
     recipe = load_recipe(opts.config, opts.overrides)
+    choices = _backend_choices(target, recipe)  # a scheme a backend lacks fails here
+    _check_models(recipe)
     data = load_dataset(opts.data)
     log(f"data {data.summary()}")
     run = RunDir(opts.run_dir or Path("runs") / f"{opts.model}-{data.name}-seed{opts.seed}")
@@ -98,10 +101,18 @@ def compress(opts: CompressOptions) -> dict:
                                              "weights": weights, "rewind_snapshot": rewind_snapshot},
                                   "data": fp},
                         lambda d: ctx.train(d, opts.weights, loaded))
-    pruned = run.stage("prune", {"config": {**asdict(recipe.prune), "round_to": _round_to(recipe, target, opts.model)},
+    pruned = run.stage("prune", {"config": {**asdict(recipe.prune), "round_to": _round_to(recipe, target, opts.model),
+                                            "student_model": recipe.distill.student_model,
+                                            "finetune": {**asdict(recipe.distill),
+                                                         "train": asdict(recipe.train)}
+                                            if recipe.prune.iterative_steps > 1 else None},
                                  "inputs": [teacher.digest], "data": fp},
                        lambda d: ctx.prune(d, teacher.dir, _round_to(recipe, target, opts.model)))
-    student = run.stage("distill", {"config": {**asdict(recipe.distill), "seed": opts.seed},
+    ext = recipe.distill.teacher_weights
+    teacher_sha = sha256_file(Path(ext)) if ext and Path(ext).is_file() else None
+    student = run.stage("distill", {"config": {**asdict(recipe.distill), "seed": opts.seed,
+                                               "teacher_sha256": teacher_sha,
+                                               "train": asdict(recipe.train)},
                                     "inputs": [teacher.digest, pruned.digest], "data": fp},
                         lambda d: ctx.distill(d, teacher.dir, pruned.dir))
     calibrated = run.stage("calibrate", {"config": asdict(recipe.calibrate),
@@ -110,20 +121,61 @@ def compress(opts: CompressOptions) -> dict:
     calib = _calibration(data, recipe.quantize.calibration_images, opts.seed)
 
     backends = {}
-    for choice in target.backends:
-        backends[choice.backend] = ctx.backend(choice, calibrated, calib, target.devices)
-    report = _report(opts, target, data, recipe, spec, teacher, pruned, student, calibrated,
+    for choice in choices:
+        backends[choice.backend] = ctx.backend(choice, calibrated, calib, target.devices,
+                                               teacher)
+    # what the bundle holds: the pruned model, or the recipe's student architecture
+    shipped = {**spec, "name": recipe.distill.student_model or spec["name"]}
+    report = _report(opts, target, data, recipe, shipped, teacher, pruned, student, calibrated,
                      backends)
+    report["teacher_model"] = spec["name"]
     if opts.budgets is not None:
         report["gate"] = evaluate(report, opts.budgets)
         broken = [ln["name"] for ln in report["gate"] if ln["verdict"] == "fail"]
         if broken:
             report["ok"] = False
             report["problems"].append(f"budget broken: {', '.join(broken)}")
-    out = bundle.publish(Path(opts.out) / target.name, report, backends, data, spec)
+    out = bundle.publish(Path(opts.out) / target.name, report, backends, data, shipped)
     log(f"bundle written to {out}")
     print(summary_table(report))
     return report
+
+
+def _backend_choices(target, recipe: Recipe) -> list:
+    """The target's backends with the recipe's quantize.precision overrides, checked."""
+    q = recipe.quantize
+    names = [c.backend for c in target.backends]
+    for backend, scheme in q.precision.items():
+        if backend not in names:
+            raise UsageError(f"recipe key quantize.precision.{backend}: target {target.name} has "
+                             f"no such backend; its backends: {', '.join(names)}")
+        schemes = get_backend(backend).precisions
+        if scheme not in schemes:
+            raise UsageError(f"recipe key quantize.precision.{backend}: unknown scheme "
+                             f"{scheme!r}; available: {', '.join(schemes)}")
+    choices = [replace(c, precision=q.precision.get(c.backend, c.precision))
+               for c in target.backends]
+    if q.qat_epochs and not any(c.backend == "executorch-xnnpack" and c.precision == "int8"
+                                for c in choices):
+        raise UsageError(f"recipe key quantize.qat_epochs: quantization-aware training is for "
+                         f"ExecuTorch int8, which target {target.name} does not build here")
+    return choices
+
+
+def _check_models(recipe: Recipe) -> None:
+    """Zoo names and teacher weights in the recipe fail before any work."""
+    d = recipe.distill
+    for key, name in (("student_model", d.student_model), ("teacher_model", d.teacher_model)):
+        if name is None:
+            continue
+        try:
+            get_model_entry(name)
+            if is_user_model(name):
+                user_factory(name)
+        except UsageError as e:
+            raise UsageError(f"recipe key distill.{key}: {e}") from None
+    if d.teacher_weights is not None and not Path(d.teacher_weights).is_file():
+        raise UsageError(f"recipe key distill.teacher_weights: no such file {d.teacher_weights}")
 
 
 def _rewind_name(epoch: int) -> str:
@@ -198,10 +250,15 @@ class _Context:
                 if epoch == k:
                     save_weights(folder / REWIND_FILES[1], m)
 
-            loss = fit(model, self.data.x_train, self.data.y_train, epochs=cfg.epochs,
-                       batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                       seed=self.seed, desc="train teacher", on_epoch=snapshot if k else None)
-            extra = {"final_loss": loss[-1]}
+            sparse = SparsityTraining(model, self.example, cfg, self.seed)
+            try:
+                loss = fit(model, self.data.x_train, self.data.y_train, epochs=cfg.epochs,
+                           batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           seed=self.seed, desc="train teacher", on_epoch=snapshot if k else None,
+                           loss_fn=sparse.wrap(cross_entropy))
+            finally:
+                sparse.close()
+            extra = {"final_loss": loss[-1], "sparsity_training": sparse.describe()}
             check_finite(model, "train")
         save_model(folder, model, s)
         info = {**self._figures(model, "teacher"), **extra}
@@ -213,6 +270,8 @@ class _Context:
         then optionally lottery-ticket rewinding and unstructured magnitude sparsity."""
         cfg = self.recipe.prune
         teacher, spec, _ = load_model(teacher_dir)
+        if self.recipe.distill.student_model:
+            return self._fresh_student(folder, teacher)
         data = (self.data.x_train, self.data.y_train)
         steps = cfg.iterative_steps
         log(f"[prune] {cfg.importance} importance, keep {cfg.kept_fraction:.0%} of the {cfg.target}, "
@@ -252,6 +311,19 @@ class _Context:
             + f", accuracy before fine-tuning {info['accuracy']['value']:.2%}")
         return info
 
+    def _fresh_student(self, folder: Path, teacher) -> dict:
+        """distill.student_model: another architecture, initialised (seeded), not pruned."""
+        name, s = self.recipe.distill.student_model, self.spec
+        torch.manual_seed(self.seed)
+        student = create_model(name, s["in_channels"], s["num_classes"], s["input_size"])
+        save_model(folder, student, {**s, "name": name})
+        info = self._figures(student, f"{name} student, initialised, before distillation")
+        info["widths"] = {"before": layer_widths(teacher), "after": layer_widths(student)}
+        info["student_model"] = name
+        log(f"[prune] not pruning: the student is {name} (distill.student_model), "
+            f"MACs {info['macs']['value']:,} vs the teacher's {count(teacher, self.example)[0]:,}")
+        return info
+
     def _finetune_between_steps(self, teacher, steps: int):
         """KD fine-tuning after every iterative step but the last (the distill stage follows)."""
         cfg, d = self.recipe, self.data
@@ -259,10 +331,15 @@ class _Context:
         def finetune(model, step):
             if step == steps or cfg.prune.finetune_epochs == 0:
                 return
-            fit(model, d.x_train, d.y_train, epochs=cfg.prune.finetune_epochs,
-                batch_size=cfg.distill.batch_size, lr=cfg.distill.lr, seed=self.seed + step,
-                desc=f"fine-tune step {step}/{steps}",
-                loss_fn=kd_loss_fn(teacher, cfg.distill.temperature, cfg.distill.alpha))
+            sparse = SparsityTraining(model, self.example, cfg.train, self.seed + step)
+            try:  # the sparsity-training options act during pruning too
+                fit(model, d.x_train, d.y_train, epochs=cfg.prune.finetune_epochs,
+                    batch_size=cfg.distill.batch_size, lr=cfg.distill.lr, seed=self.seed + step,
+                    desc=f"fine-tune step {step}/{steps}",
+                    loss_fn=sparse.wrap(kd_loss_fn(teacher, cfg.distill.temperature,
+                                                   cfg.distill.alpha)))
+            finally:
+                sparse.close()
 
         return finetune
 
@@ -276,26 +353,67 @@ class _Context:
         return rewind(model, plan, load_weights_file(path), spec)
 
     def distill(self, folder: Path, teacher_dir: Path, pruned_dir: Path) -> dict:
+        """Hinton KD (plus optional feature hints) from the teacher into the student."""
         cfg = self.recipe.distill
-        teacher, _, _ = load_model(teacher_dir)
+        teacher, who = self._teacher(teacher_dir)
         student, spec, plan = load_model(pruned_dir)
-        log(f"[distill] fine-tuning the pruned student from the teacher: T={cfg.temperature}, "
-            f"alpha={cfg.alpha}, {cfg.epochs} epochs")
+        what = ("the pruned student" if cfg.student_model is None
+                else f"the {cfg.student_model} student (from scratch)")
+        log(f"[distill] {what} from {who}: T={cfg.temperature}, alpha={cfg.alpha}, "
+            f"{cfg.epochs} epochs" + (f", feature hints x{cfg.feature_weight:g}"
+                                      if cfg.feature_weight else ""))
+        loss = kd_loss_fn(teacher, cfg.temperature, cfg.alpha)
+        hints = None
+        if cfg.feature_weight:
+            pairs = feature_pairs(student, teacher, cfg.feature_layers)
+            hints = FeatureHints(student, teacher, pairs, self.example)
+            student.add_module("_feature_hints", hints)  # its adapters train with the student
+            loss = kd_feature_loss_fn(teacher, hints, cfg.temperature, cfg.alpha,
+                                      cfg.feature_weight)
         # unstructured zeros stay zero while fine-tuning (the masks are held as hooks)
         masks = masks_of_zeros(student) if plan and plan.get("unstructured") else {}
         apply_masks(student, masks, hold=True)
-        fit(student, self.data.x_train, self.data.y_train, epochs=cfg.epochs,
-            batch_size=cfg.batch_size, lr=cfg.lr, seed=self.seed, desc="distill student",
-            loss_fn=kd_loss_fn(teacher, cfg.temperature, cfg.alpha))
+        try:
+            fit(student, self.data.x_train, self.data.y_train, epochs=cfg.epochs,
+                batch_size=cfg.batch_size, lr=cfg.lr, seed=self.seed, desc="distill student",
+                loss_fn=loss)
+        finally:
+            if hints is not None:
+                hints.close()
+                del student._feature_hints
         remove_masks(student)
         check_finite(student, "distill")
         save_model(folder, student, spec, plan)
         info = self._figures(student, "distilled student")
+        info["teacher"] = who
+        if hints is not None:
+            info["feature_hints"] = [f"{s} <- {t}" for s, t in hints.pairs]
         if masks:
             info["unstructured"] = _sparsity_figures(prune_unstructured(student, 0.0)[1],
                                                      "distilled student (masks held)")
         log(f"[distill] student accuracy {info['accuracy']['value']:.2%}")
         return info
+
+    def _teacher(self, teacher_dir: Path):
+        """The dense model of the train stage, or the recipe's zoo teacher with its weights."""
+        cfg = self.recipe.distill
+        if cfg.teacher_model is None:
+            return load_model(teacher_dir)[0], "the dense teacher"
+        s = self.spec
+        state, how = load_weights(Path(cfg.teacher_weights), False)
+        teacher = create_model(cfg.teacher_model, s["in_channels"], s["num_classes"],
+                               s["input_size"])
+        try:
+            teacher.load_state_dict(state)
+        except RuntimeError as e:
+            raise UsageError(f"recipe key distill.teacher_weights {cfg.teacher_weights}: does not "
+                             f"fit distill.teacher_model {cfg.teacher_model}: "
+                             f"{str(e).splitlines()[0]}") from None
+        check_finite(teacher, f"distill.teacher_weights {cfg.teacher_weights}")
+        acc = accuracy(predict(teacher, self.data.x_test), self.data.y_test)
+        log(f"[distill] teacher {cfg.teacher_model} from {cfg.teacher_weights} ({how}): "
+            f"test accuracy {acc:.2%}")
+        return teacher.eval(), f"{cfg.teacher_model} ({cfg.teacher_weights})"
 
     def calibrate(self, folder: Path, student_dir: Path) -> dict:
         """Fit T on the validation split, fold it into the classifier (W/T, b/T)."""
@@ -326,16 +444,18 @@ class _Context:
                 "reliability_data": {"before": ev["before"], "after": ev["after"],
                                      "temperature": fit["temperature"]}}
 
-    def backend(self, choice, student, calib, devices=()) -> dict:
+    def backend(self, choice, student, calib, devices=(), teacher=None) -> dict:
         """Export, verify and profile one backend; a failure is recorded, not raised, so the
         other backends still finish."""
         b = get_backend(choice.backend)
         key = f"{b.name}-{choice.precision}"
+        qat = self._qat(b, choice, teacher)
         try:
             exp = self.run.stage(f"export/{key}", {
-                "config": {"precision": choice.precision, "options": list(choice.options)},
+                "config": {"precision": choice.precision, "options": list(choice.options),
+                           "qat": qat and qat["config"]},
                 "inputs": [student.digest], "calibration": calib["sha256"],
-            }, lambda d: self.export(d, b, choice, student.dir, calib))
+            }, lambda d: self.export(d, b, choice, student.dir, calib, qat))
             ver = self.run.stage(f"verify/{key}", {"inputs": [exp.digest], "data": self.data.fingerprint()},
                                  lambda d: self.verify(d, b, exp, choice, student.dir, calib))
             prof = self.run.stage(f"profile/{key}", {"config": asdict(self.recipe.profile),
@@ -351,14 +471,36 @@ class _Context:
         return {"backend": b.name, "precision": choice.precision, "export": exp, "verify": ver,
                 "profile": prof, "file": b.filename}
 
-    def export(self, folder: Path, b, choice, student_dir: Path, calib: dict) -> dict:
+    def _qat(self, b, choice, teacher) -> dict | None:
+        """Quantization-aware training for ExecuTorch int8: KD from the dense teacher."""
+        q, d = self.recipe.quantize, self.recipe.distill
+        if not q.qat_epochs or b.name != "executorch-xnnpack" or choice.precision != "int8":
+            return None
+        data = self.data
+
+        def train(prepared):
+            dense, _, _ = load_model(teacher.dir)
+            log(f"[export] {b.name}: quantization-aware training, {q.qat_epochs} epochs, KD from "
+                "the dense teacher")
+            fit(prepared, data.x_train, data.y_train, epochs=q.qat_epochs,
+                batch_size=d.batch_size, lr=q.qat_lr, seed=self.seed, desc="QAT",
+                loss_fn=kd_loss_fn(dense, d.temperature, d.alpha))
+
+        return {"config": {"epochs": q.qat_epochs, "lr": q.qat_lr, "kd": asdict(d),
+                           "teacher": teacher.digest},
+                "train": train}
+
+    def export(self, folder: Path, b, choice, student_dir: Path, calib: dict,
+               qat: dict | None = None) -> dict:
         model, _, _ = load_model(student_dir)
         log(f"[export] {b.name} {choice.precision}: converting"
-            + (f" (int8 calibration on {calib['count']} training images)" if choice.precision == "int8" else ""))
+            + (f" (int8 calibration on {calib['count']} training images)"
+               if choice.precision == "int8" and not qat else "")
+            + (f" after {qat['config']['epochs']} epochs of QAT" if qat else ""))
         start = time.perf_counter()
         exp = b.export(ExportRequest(model, self.example, choice.precision,
                                      calib["x"] if choice.precision != "fp32" else None, folder,
-                                     dict(choice.options)))
+                                     dict(choice.options), train=qat and qat["train"]))
         log(f"[export] {b.name}: wrote {exp.path.name} in {time.perf_counter() - start:.1f} s")
         faults.point(f"export:{b.name}")
         rng = np.random.default_rng(1234)
@@ -373,7 +515,10 @@ class _Context:
                 "tolerance": exp.tolerance.describe(), "preflight": exp.preflight,
                 "notes": exp.notes, "seconds": round(time.perf_counter() - start, 2),
                 "calibration": {k: calib[k] for k in ("count", "split", "sha256")}
-                if choice.precision != "fp32" else None}
+                if choice.precision != "fp32" and not qat else None,
+                "qat": {"epochs": qat["config"]["epochs"], "lr": qat["config"]["lr"],
+                        "data": f"training split ({len(self.data.y_train)} images), KD from "
+                                "the dense teacher"} if qat else None}
 
     def verify(self, folder: Path, b, exp, choice, student_dir: Path, calib: dict) -> dict:
         path = exp.dir / exp.info["file"]
@@ -475,6 +620,7 @@ def _report(opts, target, data, recipe, spec, teacher, pruned, student, calibrat
                                         f"{e['file']}, zlib level 9"),
             "parity": parity_figures(v, e["file"]) if "test_split" in v else v,
             "preflight": e["preflight"], "io": e["io"], "calibration": e["calibration"],
+            "qat": e.get("qat"),
             "latency": p["latency"], "memory": p.get("memory"), "estimates": p.get("estimates"),
             "op_breakdown": p.get("op_breakdown"), "reused": {"export": r["export"].reused, "verify": r["verify"].reused},
             "calibration_metrics": calibration.figures(v["calibration"], f"{e['file']}, "

@@ -19,15 +19,41 @@ PRUNE_SCOPES = ("local", "global")
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The dense teacher's training, and the sparsity-training options that make pruning it
+    cheaper (they apply here and to the fine-tuning between iterative pruning steps)."""
+
     epochs: int = 30
     batch_size: int = 64
     lr: float = 0.003
     weight_decay: float = 0.0005
+    # group lasso over torch-pruning's channel groups (Wen et al. 2016): + lambda * sum ||W_g||_2
+    group_lasso: float = 0.0
+    # L1 on batch-norm scales (network slimming, Liu et al. 2017): + lambda * sum |gamma|
+    bn_l1: float = 0.0
+    # targeted dropout (Gomez et al. 2019): each step, the `targeted_fraction` lowest-L2 output
+    # channels of every conv/linear layer are dropped with this probability
+    targeted_dropout: float = 0.0
+    targeted_fraction: float = 0.5
+    # the control: output channels dropped with this probability, whatever their magnitude
+    dropout: float = 0.0
 
     def check(self):
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
         _positive("train.lr", self.lr)
+        for key in ("group_lasso", "bn_l1"):
+            if getattr(self, key) < 0:
+                raise UsageError(f"recipe key train.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("targeted_dropout", "dropout"):
+            if not 0 <= getattr(self, key) < 1:
+                raise UsageError(f"recipe key train.{key} must be in [0, 1), "
+                                 f"got {getattr(self, key)}")
+        if not 0 < self.targeted_fraction <= 1:
+            raise UsageError(f"recipe key train.targeted_fraction must be in (0, 1], "
+                             f"got {self.targeted_fraction}")
+        if self.targeted_dropout and self.dropout:
+            raise UsageError("recipe keys train.targeted_dropout and train.dropout: choose one "
+                             "(dropout is the untargeted control)")
 
 
 @dataclass(frozen=True)
@@ -99,6 +125,18 @@ class DistillConfig:
     lr: float = 0.002
     temperature: float = 4.0
     alpha: float = 0.7
+    # the teacher: None is the dense model of the train stage; or a zoo model (or
+    # path/to/file.py:factory) with trained weights in `teacher_weights` (.safetensors)
+    teacher_model: str | None = None
+    teacher_weights: str | None = None
+    # the student: None is the pruned model; or a zoo architecture trained from scratch by KD
+    # (the prune stage then builds it instead of pruning)
+    student_model: str | None = None
+    # feature distillation (FitNets-style hints): + weight * MSE(adapter(student feature),
+    # teacher feature) at `feature_layers` ("student_layer" or "student_layer:teacher_layer";
+    # empty: the last conv layer), through 1x1 adapters trained alongside and then discarded
+    feature_weight: float = 0.0
+    feature_layers: tuple[str, ...] = ()
 
     def check(self):
         _positive("distill.epochs", self.epochs)
@@ -107,14 +145,34 @@ class DistillConfig:
         _positive("distill.temperature", self.temperature)
         if not 0 <= self.alpha <= 1:
             raise UsageError(f"recipe key distill.alpha must be in [0, 1], got {self.alpha}")
+        if (self.teacher_model is None) != (self.teacher_weights is None):
+            raise UsageError("recipe keys distill.teacher_model and distill.teacher_weights go "
+                             "together: a zoo teacher needs its trained weights")
+        if self.feature_weight < 0:
+            raise UsageError(f"recipe key distill.feature_weight must be >= 0, "
+                             f"got {self.feature_weight}")
+        for spec in self.feature_layers:
+            if not spec or spec.count(":") > 1 or any(not p for p in spec.split(":")):
+                raise UsageError(f"recipe key distill.feature_layers: {spec!r} is not "
+                                 "'student_layer' or 'student_layer:teacher_layer'")
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
     calibration_images: int = 256  # drawn from the training split, never the test split
+    # per backend, the scheme instead of the target's (e.g. {coreml: palettize6, onnx: fp32});
+    # each backend lists its own (`cli.py targets`); checked against the target before any work
+    precision: dict[str, str] = field(default_factory=dict)
+    # ExecuTorch int8: epochs of quantization-aware training (PT2E QAT with KD from the
+    # teacher, on the training split) before conversion; 0: post-training quantization only
+    qat_epochs: int = 0
+    qat_lr: float = 0.0002  # QAT fine-tunes a trained student: a small learning rate
 
     def check(self):
         _positive("quantize.calibration_images", self.calibration_images)
+        if self.qat_epochs < 0:
+            raise UsageError(f"recipe key quantize.qat_epochs must be >= 0, got {self.qat_epochs}")
+        _positive("quantize.qat_lr", self.qat_lr)
 
 
 @dataclass(frozen=True)
@@ -160,6 +218,15 @@ class Recipe:
     def check(self) -> "Recipe":
         for f in dataclasses.fields(self):
             getattr(self, f.name).check()
+        if self.distill.student_model is not None:
+            p = self.prune
+            for key, on in (("iterative_steps", p.iterative_steps != 1),
+                            ("rewind_epoch", p.rewind_epoch is not None),
+                            ("sparsity", p.sparsity != 0)):
+                if on:
+                    raise UsageError(f"recipe key prune.{key}: the student is another "
+                                     "architecture (distill.student_model), which is not "
+                                     "pruned; drop one of the two")
         k = self.prune.rewind_epoch
         if k is not None and k > self.train.epochs:
             raise UsageError(f"recipe key prune.rewind_epoch is {k}, after the last training "
@@ -240,6 +307,11 @@ def _coerce(tp, value, key, what="recipe"):
             return None
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(inner, value, key, what)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{what} key {key} must be a mapping, got {type(value).__name__}")
+        return {_coerce(args[0], k, f"{key}.{k}", what): _coerce(args[1], v, f"{key}.{k}", what)
+                for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise UsageError(f"{what} key {key} must be a list, got {type(value).__name__}")

@@ -52,6 +52,10 @@ def summary_table(report: dict) -> str:
         if "error" in b:
             rows.append((f"{name}", "", "", "", "", "", "export failed"))
             continue
+        ref = b["parity"].get("reference_accuracy")
+        if ref and b["precision"] != "fp32":  # the quantized model, before the runtime
+            rows.append((f"{b['precision']} PyTorch reference", _v(ref, "{:.2%}"), "", "", "", "",
+                         ""))
         lat = (b.get("latency") or [{}])[0].get("p50")
         rows.append((f"{b['file']} ({b['precision']})", _v(b["parity"].get("file_accuracy"), "{:.2%}"),
                      "", "", _v(b.get("bytes"), "{:,}"), _v(lat, "{:.3f}"), b["parity"]["state"]))

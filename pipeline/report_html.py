@@ -71,6 +71,10 @@ def _widths_chart(report: dict) -> str:
     widths = report["stages"].get("pruned", {}).get("widths")
     if not widths:
         return "<p>No pruning stage in this run.</p>"
+    other = report["stages"]["pruned"].get("student_model")
+    if other:
+        return (f"<p>Not pruned: the student is another architecture ({other}, "
+                "distill.student_model); its layers have other names than the teacher's.</p>")
     layers = list(widths["before"])
     fig, ax = plt.subplots(figsize=(11, 3.2))
     x = range(len(layers))

@@ -47,6 +47,9 @@ class ExportRequest:
     calibration: np.ndarray | None  # (N, C, H, W) float32, from the training split
     out_dir: Path
     options: dict = field(default_factory=dict)
+    # quantization-aware training, for backends that offer it: called with the prepared
+    # (fake-quantized, trainable) module; the pipeline trains it on the training split
+    train: Callable[[nn.Module], None] | None = None
 
 
 @dataclass

@@ -51,7 +51,11 @@ TOLERANCES = {
     "fp32": Tolerance(max_abs_rel=1e-3),
     "fp16": Tolerance(min_sqnr_db=35.0, min_agreement=0.99),
     "int8": Tolerance(max_abs_rel=1e-3),  # vs the torch twin holding the file's int8 weights
+    "palettize6": Tolerance(max_abs_rel=1e-3),  # vs the twin holding the file's palette weights
+    "palettize4": Tolerance(max_abs_rel=1e-3),
 }
+# palettization (k-means, one lookup table per tensor): weights stored as n-bit indices
+PALETTE_BITS = {"palettize6": 6, "palettize4": 4}
 # weights_check: max |file weight - torch folded weight| / max |torch weight|, per tensor.
 # int8 per-channel symmetric: at most half a step, scale = max|w_channel| / 127.
 WEIGHT_BOUNDS = {"fp32": 1e-5, "fp16": 1e-3, "int8": 0.5 / 127 + 1e-4}
@@ -62,7 +66,7 @@ _ARRAY_KINDS = ("conv", "linear", "conv_transpose")
 class CoreML:
     name = "coreml"
     filename = "model.mlpackage"
-    precisions = ("fp32", "fp16", "int8")
+    precisions = ("fp32", "fp16", "int8", "palettize6", "palettize4")
     runtime = "coremltools"
 
     def can_run(self) -> tuple[bool, str]:
@@ -100,6 +104,10 @@ class CoreML:
             start = time.perf_counter()
             ml = _quantize_weights(ml)
             timings["linear_quantize_weights_s"] = round(time.perf_counter() - start, 2)
+        elif req.precision in PALETTE_BITS:
+            start = time.perf_counter()
+            ml = _palettize_weights(ml, PALETTE_BITS[req.precision])
+            timings["palettize_weights_s"] = round(time.perf_counter() - start, 2)
         path = req.out_dir / self.filename
         _atomic_save(ml, path)
 
@@ -110,10 +118,11 @@ class CoreML:
         notes = [f"minimum_deployment_target {target_name}",
                  ("Core ML files execute only on macOS; off macOS the check is structural plus "
                   "weights (preflight.weights_check)")]
-        if req.precision == "int8":
-            reference = _weight_twin(model, folded, path)
-            notes.append("reference: the fp32 model holding the file's dequantized int8 "
-                         "weights (weight-only quantization; activations stay fp32)")
+        if req.precision == "int8" or req.precision in PALETTE_BITS:
+            reference = _weight_twin(model, folded, path, req.precision)
+            notes.append("reference: the fp32 model holding the file's decompressed "
+                         f"{req.precision} weights (weight-only compression; activations stay "
+                         "fp32)")
         preflight = {"file_ops": desc["file_ops"], "specification_version": desc["specification_version"],
                      "weights_check": wcheck, "timings": timings}
         io = {"inputs": desc["inputs"], "outputs": desc["outputs"]}
@@ -229,6 +238,8 @@ def weights_check(path: Path, folded: list[dict], precision: str) -> dict:
             else:
                 per_op[op.name] = {"torch": best[2], "weight_rel": float(f"{best[0]:.3g}"),
                                    "bias_rel": None if best[1] is None else float(f"{best[1]:.3g}")}
+    if precision in PALETTE_BITS:
+        return _palette_check(per_op, unmatched, unread, folded, prog, PALETTE_BITS[precision])
     bound = WEIGHT_BOUNDS[precision]
     worst_w = max((v["weight_rel"] for v in per_op.values()), default=None)
     worst_b = max((v["bias_rel"] for v in per_op.values() if v["bias_rel"] is not None),
@@ -262,6 +273,15 @@ def _quantize_weights(ml):
         mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0))
     with _quiet():
         return cto.linear_quantize_weights(ml, cfg)
+
+
+def _palettize_weights(ml, nbits: int):
+    import coremltools.optimize.coreml as cto
+
+    cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(
+        mode="kmeans", nbits=nbits, granularity="per_tensor", weight_threshold=0))
+    with _quiet():
+        return cto.palettize_weights(ml, cfg)
 
 
 def _atomic_save(ml, path: Path) -> None:
@@ -328,6 +348,36 @@ def _self_problems(d: dict) -> list[str]:
     return problems
 
 
+def _palette_check(per_op, unmatched, unread, folded, prog, nbits: int) -> dict:
+    """A palettized tensor holds at most 2^nbits distinct values, and each weight is the
+    palette entry nearest its torch value (k-means assignment): checked per element, within
+    1e-5 of the tensor's range (the program folds batch norm in float32, torch in float64)."""
+    by_name = {c["name"]: c for c in folded}
+    ops = {op.name: op for fn in prog.functions.values() for op in _walk_ops(fn)}
+    problems = []
+    for name, v in per_op.items():
+        w = np.asarray(ops[name].weight.val, dtype=np.float64)
+        t = by_name[v["torch"]]["weight"]
+        palette = np.unique(w)
+        v["palette_size"] = int(palette.size)
+        if palette.size > 2 ** nbits:
+            problems.append(f"{name}: {palette.size} distinct weights > 2^{nbits}")
+            continue
+        nearest = palette[np.abs(t.reshape(-1, 1) - palette.reshape(1, -1)).argmin(1)]
+        slack = np.abs(w.reshape(-1) - t.reshape(-1)) - np.abs(nearest - t.reshape(-1))
+        scale = float(np.max(np.abs(t))) or 1.0
+        v["not_nearest"] = int((slack > 1e-5 * scale).sum())
+        if v["not_nearest"]:
+            problems.append(f"{name}: {v['not_nearest']} weights are not their nearest "
+                            "palette entry")
+    problems += [f"{k}: no torch weight of that shape" for k in unmatched]
+    problems += [f"{k}: weight is computed at run time, not a constant" for k in unread]
+    worst = max((v["weight_rel"] for v in per_op.values()), default=None)
+    return {"ok": not problems and bool(per_op), "checked": len(per_op),
+            "bound": f"each weight the nearest of at most 2^{nbits} palette entries",
+            "max_weight_rel_diff": worst, "problems": problems, "per_op": per_op}
+
+
 def _rel(a, b) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -385,10 +435,10 @@ def _folded_torch_weights(ep) -> list[dict]:
     return out
 
 
-def _weight_twin(model, folded: list[dict], path: Path):
-    """The fp32 model with each conv/linear weight replaced by the package's dequantized one
+def _weight_twin(model, folded: list[dict], path: Path, precision: str = "int8"):
+    """The fp32 model with each conv/linear weight replaced by the package's decompressed one
     (divided by the following batch norm's scale, so that folding gives the file's weight)."""
-    wc = weights_check(path, folded, "int8")
+    wc = weights_check(path, folded, precision)
     by_param = {c["param"]: c for c in folded}
     twin = copy.deepcopy(model).eval()
     import coremltools as ct

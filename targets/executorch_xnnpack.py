@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from targets._base import ExportRequest, Exported, Runner, Tolerance
+from targets._base import Exported, ExportRequest, Runner, Tolerance
 from targets._registry import register_backend
 
 
@@ -28,7 +28,8 @@ class ExecuTorchXnnpack:
         model, args = req.model.eval(), (req.example,)
         reference = model
         if req.precision == "int8":
-            reference = _quantize_pt2e(model, args, req.calibration)
+            reference = (_quantize_qat(model, args, req.calibration, req.train) if req.train
+                         else _quantize_pt2e(model, args, req.calibration))
         elif req.precision != "fp32":
             raise ValueError(f"{self.name}: precision {req.precision!r} not in {self.precisions}")
         # lower a copy: nothing lowering does may alias the reference the file is judged by
@@ -152,6 +153,35 @@ def _quantize_pt2e(model, args, calibration):
         for i in range(len(calibration)):
             prepared(torch.from_numpy(calibration[i : i + 1]))
     return convert_pt2e(prepared)
+
+
+def _quantize_qat(model, args, calibration, train):
+    """PT2E quantization-aware training: fake-quant observers on a trainable export (batch
+    dimension dynamic, so training batches of any size run), `train(prepared)`, convert. The
+    scales are the ones the fake-quant observers learned in training; `calibration` is not
+    used (it is recorded with the file all the same, as for every int8 export)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e import (
+        allow_exported_model_train_eval,
+        move_exported_model_to_eval,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    two = (torch.cat([args[0], args[0]]),)  # batch 1 would be specialised to a constant
+    ep = torch.export.export(copy.deepcopy(model).train(), two, dynamic_shapes=({0: batch},))
+    prepared = prepare_qat_pt2e(ep.module(), quantizer)
+    allow_exported_model_train_eval(prepared)  # so that .train()/.eval() switch BN and observers
+    train(prepared)
+    move_exported_model_to_eval(prepared)
+    converted = convert_pt2e(prepared)
+    # the file is exported at batch 1 from the converted module
+    return torch.export.export(converted, args).module()
 
 
 def _module_paths(model, args) -> dict[str, str]:

@@ -54,7 +54,7 @@ def exported(trained, tmp_path_factory):
 def test_registered():
     backend = get_backend("coreml")
     assert backend.filename == "model.mlpackage"
-    assert backend.precisions == ("fp32", "fp16", "int8")
+    assert backend.precisions == ("fp32", "fp16", "int8", "palettize6", "palettize4")
     ok, why = backend.can_run()
     assert ok == (sys.platform == "darwin")
     if not ok:
@@ -95,6 +95,32 @@ def test_sizes(exported):
     size = {p: get_backend("coreml").describe(e.path)["bytes"] for p, e in exported.items()}
     assert size["fp16"] < 0.6 * size["fp32"]
     assert size["int8"] < 0.35 * size["fp32"]
+    # 6-bit and 4-bit indices plus one 64/16-entry table per tensor
+    assert size["palettize6"] < 0.28 * size["fp32"]
+    assert size["palettize4"] < size["palettize6"] < size["int8"]
+
+
+@pytest.mark.parametrize("precision, entries", [("palettize6", 64), ("palettize4", 16)])
+def test_palettized_weights_are_nearest_palette_entries(exported, precision, entries):
+    """k-means palettization: at most 2^n distinct values per tensor, each weight its
+    nearest entry; the twin reference holds exactly those weights."""
+    wc = exported[precision].preflight["weights_check"]
+    assert wc["ok"], wc["problems"]
+    assert wc["checked"] == N_WEIGHTS
+    for op in wc["per_op"].values():
+        assert 1 < op["palette_size"] <= entries and op["not_nearest"] == 0
+    assert wc["max_weight_rel_diff"] > 1e-3  # really compressed
+
+
+def test_palette_check_catches_a_wrong_assignment(exported, trained):
+    """The check can fail: against a different model's weights nothing is nearest."""
+    from targets.coreml import _folded_torch_weights, weights_check
+
+    model, ds = trained
+    other = create_model("small_cnn", 1, 10, 8).eval()  # untrained, other weights
+    ep = torch.export.export(other, (torch.from_numpy(ds.x_test[:1]),)).run_decompositions({})
+    wc = weights_check(exported["palettize4"].path, _folded_torch_weights(ep), "palettize4")
+    assert not wc["ok"] and any("nearest palette entry" in p for p in wc["problems"])
 
 
 @pytest.mark.parametrize("precision,bound", [("fp32", 1e-5), ("fp16", 1e-3), ("int8", 4.1e-3)])

@@ -34,7 +34,7 @@ def test_report_figures_say_where_they_came_from(android_bundle):
     settings = {"recipe", "tolerance", "model", "host", "seed", "io", "preflight",
                 "calibration", "widths", "ratio", "final_loss", "threads", "runs", "slimship_report",
                 "reliability_data", "cross_validation", "temperature_fitted",
-                "temperature_applied",
+                "temperature_applied", "qat",
                 # counts and shares that sit beside figures in the profiler/estimator blocks
                 "buffers", "compute_bound_layers", "memory_bound_layers", "share", "delegated",
                 "rows_total", "samples"}
