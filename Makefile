@@ -22,6 +22,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# the benchmarks behind benchmarks/RESULTS.md (not part of `make test`; about 2 hours on 2 cores)
+bench: $(STAMP)
+	$(BIN)/python benchmarks/compare_recipes.py
+	$(BIN)/python benchmarks/distill_quantize.py
+	$(BIN)/python benchmarks/prune_speedup.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

@@ -1,0 +1,43 @@
+"""The recipe comparison (issue 10) in its --quick mode: it runs every contender through the
+whole path (prune, fine-tune, int8 .pte, runtime accuracy, latency) and the pipeline-overhead
+measurement, and writes its table. Needs ../shared/data/cifar10, as in CI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_compare_recipes_quick_writes_the_whole_table(tmp_path):
+    out = tmp_path / "section.md"
+    proc = subprocess.run([sys.executable, "benchmarks/compare_recipes.py", "--quick", "--work",
+                           str(tmp_path), "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("## Recipes against the peers (issue 10)")
+    for row in ("dense teacher", "common", "slimship", "scratch", "rewind", "unstructured"):
+        assert f"| {row} |" in text, row
+    assert "goal >= +0.5" in text and "Goal (overhead <= 1.2x the bare calls)" in text
+    r = json.loads((tmp_path / "compare_recipes.json").read_text())
+    rows = r["results"][0]["rows"]
+    macs0 = r["results"][0]["macs0"]
+    for name in ("common", "slimship", "scratch", "rewind"):
+        assert rows[name]["macs"] <= 0.4 * macs0 * 1.02, name  # the same 2.5x reduction
+    assert rows["unstructured"]["macs"] == macs0  # zeros are still multiplied
+    assert rows["unstructured"]["nonzero_params"] < 0.5 * rows["unstructured"]["params"]
+    assert rows["scratch"]["params"] == rows["slimship"]["params"] == rows["rewind"]["params"]
+    for row in rows.values():
+        assert 0 <= row["pte_accuracy"] <= 1 and row["latency"]["runs"] == 10
+    for b in r["overhead"]["backends"].values():
+        assert b["bare"]["export"] > 0 and b["ratio"] > 0
+    # the quick mode never rewrites the committed results
+    assert "--quick" not in (ROOT / "benchmarks" / "RESULTS.md").read_text().split(
+        "## Recipes against the peers (issue 10)")[-1][:300]
