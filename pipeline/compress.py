@@ -615,6 +615,11 @@ def _report(opts, target, data, recipe, spec, teacher, pruned, student, calibrat
         out[name] = {
             "file": e["file"], "precision": e["precision"],
             "bytes": counted(_size(path), "bytes", e["file"]),
+            # the model the file was exported from (the calibrated student: same graph)
+            "macs": {**student.info["macs"], "on": f"{e['file']}'s model, "
+                                                   + student.info["macs"]["on"]},
+            "params": {**student.info["params"], "on": f"{e['file']}'s model, "
+                                                       + student.info["params"]["on"]},
             # what an app store download sees; unstructured zeros shrink this, not `bytes`
             "bytes_compressed": counted(_compressed_size(path), "bytes",
                                         f"{e['file']}, zlib level 9"),

@@ -72,6 +72,11 @@ def test_report_figures_say_where_they_came_from(android_bundle):
     # estimates per device profile of the target with the estimator's measured error beside
     assert et["memory"]["peak_rss"]["source"] == "measured" and et["memory"]["peak_rss"]["value"] > 0
     assert et["memory"]["planned_bytes"]["source"] == "counted"
+    for b in report["backends"].values():  # counted per file, not only per stage
+        assert b["macs"]["value"] == report["stages"]["distilled"]["macs"]["value"]
+        assert b["params"]["source"] == b["macs"]["source"] == "counted"
+        assert b["latency"][0]["load"]["source"] == "measured"  # cold start apart
+        assert b["memory"]["peak_rss"]["source"] == "measured"
     names = {r["name"] for r in et["op_breakdown"]["rows"]}
     assert "Method::execute" in names and len(names) > 1
     for dev in ("pixel-8", "galaxy-s24", "cortex-a55"):
