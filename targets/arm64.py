@@ -111,7 +111,7 @@ class Machine:
         shutil.copy2(Path(__file__).with_name("arm64_runner.py"), self.root / RUNNER)
 
     def describe(self) -> dict:
-        qemu = subprocess.run([_qemu(), "--version"], capture_output=True, text=True)
+        qemu = subprocess.run([_qemu(), "--version"], check=False, capture_output=True, text=True)
         return {"emulator": qemu.stdout.splitlines()[0] if qemu.stdout else "qemu-aarch64",
                 "cpu": self.cpu, "debian": f"{BASE['suite']} {BASE['arch']}",
                 "root": str(self.root), "root_prepared": self.ready["base"]["created"],
@@ -156,7 +156,7 @@ class Machine:
         try:
             # the host's chroot by its full path: `env` replaces PATH for the lookup too
             return subprocess.run([_CHROOT, str(self.root), "/usr/bin/python3", *args], env=env,
-                                  capture_output=True, text=True, timeout=timeout)
+                                  check=False, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise SlimshipError(f"the arm64 run ({' '.join(args[:2])}) took more than "
                                 f"{timeout:.0f} s under emulation and was stopped") from None
@@ -398,7 +398,7 @@ def _check_host() -> None:
 
 
 def _check_cpu(cpu: str) -> None:
-    text = subprocess.run([_qemu(), "-cpu", "help"], capture_output=True, text=True).stdout
+    text = subprocess.run([_qemu(), "-cpu", "help"], check=False, capture_output=True, text=True).stdout
     known = text.split()[2:]  # "Available CPUs:" then the names
     if cpu not in known:
         raise UsageError(f"--cpu {cpu}: qemu-aarch64 does not emulate it; available: "
@@ -428,7 +428,7 @@ def _binfmt():
                                     f"({e.strerror}): this machine does not allow it") from None
             registered = True
         status = entry.read_text()
-        if not status.startswith("enabled") or not re.search(r"^flags: \w*F", status, re.M):
+        if not status.startswith("enabled") or not re.search(r"^flags: \w*F", status, re.MULTILINE):
             raise SlimshipError(f"the binfmt_misc entry {entry} is disabled or lacks the F "
                                 f"flag; remove it (echo -1 > {entry}) and run again")
         yield
@@ -437,11 +437,11 @@ def _binfmt():
             with contextlib.suppress(OSError):
                 (BINFMT / QEMU_ENTRY).write_text("-1")
         if mounted:
-            subprocess.run(["umount", str(BINFMT)], capture_output=True)
+            subprocess.run(["umount", str(BINFMT)], check=False, capture_output=True)
 
 
 def _mount(args: list[str], what: str) -> None:
-    proc = subprocess.run(["mount", *args], capture_output=True, text=True)
+    proc = subprocess.run(["mount", *args], check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SlimshipError(f"cannot mount {what}: {_last_line(proc.stderr)}; this machine "
                             "(a container without CAP_SYS_ADMIN?) does not allow it")
@@ -456,8 +456,8 @@ def _mounts_under(path: Path) -> list[str]:
 
 def _unmount_under(path: Path) -> None:
     for point in _mounts_under(path):
-        if subprocess.run(["umount", point], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", point], capture_output=True)
+        if subprocess.run(["umount", point], check=False, capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
     left = _mounts_under(path)
     if left:
         raise SlimshipError(f"cannot unmount {left[0]}; unmount it by hand (umount -l)")
