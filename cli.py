@@ -108,8 +108,9 @@ def compress(target, out, model, data, config, seed, run_dir, epochs, distill_ep
               help="Where the prepared arm64 root is kept [default: $SLIMSHIP_ARM64_CACHE or "
                    "~/.cache/slimship/arm64-root].")
 @click.option("--cpu", default="cortex-a76", show_default=True,
-              help="The CPU qemu emulates (`qemu-aarch64-static -cpu help`): cortex-a53 has no "
-                   "int8 dot product, max has i8mm and SVE.")
+              help="The CPU qemu emulates (`qemu-aarch64-static -cpu help`), with properties "
+                   "after a comma: cortex-a53 has no int8 dot product; max,sme=off has i8mm, "
+                   "SVE2 and bf16 (see docs/ARM64.md on max).")
 @one_line_errors
 def verify_arm64(bundle, cache, cpu):
     """Run BUNDLE's files on aarch64 (qemu) on its golden inputs; record it in report.json.

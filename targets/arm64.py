@@ -400,7 +400,7 @@ def _check_host() -> None:
 def _check_cpu(cpu: str) -> None:
     text = subprocess.run([_qemu(), "-cpu", "help"], check=False, capture_output=True, text=True).stdout
     known = text.split()[2:]  # "Available CPUs:" then the names
-    if cpu not in known:
+    if cpu.split(",")[0] not in known:  # properties may follow: max,sme=off
         raise UsageError(f"--cpu {cpu}: qemu-aarch64 does not emulate it; available: "
                          f"{', '.join(known)}")
 

@@ -30,7 +30,7 @@ import numpy as np
 # XNNPACK kernels run: plain NEON, fp16 arithmetic, the int8 dot product, int8 matrix multiply
 AT_HWCAP, AT_HWCAP2 = 16, 26
 HWCAP = {"fp": 0, "asimd": 1, "fphp": 9, "asimdhp": 10, "asimddp": 20, "sve": 22}
-HWCAP2 = {"sve2": 1, "i8mm": 13, "bf16": 14, "sme": 23}
+HWCAP2 = {"sve2": 1, "i8mm": 13, "bf16": 14, "sme": 23, "sme2": 37}
 
 
 def main(job_path: str) -> int:
