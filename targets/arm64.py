@@ -65,6 +65,8 @@ QEMU_ENTRY = "qemu-aarch64"
 QEMU_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")  # from Debian's qemu-user-static
 INSTALL_HINT = "apt-get install debootstrap qemu-user-static"
 _CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
+LOCK = (Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())
+        ) / "slimship-arm64.lock"
 RUN_TIMEOUT_S = 900
 BUILD_TIMEOUT_S = 3600
 
@@ -81,7 +83,7 @@ def machine(cache: Path, cpu: str = DEFAULT_CPU):
     _check_host()
     _check_cpu(cpu)
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache), _signals_raise(), _binfmt():
+    with _locked(), _signals_raise(), _binfmt():
         try:
             _unmount_under(cache)  # a run killed with SIGKILL may have left them
             ready = prepare(cache)
@@ -490,13 +492,14 @@ def _signals_raise():
 
 
 @contextlib.contextmanager
-def _locked(cache: Path):
-    """One slimship at a time per root: two would unmount each other's /proc."""
-    with open(cache / ".lock", "w") as f:
+def _locked():
+    """One verify-arm64 at a time on this machine, whatever its cache: the binfmt_misc entry
+    is machine-wide, and a run that registered it removes it when it ends."""
+    with open(LOCK, "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log(f"[arm64] waiting for another slimship run that holds {cache}")
+            log(f"[arm64] waiting for another verify-arm64 on this machine ({LOCK})")
             fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
@@ -520,8 +523,9 @@ def _stream(cmd: list[str], on_line, failure: str) -> None:
         _stop(proc)
         raise
     if proc.returncode != 0:
-        errors = [ln for ln in tail if ln.startswith(("E:", "ERROR:"))] or tail or [""]
-        raise SlimshipError(f"{failure} (exit {proc.returncode}: {errors[-1].strip()})")
+        # the first error line names the cause; later ones (pip's ResolutionImpossible) sum up
+        errors = [ln for ln in tail if ln.startswith(("E:", "ERROR:"))] or tail[-1:] or [""]
+        raise SlimshipError(f"{failure} (exit {proc.returncode}: {errors[0].strip()})")
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -4,13 +4,15 @@ Slow. The first run on a machine builds the arm64 root (debootstrap and about 2.
 aarch64 wheels: 4-6 minutes, see docs/ARM64.md); later runs reuse it from
 $SLIMSHIP_ARM64_CACHE or ~/.cache/slimship/arm64-root (about 25 s a run). It needs root,
 debootstrap and qemu-user-static (.ci/run installs them): without them it fails with the
-reason, it does not skip.
+reason, it does not skip. The fast tests at the end need none of that.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -18,9 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from pipeline.errors import SlimshipError
 from targets import arm64
-
-pytestmark = pytest.mark.slow
 
 BINFMT_ENTRY = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
 
@@ -43,6 +44,7 @@ def _run(bundle: Path):
     return CliRunner().invoke(cli.cli, ["verify-arm64", str(bundle)])
 
 
+@pytest.mark.slow
 def test_verify_arm64_runs_the_android_bundle_on_aarch64(android_bundle, tmp_path):
     bundle = _copy(android_bundle, tmp_path)
     binfmt_before = BINFMT_ENTRY.exists()
@@ -87,6 +89,7 @@ def test_verify_arm64_runs_the_android_bundle_on_aarch64(android_bundle, tmp_pat
     assert "verified-arm64" in result.output and "model.pte" in result.output
 
 
+@pytest.mark.slow
 def test_verify_arm64_names_a_corrupted_file(android_bundle, tmp_path):
     bundle = _copy(android_bundle, tmp_path)
     pte = bundle / "model.pte"
@@ -100,3 +103,29 @@ def test_verify_arm64_names_a_corrupted_file(android_bundle, tmp_path):
     a = json.loads((bundle / "report.json").read_text())["arm64"]
     assert a["state"] == "failed" and a["files"]["executorch-xnnpack"]["state"] == "failed"
     assert a["files"]["tflite"]["state"] == "verified-arm64"
+
+
+@pytest.mark.slow
+def test_verify_arm64_refuses_a_cpu_qemu_does_not_emulate(android_bundle):
+    result = CliRunner().invoke(cli.cli, ["verify-arm64", str(android_bundle["bundle"]),
+                                          "--cpu", "cortex-a55"])
+    assert result.exit_code == 2 and "available: " in result.output and "cortex-a76" in result.output
+
+
+def test_verify_arm64_refuses_a_folder_that_is_not_a_bundle(tmp_path):
+    result = _run(tmp_path)
+    assert result.exit_code == 2 and "no model.json" in result.output, result.output
+
+
+def test_verify_arm64_without_root_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(arm64.os, "geteuid", lambda: 1000)
+    with pytest.raises(SlimshipError, match="needs root"), arm64.machine(tmp_path / "cache"):
+        pass
+    assert not (tmp_path / "cache").exists()  # nothing prepared, nothing mounted
+
+
+def test_needed_reads_an_elf_files_libraries(tmp_path):
+    # what prunes the CUDA libraries nothing links against: the interpreter links the C library
+    assert "libc.so.6" in arm64._needed(Path(os.path.realpath(sys.executable)))
+    (tmp_path / "x.so").write_text("INPUT(-lfoo)")  # a linker script, not ELF
+    assert arm64._needed(tmp_path / "x.so") == []
