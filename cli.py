@@ -115,8 +115,9 @@ def compress(target, out, model, data, config, seed, run_dir, epochs, distill_ep
 def verify_arm64(bundle, cache, cpu):
     """Run BUNDLE's files on aarch64 (qemu) on its golden inputs; record it in report.json.
 
-    Needs root, debootstrap and qemu-user-static; the arm64 root is prepared once (a few
-    minutes, about 2.5 GB) and cached. Exit 1 if a file fails; no latency is measured.
+    Needs root, debootstrap and qemu-user-static; the arm64 root is prepared once (4-7
+    minutes, 2.5 GB downloaded, 3.6 GB on disk) and cached. Exit 1 if a file fails; no latency
+    is measured.
     """
     from pipeline.verify_arm64 import table, verify_bundle
 
