@@ -22,6 +22,9 @@ def render(report: dict) -> str:
              _section("Confidence calibration", _reliability(report))]
     if report.get("gate") is not None:
         parts.append(_section("Budgets", _gate_table(report["gate"])))
+    if report.get("arm64") is not None:
+        parts.append(_section("On aarch64 (emulated: numerics and delegation, not speed)",
+                              _arm64_table(report["arm64"])))
     parts.append(_FOOT)
     return "\n".join(parts)
 
@@ -178,6 +181,25 @@ def _gate_table(lines: list[dict]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def _arm64_table(a: dict) -> str:
+    """verify-arm64's block (pipeline/verify_arm64.py): one row per bundle file."""
+    head = ("<tr><th>file</th><th>state</th><th>max |diff| vs host</th><th>top-1 agreement</th>"
+            "<th>problems</th></tr>")
+    rows = []
+    for f in a["files"].values():
+        g = f.get("golden") or {}
+        diff, top1 = (f"{g['max_abs_diff']['value']:.3g}", f"{g['top1_agreement']['value']:.3f}"
+                      ) if g else ("-", "-")
+        why = "; ".join(f["problems"]) or f.get("why_not_run", "")
+        rows.append(f"<tr><td>{html.escape(f['file'])}</td><td class='{f['state']}'>"
+                    f"{f['state']}</td><td>{diff}</td><td>{top1}</td>"
+                    f"<td>{html.escape(why)}</td></tr>")
+    m = a["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in a["versions"].items())
+    return (f"<p>{html.escape(m['emulator'])}, -cpu {html.escape(m['cpu'])}; {html.escape(versions)}"
+            f"; {html.escape(a['inputs'])}</p><table>{head}{''.join(rows)}</table>")
+
+
 def _section(title: str, body: str) -> str:
     return f"<section><h2>{html.escape(title)}</h2>{body}</section>"
 
@@ -188,7 +210,7 @@ def _head(report: dict) -> str:
 <title>slimship report: {html.escape(report['target'])}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}}
-.verified,.pass{{color:#060}}.failed,.fail{{color:#a00}}.structurally-checked-only{{color:#a60}}
+.verified,.verified-arm64,.pass{{color:#060}}.failed,.fail{{color:#a00}}.structurally-checked-only{{color:#a60}}
 .estimated{{color:#a60}}img.chart{{max-width:100%}}</style></head><body>
 <h1>slimship: {html.escape(report['model']['name'])} for {html.escape(report['target'])}</h1>
 <p class="{'pass' if report['ok'] else 'fail'}">{html.escape(status)}</p>

@@ -290,3 +290,26 @@ def op_breakdown(path: Path, x: np.ndarray, runs: int = 20, warmup: int = 3,
                          "min_ms": float(t.min()), "samples": len(t)})
     return {"rows": rows, "runs": runs, "warmup": warmup, "threads": threads,
             "time_unit": "ms (Inspector default: ETDump ns ticks -> ms)"}
+
+
+def delegate_events(etdump: Path) -> dict:
+    """What an ETDump written on another machine (verify-arm64) shows of the delegate: its
+    DELEGATE_CALL events, and the operator events the XNNPACK delegate logs inside them (named
+    by XNNPACK's own profiler, e.g. "Convolution (NHWC, QC8) IGEMM #1"): evidence that the
+    delegate itself ran there, not a fallback."""
+    import warnings
+
+    from executorch.devtools import Inspector
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Output Buffer not found": no debug data asked for
+        inspector = Inspector(etdump_path=str(etdump))
+    calls, ops, runs = 0, [], 0
+    for block in inspector.event_blocks:
+        for ev in block.events:
+            if ev.name == "DELEGATE_CALL":
+                calls += 1
+                runs = max(runs, len(ev.perf_data.raw) if ev.perf_data else 0)
+            elif ev.is_delegated_op:
+                ops.append(ev.name)
+    return {"delegate_calls": calls, "executions": runs, "delegated_ops": ops}

@@ -106,10 +106,10 @@ class Tflite:
         def run(x: np.ndarray) -> np.ndarray:
             x = np.asarray(x, dtype=np.float32)
             if in_dtype == np.int8:
-                x = _quantize(x, in_scale, in_zp)
+                x = quantize_io(x, in_scale, in_zp)
             y = sig(**{in_name: x})[out_name]
             if out_dtype == np.int8:
-                y = _dequantize(y, out_scale, out_zp)
+                y = dequantize_io(y, out_scale, out_zp)
             return np.array(y, dtype=np.float32)  # a copy, not a view of interpreter memory
 
         return run
@@ -174,13 +174,14 @@ def _row_by_row(graph):
     return reference
 
 
-def _quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+def quantize_io(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Float input -> the int8 a fully int8 file takes (model.json's quantization_formula)."""
     # as torch's quantize_per_tensor: round half to even of x * (1 / scale)
     q = np.round(x * np.float32(1.0 / scale)) + zero_point
     return np.clip(q, -128, 127).astype(np.int8)
 
 
-def _dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+def dequantize_io(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return ((q.astype(np.int32) - zero_point) * np.float32(scale)).astype(np.float32)
 
 
