@@ -22,8 +22,9 @@ def one_line_errors(fn):
         try:
             return fn(*args, **kwargs)
         except SlimshipError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
+            from pipeline.distributed import RankLost, fail
+
+            fail(str(e), e.exit_code, lost_rank=isinstance(e, RankLost))  # prints, exits
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                 raise
@@ -66,11 +67,15 @@ def cli():
                    "skips training.")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow --weights that only unpickling can load (runs code from the file).")
+@click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Training processes to start on this machine (torch.distributed: gloo on "
+                   "CPU, nccl on GPU); under torchrun leave it at 1.")
 @one_line_errors
 def compress(target, out, model, data, config, seed, run_dir, epochs, distill_epochs,
-             macs_fraction, importance, temperature, alpha, budget, weights, trust_pickle):
+             macs_fraction, importance, temperature, alpha, budget, weights, trust_pickle, nproc):
     """Run every stage and write the bundle OUT/<target>/; exit 1 if a file fails parity."""
-    from pipeline.compress import CompressOptions
+    from pipeline import distributed
+    from pipeline.compress import CompressOptions, check_options
     from pipeline.compress import compress as run
     from pipeline.gate import load_budgets
 
@@ -79,9 +84,16 @@ def compress(target, out, model, data, config, seed, run_dir, epochs, distill_ep
     overrides = {"train.epochs": epochs, "distill.epochs": distill_epochs,
                  "prune.macs_fraction": macs_fraction, "prune.importance": importance,
                  "distill.temperature": temperature, "distill.alpha": alpha}
-    report = run(CompressOptions(target=target, out=out, model=model, data=data, config=config,
-                                 seed=seed, run_dir=run_dir, overrides=overrides,
-                                 budgets=budgets, weights=weights, trust_pickle=trust_pickle))
+    opts = CompressOptions(target=target, out=out, model=model, data=data, config=config,
+                           seed=seed, run_dir=run_dir, overrides=overrides,
+                           budgets=budgets, weights=weights, trust_pickle=trust_pickle)
+    if nproc > 1:  # check here once, then run this same command in nproc workers
+        check_options(opts)
+        argv = _argv(click.get_current_context(), skip=("nproc",))
+        sys.exit(distributed.launch(nproc, [str(Path(__file__).resolve()), "compress", *argv]))
+    report = run(opts)
+    if report is None:  # a rank other than 0: rank 0 reports
+        return
     if budgets is not None:
         from pipeline.gate import table
 
@@ -89,7 +101,22 @@ def compress(target, out, model, data, config, seed, run_dir, epochs, distill_ep
     if not report["ok"]:
         for p in report["problems"]:
             click.echo(f"error: {p}", err=True)
+        distributed.record_exit(1, "the report's problems")
         sys.exit(1)
+
+
+def _argv(ctx: click.Context, skip=()) -> list[str]:
+    """The command line that gives ctx's parameter values, for workers to run again."""
+    out = []
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if p.name in skip or value is None or not isinstance(p, click.Option):
+            continue
+        if p.is_flag:
+            out += [p.opts[0]] if value else []
+        else:
+            out += [p.opts[0], str(value)]
+    return out
 
 
 @cli.command()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from models import create_model, get_model_entry
-from pipeline import bundle, calibration, faults
+from pipeline import bundle, calibration, distributed, faults
 from models._user import is_user_model, load_weights, user_factory
 from pipeline.checkpoint import check_finite, example_input, load_model, save_model
 from pipeline.config import Recipe, load_recipe
@@ -52,7 +52,8 @@ class CompressOptions:
     trust_pickle: bool = False
 
 
-def compress(opts: CompressOptions) -> dict:
+def check_options(opts: CompressOptions):
+    """What compress checks before any work; `compress --nproc` runs it before starting workers."""
     target = get_target(opts.target)  # bad names fail before any work
     get_model_entry(opts.model)
     if is_user_model(opts.model):
@@ -60,11 +61,19 @@ def compress(opts: CompressOptions) -> dict:
     loaded = load_weights(opts.weights, opts.trust_pickle) if opts.weights is not None else None
     recipe = load_recipe(opts.config, opts.overrides)
     _refuse_unwired(recipe)
+    return target, loaded, recipe
+
+
+def compress(opts: CompressOptions) -> dict | None:
+    """The report on rank 0 (or a single process); None on the other ranks of a distributed run."""
+    target, loaded, recipe = check_options(opts)
     data = load_dataset(opts.data)
+    distributed.init_from_env()  # under torchrun: join its process group
     log(f"data {data.summary()}")
     run = RunDir(opts.run_dir or Path("runs") / f"{opts.model}-{data.name}-seed{opts.seed}")
     log(f"run directory {run.root}")
-    write_json(run.root / "recipe.json", recipe.to_dict())
+    if distributed.is_main():
+        write_json(run.root / "recipe.json", recipe.to_dict())
     c, h, w = data.input_shape
     spec = {"name": opts.model, "in_channels": c, "num_classes": data.num_classes,
             "input_size": h, "input_shape": [c, h, w]}
@@ -77,13 +86,21 @@ def compress(opts: CompressOptions) -> dict:
                    "loaded_with": loaded[1]}
     teacher = run.stage("train", {"config": {**asdict(recipe.train), "spec": spec, "seed": opts.seed,
                                              "weights": weights}, "data": fp},
-                        lambda d: ctx.train(d, opts.weights, loaded))
+                        lambda d: ctx.train(d, opts.weights, loaded), all_ranks=True)
     pruned = run.stage("prune", {"config": {**asdict(recipe.prune), "round_to": _round_to(recipe, target, opts.model)},
                                  "inputs": [teacher.digest], "data": fp},
                        lambda d: ctx.prune(d, teacher.dir, _round_to(recipe, target, opts.model)))
     student = run.stage("distill", {"config": {**asdict(recipe.distill), "seed": opts.seed},
                                     "inputs": [teacher.digest, pruned.digest], "data": fp},
-                        lambda d: ctx.distill(d, teacher.dir, pruned.dir))
+                        lambda d: ctx.distill(d, teacher.dir, pruned.dir), all_ranks=True)
+    # the rest is single-process: rank 0 runs it, the other ranks wait and then exit 0
+    return distributed.main_only(
+        lambda: _finish(opts, ctx, target, data, recipe, spec, teacher, pruned, student),
+        "calibrate, export, verify, profile, bundle")
+
+
+def _finish(opts, ctx, target, data, recipe, spec, teacher, pruned, student) -> dict:
+    run, fp = ctx.run, data.fingerprint()
     calibrated = run.stage("calibrate", {"config": asdict(recipe.calibrate),
                                          "inputs": [student.digest], "data": fp},
                            lambda d: ctx.calibrate(d, student.dir))
