@@ -11,7 +11,9 @@ CUDA is available. What goes where:
 - stage bookkeeping: `RunDir.stage` lets rank 0 alone decide reuse and write; the other ranks
   run the training bodies with it and then receive rank 0's files by broadcast (the state dict
   and the pruning plan), so they need no shared filesystem;
-- after the training stages: `main_only` runs the rest on rank 0 while the others wait.
+- after the training stages: `main_only` runs the rest on rank 0 while the others wait;
+- decisions that must be the same everywhere (a pruning plan made inside a stage that also
+  fine-tunes on every rank): `decide` computes them on rank 0 and broadcasts them.
 
 Control messages (reuse decisions, files, the final wait) go over a separate gloo group with
 a long timeout, so that nccl is used only for gradients and a rank that waits an hour for rank
