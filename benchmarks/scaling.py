@@ -64,7 +64,7 @@ def worker(workload: str, epochs: int, out: Path) -> None:
     if distributed.is_main():
         out.write_text(json.dumps({"times": times, "threads": torch.get_num_threads(),
                                    "world": distributed.world_size(),
-                                   "images": int(len(data.y_train))}))
+                                   "images": len(data.y_train)}))
 
 
 def run_config(workload: str, procs: int, threads: int, epochs: int) -> dict:
@@ -116,32 +116,47 @@ def host() -> dict:
 
 
 def section(results: dict, h: dict, epochs: int, rounds: int) -> str:
-    lines = [HEADING, "",
-             f"Written by `benchmarks/scaling.py` on {dt.date.today().isoformat()} "
-             f"(torch {h['torch']}, gloo, Python {h['python']}). Host: {h['cpu']}, {h['cores']} "
-             "vCPUs (a KVM guest shared with other jobs: the 1-minute load average before each "
-             "run is in `benchmarks/scaling_results.json`).", "",
-             f"small_cnn trained with `pipeline.train.fit`, global batch 64; {rounds} interleaved "
-             f"rounds of {epochs} epochs per configuration, the first epoch of each round "
-             "dropped; median (min-max) seconds per epoch.", "",
-             "| data | train images | 1 process x 1 thread | 1 process x 2 threads | "
-             "2 processes x 1 thread | 2x1 vs 1x1 | 2x1 vs 1x2 |",
-             "|---|---|---|---|---|---|---|"]
+    loads = [x for r in results.values() for c in r.values() for x in c["load_before"]]
+    lines = [
+        HEADING, "",
+        (f"Written by `benchmarks/scaling.py` on {dt.date.today().isoformat()} (torch "
+         f"{h['torch']}, gloo, Python {h['python']}). Host: {h['cpu']}, {h['cores']} vCPUs, a "
+         "KVM guest shared with other jobs: the 1-minute load average before the runs was "
+         f"{min(loads):.1f} to {max(loads):.1f} (per run in `benchmarks/scaling_results.json`)."),
+        "",
+        (f"small_cnn trained with `pipeline.train.fit`, global batch 64 (per rank 32 with 2 "
+         f"processes); {rounds} interleaved rounds of {epochs} epochs per configuration, the "
+         "first epoch of each round dropped; seconds per epoch, median (min-max). cifar10: the "
+         f"first {CIFAR_IMAGES} images of the CIFAR-10 training batches, less the validation "
+         "split."),
+        "",
+        ("| data | train images | 1 process x 1 thread | 1 process x 2 threads | "
+         "2 processes x 1 thread | 2x1 vs 1x1, median (best) | 2x1 vs 1x2, median (best) |"),
+        "|---|---|---|---|---|---|---|"]
     for w, r in results.items():
         cells = [f"{r[c]['median_s']:.3f} ({r[c]['min_s']:.3f}-{r[c]['max_s']:.3f})"
                  for c in ("1x1", "1x2", "2x1")]
-        lines.append(f"| {w} | {r['1x1']['images']} | {' | '.join(cells)} | "
-                     f"{r['1x1']['median_s'] / r['2x1']['median_s']:.2f}x | "
-                     f"{r['1x2']['median_s'] / r['2x1']['median_s']:.2f}x |")
-    lines += ["", "Speed-up = median seconds per epoch of the first configuration divided by "
-              "that of 2 processes (above 1: two processes are faster).", "",
-              "Caveat: this machine has 2 cores, so 2 processes can at best halve an epoch, "
-              "and they compete with each other (and with other jobs on the host) for the same "
-              "two cores, the same memory bandwidth and the gloo transport over loopback. On "
-              "digits a step is so small (32 images of 8x8 per rank) that the per-step "
-              "all-reduce of the gradients and the broadcast of the BatchNorm buffers cost "
-              "about as much as the compute; the figures say what 2 processes do here, not how "
-              "the training stages scale on machines with more cores or GPUs.", ""]
+        ratio = {c: (f"{r[c]['median_s'] / r['2x1']['median_s']:.2f}x "
+                     f"({r[c]['min_s'] / r['2x1']['min_s']:.2f}x)") for c in ("1x1", "1x2")}
+        lines.append(f"| {w} | {r['1x1']['images']} | {' | '.join(cells)} | {ratio['1x1']} | "
+                     f"{ratio['1x2']} |")
+    lines += [
+        "",
+        ("Speed-up: seconds per epoch of the other configuration divided by those of 2 "
+         "processes (above 1: two processes are faster); in brackets the same for the fastest "
+         "epochs, which are the closest to an idle machine."),
+        "",
+        ("Caveat: this machine has 2 cores, so 2 processes can at best halve an epoch, and "
+         "they share those two cores with each other, with the other jobs on the host, with "
+         "the gloo transport over loopback and with the same memory bandwidth. When another "
+         "job takes a core, a process whose 2 OpenMP threads wait for each other at every "
+         "operator slows down far more than 1-thread processes do, which is what the wide "
+         "range of the 1 process x 2 threads column shows. On digits a step is so small (32 "
+         "images of 8x8 per rank) that the per-step all-reduce of the gradients and the "
+         "broadcast of the BatchNorm buffers cost more than the compute they split. The "
+         "figures say what 2 processes do on this shared 2-core host, not how the training "
+         "stages scale on machines with more cores or on GPUs."),
+        ""]
     return "\n".join(lines)
 
 
@@ -159,12 +174,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="digits only, 4 epochs, 1 round")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--render", action="store_true",
+                    help="rewrite the RESULTS.md section from scaling_results.json, no measuring")
     ap.add_argument("--worker", nargs=3, metavar=("WORKLOAD", "EPOCHS", "OUT"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         w, e, out = args.worker
         worker(w, int(e), Path(out))
+        return
+    saved = Path(__file__).parent / "scaling_results.json"
+    if args.render:
+        got = json.loads(saved.read_text())
+        write_section(section(got["results"], got["host"], got["epochs"], got["rounds"]))
         return
     epochs, rounds = (4, 1) if args.quick else (args.epochs, args.rounds)
     workloads = ["digits"]
@@ -174,7 +196,7 @@ def main() -> None:
         workloads.append("cifar10")
     results = measure(workloads, epochs, rounds)
     h = host()
-    (Path(__file__).parent / "scaling_results.json").write_text(json.dumps(
+    saved.write_text(json.dumps(
         {"host": h, "epochs": epochs, "rounds": rounds, "results": results}, indent=1) + "\n")
     write_section(section(results, h, epochs, rounds))
     print(section(results, h, epochs, rounds))

@@ -51,7 +51,7 @@ WAIT_TIMEOUT = timedelta(hours=6)  # ranks waiting for rank 0's exports and prof
 RESUME = "finished stages are kept, run again to resume"
 
 _control = None  # the gloo group for control messages
-_solo = False  # True while rank 0 runs main_only work: stages are then bookkept locally
+_solo = False  # True while rank 0 works alone (main_only, a rank-0-only stage): see solo()
 _stage = "start-up"
 
 
@@ -73,13 +73,6 @@ def init_from_env() -> bool:
     _control = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
     _write_status()
     return True
-
-
-def shutdown() -> None:
-    global _control
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    _control = None
 
 
 def collective() -> bool:
