@@ -7,6 +7,7 @@ library. Errors a user can fix print as one line and exit 2 (usage) or 1 (a fail
 from __future__ import annotations
 
 import errno
+import json
 import functools
 import sys
 from pathlib import Path
@@ -22,8 +23,9 @@ def one_line_errors(fn):
         try:
             return fn(*args, **kwargs)
         except SlimshipError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
+            from pipeline.distributed import RankLost, fail
+
+            fail(str(e), e.exit_code, lost_rank=isinstance(e, RankLost))  # prints, exits
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                 raise
@@ -125,11 +127,15 @@ def cli():
 @click.option("--verify-arm64", "arm64", is_flag=True,
               help="Then run the bundle's files on emulated aarch64 (see `cli.py verify-arm64`; "
                    "root cache from $SLIMSHIP_ARM64_CACHE).")
+@click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Training processes to start on this machine (torch.distributed: gloo on "
+                   "CPU, nccl on GPU); under torchrun leave it at 1.")
 @one_line_errors
 def compress(target, out, model, data, config, seed, run_dir, settings, budget, weights,
-             trust_pickle, arm64, **flags):
+             trust_pickle, arm64, nproc, **flags):
     """Run every stage and write the bundle OUT/<target>/; exit 1 if a file fails parity."""
-    from pipeline.compress import CompressOptions
+    from pipeline import distributed
+    from pipeline.compress import CompressOptions, check_options
     from pipeline.compress import compress as run
     from pipeline.config import parse_setting
     from pipeline.gate import load_budgets
@@ -137,9 +143,20 @@ def compress(target, out, model, data, config, seed, run_dir, settings, budget, 
     budgets = load_budgets(budget) if budget else None  # a bad file fails before any work
     overrides = dict(parse_setting(s) for s in settings)
     overrides.update(recipe_overrides(flags))
-    report = run(CompressOptions(target=target, out=out, model=model, data=data, config=config,
-                                 seed=seed, run_dir=run_dir, overrides=overrides,
-                                 budgets=budgets, weights=weights, trust_pickle=trust_pickle))
+    opts = CompressOptions(target=target, out=out, model=model, data=data, config=config,
+                           seed=seed, run_dir=run_dir, overrides=overrides,
+                           budgets=budgets, weights=weights, trust_pickle=trust_pickle)
+    if nproc > 1:  # check here once, then run this same command in nproc workers
+        check_options(opts)
+        argv = _argv(click.get_current_context(), skip=("nproc", "arm64"))
+        code = distributed.launch(nproc, [str(Path(__file__).resolve()), "compress", *argv])
+        if code != 0 or not arm64:
+            sys.exit(code)
+        report = json.loads((Path(out) / target / "report.json").read_text())
+    else:
+        report = run(opts)
+        if report is None:  # a rank other than 0: rank 0 reports
+            return
     if budgets is not None:
         from pipeline.gate import table
 
@@ -154,6 +171,7 @@ def compress(target, out, model, data, config, seed, run_dir, settings, budget, 
     if problems:
         for p in problems:
             click.echo(f"error: {p}", err=True)
+        distributed.record_exit(1, "the report's problems")
         sys.exit(1)
 
 
@@ -182,6 +200,23 @@ def verify_arm64(bundle, cache, cpu):
         for p in block["problems"]:
             click.echo(f"error: {p}", err=True)
         sys.exit(1)
+
+
+def _argv(ctx: click.Context, skip=()) -> list[str]:
+    """The command line that gives ctx's parameter values, for workers to run again."""
+    out = []
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if p.name in skip or value is None or not isinstance(p, click.Option):
+            continue
+        if p.is_flag:
+            out += [p.opts[0]] if value else []
+        elif isinstance(value, tuple):  # a repeatable option
+            for v in value:
+                out += [p.opts[0], str(v)]
+        else:
+            out += [p.opts[0], str(value)]
+    return out
 
 
 @cli.command()

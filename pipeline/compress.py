@@ -17,7 +17,7 @@ import torch
 
 from models import create_model, get_model_entry
 from models._user import is_user_model, load_weights, user_factory
-from pipeline import bundle, calibration, faults
+from pipeline import bundle, calibration, distributed, faults
 from pipeline.checkpoint import (
     check_finite,
     example_input,
@@ -72,7 +72,8 @@ class CompressOptions:
     trust_pickle: bool = False
 
 
-def compress(opts: CompressOptions) -> dict:
+def check_options(opts: CompressOptions):
+    """What compress checks before any work; `compress --nproc` runs it before starting workers."""
     target = get_target(opts.target)  # bad names fail before any work
     get_model_entry(opts.model)
     if is_user_model(opts.model):
@@ -81,11 +82,19 @@ def compress(opts: CompressOptions) -> dict:
     recipe = load_recipe(opts.config, opts.overrides)
     choices = _backend_choices(target, recipe)  # a scheme a backend lacks fails here
     _check_models(recipe)
+    return target, loaded, recipe, choices
+
+
+def compress(opts: CompressOptions) -> dict | None:
+    """The report on rank 0 (or a single process); None on the other ranks of a distributed run."""
+    target, loaded, recipe, choices = check_options(opts)
     data = load_dataset(opts.data)
+    distributed.init_from_env()  # under torchrun: join its process group
     log(f"data {data.summary()}")
     run = RunDir(opts.run_dir or Path("runs") / f"{opts.model}-{data.name}-seed{opts.seed}")
     log(f"run directory {run.root}")
-    write_json(run.root / "recipe.json", recipe.to_dict())
+    if distributed.is_main():
+        write_json(run.root / "recipe.json", recipe.to_dict())
     c, h, w = data.input_shape
     spec = {"name": opts.model, "in_channels": c, "num_classes": data.num_classes,
             "input_size": h, "input_shape": [c, h, w]}
@@ -100,7 +109,9 @@ def compress(opts: CompressOptions) -> dict:
     teacher = run.stage("train", {"config": {**asdict(recipe.train), "spec": spec, "seed": opts.seed,
                                              "weights": weights, "rewind_snapshot": rewind_snapshot},
                                   "data": fp},
-                        lambda d: ctx.train(d, opts.weights, loaded))
+                        lambda d: ctx.train(d, opts.weights, loaded), all_ranks=True)
+    # pruning is decided once, on rank 0 (its fine-tuning between iterative steps too); the
+    # other ranks receive the plan and weights with the stage's files
     pruned = run.stage("prune", {"config": {**asdict(recipe.prune), "round_to": _round_to(recipe, target, opts.model),
                                             "student_model": recipe.distill.student_model,
                                             "finetune": {**asdict(recipe.distill),
@@ -114,7 +125,16 @@ def compress(opts: CompressOptions) -> dict:
                                                "teacher_sha256": teacher_sha,
                                                "train": asdict(recipe.train)},
                                     "inputs": [teacher.digest, pruned.digest], "data": fp},
-                        lambda d: ctx.distill(d, teacher.dir, pruned.dir))
+                        lambda d: ctx.distill(d, teacher.dir, pruned.dir), all_ranks=True)
+    # the rest is single-process: rank 0 runs it, the other ranks wait and then exit 0
+    return distributed.main_only(
+        lambda: _finish(opts, ctx, target, choices, data, recipe, spec, teacher, pruned,
+                        student),
+        "calibrate, export, verify, profile, bundle")
+
+
+def _finish(opts, ctx, target, choices, data, recipe, spec, teacher, pruned, student) -> dict:
+    run, fp = ctx.run, data.fingerprint()
     calibrated = run.stage("calibrate", {"config": asdict(recipe.calibrate),
                                          "inputs": [student.digest], "data": fp},
                            lambda d: ctx.calibrate(d, student.dir))

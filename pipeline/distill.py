@@ -29,7 +29,8 @@ def kd_loss_fn(teacher: nn.Module, temperature: float, alpha: float):
 
     def loss(student_logits, labels, x):
         with torch.no_grad():
-            teacher_logits = teacher(x)
+            # fit moves batches to the training device (a GPU under nccl): the teacher follows
+            teacher_logits = teacher.to(x.device)(x)
         return kd_loss(student_logits, teacher_logits, labels, temperature, alpha)
 
     return loss

@@ -7,6 +7,7 @@ stage reuse keyed by (stage, config, input digests, library versions).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from pipeline import distributed
 from pipeline.errors import SlimshipError
 from pipeline.log import log
 
@@ -111,7 +113,18 @@ class StageResult:
 
 
 class RunDir:
+    """Under torch.distributed, rank 0 owns the run directory; every other rank keeps a private
+    mirror in a temporary folder, filled only with what rank 0 broadcasts after each stage."""
+
     def __init__(self, root: Path):
+        if distributed.collective() and not distributed.is_main():
+            # under `compress --nproc` inside the launcher's folder, which it removes even
+            # when this rank is killed
+            self.root = Path(tempfile.mkdtemp(prefix=f"slimship-rank{distributed.rank()}-",
+                                              dir=os.environ.get(distributed.STATUS_ENV)))
+            atexit.register(shutil.rmtree, self.root, ignore_errors=True)
+            self.manifest = {"stages": {}}  # never read: rank 0 decides
+            return
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.manifest = self._read_manifest()
@@ -141,19 +154,44 @@ class RunDir:
                 return False
         return True
 
-    def stage(self, name: str, key_parts: dict, fn: Callable[[Path], dict]) -> StageResult:
-        """Run `fn(stage_dir) -> info` unless a finished stage with the same key is on disk."""
+    def stage(self, name: str, key_parts: dict, fn: Callable[[Path], dict], *,
+              all_ranks: bool = False) -> StageResult:
+        """Run `fn(stage_dir) -> info` unless a finished stage with the same key is on disk.
+
+        Under torch.distributed, rank 0 decides reuse and records the stage. With all_ranks
+        (the training stages) every rank runs fn, so the collectives of DDP inside it meet;
+        otherwise rank 0 runs it alone while the others wait. Either way the others then
+        receive rank 0's files (state dict, pruning plan) and info by broadcast.
+        """
         key = sha256_json({"stage": name, "versions": library_versions(), **key_parts})
+        distributed.set_stage(name)
+        if not distributed.collective():
+            entry = self._reusable(name, key)
+            return self._reused(name, entry) if entry else self._run(name, key, key_parts, fn)
+        with distributed.lost_rank_is_an_error(name):
+            return self._stage_on_ranks(name, key, key_parts, fn, all_ranks)
+
+    def _reusable(self, name: str, key: str) -> dict | None:
         entry = self.manifest["stages"].get(name)
-        folder = self.root / name
         if entry and entry.get("key") == key:
             if self._valid(entry):
                 log(f"[{name}] reused: inputs and config unchanged (key {key[:12]})")
-                return StageResult(name, folder, entry["info"], entry["digest"], True)
+                return entry
             log(f"[{name}] finished files are missing or changed on disk; running it again")
+        return None
+
+    def _reused(self, name: str, entry: dict) -> StageResult:
+        return StageResult(name, self.root / name, entry["info"], entry["digest"], True)
+
+    def _fresh(self, name: str) -> Path:
+        folder = self.root / name
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
+        return folder
+
+    def _run(self, name: str, key: str, key_parts: dict, fn) -> StageResult:
+        folder = self._fresh(name)
         start = time.perf_counter()
         info = fn(folder)
         files = [file_record(p, self.root) for p in list_files(folder)]
@@ -166,6 +204,41 @@ class RunDir:
         }
         write_json(self.root / MANIFEST, self.manifest)
         return StageResult(name, folder, info, digest, False)
+
+    def _stage_on_ranks(self, name, key, key_parts, fn, all_ranks) -> StageResult:
+        keys = distributed.gather_object(key)
+        decision = None
+        if distributed.is_main():
+            # every rank must have computed the same key: other data or library versions on
+            # another node would otherwise train on different inputs without a word
+            differ = [r for r, k in enumerate(keys) if k != key]
+            entry = None if differ else self._reusable(name, key)
+            decision = {"differ": differ, "reuse": entry is not None}
+        decision = distributed.broadcast_object(decision)
+        if decision["differ"]:
+            raise SlimshipError(f"{name}: rank(s) {', '.join(map(str, decision['differ']))} have "
+                                "other inputs than rank 0 (data, recipe or library versions); "
+                                "every rank must see the same")
+        if distributed.is_main():
+            if decision["reuse"]:
+                result = self._reused(name, self.manifest["stages"][name])
+            elif all_ranks:
+                result = self._run(name, key, key_parts, fn)
+            else:
+                with distributed.solo():  # a fit() inside trains on rank 0 alone
+                    result = self._run(name, key, key_parts, fn)
+            files = [(str(p.relative_to(result.dir)), p.read_bytes())
+                     for p in list_files(result.dir)]
+            distributed.broadcast_object((result.info, result.digest, files))
+            return result
+        if all_ranks and not decision["reuse"]:
+            fn(self._fresh(name))  # this rank's share of training; rank 0's files replace its own
+        info, digest, files = distributed.broadcast_object(None)
+        folder = self._fresh(name)
+        for rel, data in files:
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(data)
+        return StageResult(name, folder, info, digest, decision["reuse"])
 
 
 def require(cond: bool, message: str) -> None:

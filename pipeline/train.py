@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline import faults
+from pipeline import distributed, faults
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -47,24 +47,42 @@ def fit(
 ) -> list[float]:
     """AdamW with a one-cycle schedule; returns the mean loss of each epoch.
 
-    on_epoch(epoch, model) runs after each epoch (1-based), e.g. to keep a rewind snapshot."""
+    on_epoch(epoch, model) runs after each epoch (1-based), e.g. to keep a rewind snapshot.
+
+    Under torch.distributed every rank calls fit with the same arguments (pipeline/distributed.py):
+    the model is wrapped in DistributedDataParallel (gradients averaged over ranks), each epoch's
+    order is split between the ranks as DistributedSampler does, `batch_size` is the global
+    batch (each rank takes ceil(batch_size / world) of it, so a recipe optimises the same way on
+    any number of processes), the returned losses are averaged over ranks, and every rank returns
+    the same weights. loss_fn gets batches on the training device.
+    """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    steps_per_epoch = max(1, -(-len(xt) // batch_size))
+    world = distributed.active_world()
+    if world == 1:
+        order, per_rank = (lambda epoch: torch.randperm(len(xt), generator=gen)), len(xt)
+    else:
+        order, per_rank = _sharded_order(len(xt), seed), -(-len(xt) // world)
+    local_batch = -(-batch_size // world)  # ceil: 64 on 3 ranks is 3 x 22
+    steps_per_epoch = max(1, -(-per_rank // local_batch))
+    dev = distributed.device()
+    model.to(dev)
+    net = distributed.wrap(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=0.15)
     history = []
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
-    for _ in bar:
-        model.train()
-        perm = torch.randperm(len(xt), generator=gen)
-        total = 0.0
-        for i in range(0, len(xt), batch_size):
-            idx = perm[i : i + batch_size]
-            xb, yb = xt[idx], yt[idx]
-            loss = loss_fn(model(xb), yb, xb)
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", leave=False, dynamic_ncols=True,
+               disable=not distributed.is_main())
+    for epoch in bar:
+        net.train()
+        perm = order(epoch)
+        total, seen = 0.0, 0
+        for i in range(0, len(perm), local_batch):
+            idx = perm[i : i + local_batch]
+            xb, yb = xt[idx].to(dev), yt[idx].to(dev)
+            loss = loss_fn(net(xb), yb, xb)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {len(history)+1}")
             opt.zero_grad(set_to_none=True)
@@ -72,11 +90,33 @@ def fit(
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        history.append(total / len(xt))
+            seen += len(idx)
+        if world > 1:
+            sums = distributed.all_reduce_sum(torch.tensor([total, seen], dtype=torch.float64))
+            total, seen = sums.tolist()
+        history.append(total / seen)
         if on_epoch is not None:
             on_epoch(len(history), model)
         faults.point(f"{desc}:epoch{len(history)}")
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     bar.close()
+    distributed.sync_buffers(model)
+    model.to("cpu")
     model.eval()
     return history
+
+
+def _sharded_order(n: int, seed: int):
+    """This rank's indices for an epoch: DistributedSampler over range(n), shuffled with
+    seed + epoch (its set_epoch), so the order is per-epoch seeded, the same split on every
+    rank, and padded so that all ranks take the same number of steps (DDP needs that)."""
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=distributed.world_size(),
+                                 rank=distributed.rank(), shuffle=True, seed=seed)
+
+    def order(epoch: int) -> torch.Tensor:
+        sampler.set_epoch(epoch)
+        return torch.tensor(list(sampler))
+
+    return order
