@@ -264,6 +264,9 @@ def bare_executorch(model, example, calib, x_test, x_rand, folder: Path, warmup,
     for _ in range(1 + warmup + runs):
         method.execute([x1])
     _fresh_process_run(path, "executorch")
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    deserialize_pte_binary(path.read_bytes())  # the memory plan's buffer sizes
     with tempfile.TemporaryDirectory() as tmp:
         prog = Runtime.get().load_program(path, enable_etdump=True, debug_buffer_size=0)
         m = prog.load_method("forward")
@@ -435,7 +438,8 @@ def section(results: list[dict], over: dict, env: tuple, minutes: float, quick: 
               "make, written out in `bare_executorch` / `bare_tflite` and run on the same student "
               "(quantize, lower/convert, save, reference outputs on the test split and 32 random "
               "inputs, reload and run them, a latency loop, a fresh process that loads and runs "
-              "the file for peak RSS, and for ExecuTorch the ETDump profile). What the pipeline "
+              "the file for peak RSS, and for ExecuTorch the memory plan and the ETDump "
+              "profile). What the pipeline "
               "adds: sha256 and manifest records, saving references and outputs, parity and "
               "calibration figures, device estimates, the planned-memory read, logs.", "",
               "| backend | pipeline s (export / verify / profile) | bare calls s | ratio |",

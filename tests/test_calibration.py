@@ -11,7 +11,14 @@ import torch.nn as nn
 
 from pipeline import calibration as cal
 
-torch.set_num_threads(1)
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small models: one thread is faster; restored so that other tests see the default."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 # Five images, three classes. The logits are log-probabilities (+ a per-row constant, which
 # softmax ignores), so softmax(logits) is exactly the table below.

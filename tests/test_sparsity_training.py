@@ -90,6 +90,14 @@ def test_untargeted_dropout_drops_any_channel():
     remove_channel_dropout(mods)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
@@ -101,7 +109,6 @@ def test_group_lasso_drives_whole_channel_groups_towards_zero(digits):
     them from exact zeros; pruning then removes them at little cost."""
     from models import create_model
 
-    torch.set_num_threads(1)
     weak = {}
     for lam in (0.0, 0.02):
         torch.manual_seed(0)
