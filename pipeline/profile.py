@@ -50,12 +50,13 @@ def measure_latency(backend, path: Path, x: np.ndarray, threads: int, warmup: in
 # issue 5: planned memory, ExecuTorch per-op breakdown, peak RSS of a fresh process
 
 _RSS_SCRIPT = r"""
-import importlib, json, sys, time
-sys.path.insert(0, {root!r})
+import importlib, importlib.util, json, sys, time
 import numpy as np
-from targets import get_backend
-be = get_backend({backend!r})
-importlib.import_module(be.runtime)          # the runtime's own import, before the file
+# the runners by file path: the `targets` package would import torch for every backend
+spec = importlib.util.spec_from_file_location("_standalone", {standalone!r})
+standalone = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(standalone)
+importlib.import_module({runtime!r})          # the runtime's own import, before the file
 x = np.random.default_rng(0).standard_normal({shape!r}).astype(np.float32)
 def status():
     d = {{}}
@@ -73,7 +74,7 @@ try:  # reset the high-water mark to the current RSS (Linux >= 4.0)
 except OSError:
     reset = False
 t0 = time.perf_counter()
-run = be.load({path!r}, threads={threads!r})
+run = standalone.LOADERS[{backend!r}]({path!r}, threads={threads!r})
 y = run(x)
 t1 = time.perf_counter()
 after = status()
@@ -85,8 +86,9 @@ print(json.dumps({{"import_peak": before["VmHWM"], "baseline": before["VmRSS"],
 
 def peak_rss(backend_name: str, path: Path, input_shape, threads: int | None = 1,
              timeout_s: float = 300) -> dict:
-    """Peak resident memory of a fresh Python process that imports the backend's runtime,
-    loads `path`, and runs it once on a random float32 input of `input_shape`.
+    """Peak resident memory of a fresh Python process that imports the backend's runtime (and
+    nothing of slimship's or torch's unless the runtime needs it: ExecuTorch's Python runtime
+    does), loads `path`, and runs it once on a random float32 input of `input_shape`.
 
     Figures (bytes, measured, from /proc/self/status of the child):
     - `baseline_rss`: VmRSS after the imports (Python, numpy, torch, the runtime), before the
@@ -102,8 +104,11 @@ def peak_rss(backend_name: str, path: Path, input_shape, threads: int | None = 1
     import subprocess
     import sys
 
+    from targets import get_backend
+
     root = str(Path(__file__).resolve().parent.parent)
-    code = _RSS_SCRIPT.format(root=root, backend=backend_name,
+    code = _RSS_SCRIPT.format(standalone=str(Path(root) / "targets" / "_standalone.py"),
+                              runtime=get_backend(backend_name).runtime, backend=backend_name,
                               shape=tuple(int(s) for s in input_shape),
                               path=str(Path(path).resolve()), threads=threads)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

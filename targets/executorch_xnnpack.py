@@ -104,20 +104,9 @@ class ExecuTorchXnnpack:
                 "first": bad[0] if bad else None, "layers": rows}
 
     def load(self, path: Path, threads: int | None = None) -> Runner:
-        from executorch.runtime import Runtime, Verification
+        from targets._standalone import load_pte
 
-        if threads is not None:
-            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-            _unsafe_reset_threadpool(threads)
-        program = Runtime.get().load_program(Path(path), verification=Verification.InternalConsistency)
-        method = program.load_method("forward")
-
-        def run(x: np.ndarray) -> np.ndarray:
-            out = method.execute([torch.tensor(x, dtype=torch.float32)])  # a copy, dense strides
-            return out[0].numpy()
-
-        return run
+        return load_pte(path, threads)
 
     def describe(self, path: Path) -> dict:
         """Counted from the file: operators left outside any delegate, delegate calls."""

@@ -105,21 +105,9 @@ class OnnxRuntime:
         return Exported(path, req.precision, reference, io, tol, notes=notes, preflight=preflight)
 
     def load(self, path: Path, threads: int | None = None) -> Runner:
-        import onnxruntime as ort
+        from targets._standalone import load_onnx
 
-        so = ort.SessionOptions()
-        if threads is not None:
-            so.intra_op_num_threads = int(threads)
-            so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        in_name = sess.get_inputs()[0].name
-        out_name = sess.get_outputs()[0].name
-
-        def run(x: np.ndarray) -> np.ndarray:
-            out = sess.run([out_name], {in_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-            return np.asarray(out, dtype=np.float32)
-
-        return run
+        return load_onnx(path, threads)
 
     def describe(self, path: Path) -> dict:
         """Counted from the file: op types, opset, IR version, I/O, quantized initializers, size."""

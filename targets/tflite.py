@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from targets._base import Exported, ExportRequest, Runner, Tolerance
+from targets._standalone import TFLITE_SIGNATURE as SIGNATURE
+from targets._standalone import dequantize_io, load_tflite, quantize_io  # noqa: F401  (re-exported)
 from targets._registry import register_backend
 
-SIGNATURE = "serving_default"  # the one signature litert_torch.convert writes
 _QUANT_FORMULA = {
     "quantize": ("q = clamp(round(x / scale) + zero_point, -128, 127) as int8, rounding "
                  "half to even as the PyTorch reference does"),
@@ -75,8 +76,7 @@ class Tflite:
         notes = [(f"input layout {io['layout']} (the PyTorch signature); the file changes it "
                   "to NHWC internally")]
         if req.precision == "int8" and not batched:
-            notes.append("the model did not export with a dynamic batch: its quantized "
-                         "reference runs the batch-1 graph row by row")
+            notes.append("the quantized reference is the batch-1 graph, run row by row")
         if req.precision == "int8":
             notes.append("input and output tensors are int8: quantize the preprocessed float "
                          "input and dequantize the logits with io's scale and zero_point")
@@ -89,30 +89,7 @@ class Tflite:
                         preflight=preflight)
 
     def load(self, path: Path, threads: int | None = None) -> Runner:
-        from ai_edge_litert.interpreter import Interpreter
-
-        # The default op resolver (OpResolverType.AUTO == BUILTIN) applies TFLite's default
-        # XNNPACK delegate when tensors are first allocated, fp32 and int8 alike ("INFO:
-        # Created TensorFlow Lite XNNPACK delegate for CPU"); BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        # would turn it off. num_threads=None lets the runtime choose.
-        interp = Interpreter(model_path=str(path), num_threads=threads)
-        interp.allocate_tensors()  # applies the delegate now rather than on the first call
-        sig = interp.get_signature_runner(SIGNATURE)
-        (in_name, in_d), = sig.get_input_details().items()
-        (out_name, out_d), = sig.get_output_details().items()
-        in_dtype, (in_scale, in_zp) = in_d["dtype"], in_d["quantization"]
-        out_dtype, (out_scale, out_zp) = out_d["dtype"], out_d["quantization"]
-
-        def run(x: np.ndarray) -> np.ndarray:
-            x = np.asarray(x, dtype=np.float32)
-            if in_dtype == np.int8:
-                x = quantize_io(x, in_scale, in_zp)
-            y = sig(**{in_name: x})[out_name]
-            if out_dtype == np.int8:
-                y = dequantize_io(y, out_scale, out_zp)
-            return np.array(y, dtype=np.float32)  # a copy, not a view of interpreter memory
-
-        return run
+        return load_tflite(path, threads)
 
     def describe(self, path: Path) -> dict:
         """Counted from the file: operators, tensor dtypes, I/O; and what XNNPACK takes."""
@@ -153,16 +130,10 @@ def _quantize_pt2e(model, args, calibration):
 
 def _export_for_quantization(model, example):
     """(graph, batched). strict=True: with non-strict export residual adds are left
-    unannotated and stay float. The batch dimension is made dynamic so that the reference
-    takes any batch, as the fp32 model does (the pipeline runs it 64 rows at a time); a model
-    that does not export that way is exported for batch 1."""
-    try:
-        two = torch.cat([example, example])  # batch 1 would be specialized, not dynamic
-        dynamic = ({0: torch.export.Dim("batch")},)
-        graph = torch.export.export(model, (two,), dynamic_shapes=dynamic, strict=True)
-        return graph.module(), True
-    except Exception:  # noqa: BLE001  torch.export raises several types for shapes it cannot keep symbolic
-        return torch.export.export(model, (example,), strict=True).module(), False
+    unannotated and stay float. Batch 1, as the file: litert_torch.convert re-exports with the
+    batch-1 example anyway, and a dynamic batch costs a second, slower strict export; the
+    reference runs the batch-1 graph row by row (`_row_by_row`)."""
+    return torch.export.export(model, (example,), strict=True).module(), False
 
 
 def _row_by_row(graph):
@@ -174,15 +145,6 @@ def _row_by_row(graph):
     return reference
 
 
-def quantize_io(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Float input -> the int8 a fully int8 file takes (model.json's quantization_formula)."""
-    # as torch's quantize_per_tensor: round half to even of x * (1 / scale)
-    q = np.round(x * np.float32(1.0 / scale)) + zero_point
-    return np.clip(q, -128, 127).astype(np.int8)
-
-
-def dequantize_io(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return ((q.astype(np.int32) - zero_point) * np.float32(scale)).astype(np.float32)
 
 
 def _io_from_file(path: Path, torch_shape: list[int] | None = None) -> dict:
