@@ -102,7 +102,7 @@ class _ChannelDrop:
         n = w.shape[0]
         if self.fraction >= 1:
             return torch.ones(n, dtype=torch.bool)
-        k = int(round(self.fraction * n))
+        k = round(self.fraction * n)
         mask = torch.zeros(n, dtype=torch.bool)
         mask[w.reshape(n, -1).norm(dim=1).argsort()[:k]] = True
         return mask
