@@ -19,6 +19,7 @@ from pipeline.rundir import (
     file_record,
     list_files,
     sha256_path,
+    umask_mode,
     write_bytes,
     write_json,
 )
@@ -36,6 +37,7 @@ def publish(dest: Path, report: dict, backends: dict, data: Dataset, spec: dict)
     for stale in dest.parent.glob(f".{dest.name}.*.partial"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    os.chmod(tmp, umask_mode(directory=True))
     try:
         _assemble(tmp, report, backends, data, spec)
         faults.point("bundle:assembled")

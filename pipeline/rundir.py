@@ -59,6 +59,15 @@ def sha256_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode open()/mkdir() would give a new file (0o666) or directory (0o777) under the
+    process umask; mkstemp/mkdtemp create 0o600/0o700, which would leave a bundle unreadable
+    to the app team's other users and CI jobs."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temp path beside `path`; on success fsync it and rename it over `path`."""
@@ -71,6 +80,7 @@ def atomic_path(path: Path):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -190,3 +190,15 @@ def test_calibration_is_reported_per_stage_and_per_file(android_bundle):
     meta = json.loads((b / "model.json").read_text())
     assert meta["temperature"]["temperature_applied"] == t["temperature_applied"]
     assert meta["temperature"]["folded"] == (t["temperature_applied"] != 1.0)
+
+
+def test_bundle_has_the_modes_the_umask_gives(android_bundle):
+    """Not the 0o600/0o700 of the temporary files and folder it is assembled in: the app team's
+    CI and other users must be able to read the bundle."""
+    import stat
+
+    from pipeline.rundir import umask_mode
+
+    b = android_bundle["bundle"]
+    for p in [b, *b.rglob("*")]:
+        assert stat.S_IMODE(p.stat().st_mode) == umask_mode(directory=p.is_dir()), p
