@@ -68,8 +68,13 @@ def _param(key: str) -> str:
     return "recipe_" + key.replace(".", "__")
 
 
-def recipe_flags(fn):
+def recipe_flags(fn=None, *, sections=None):
+    """The RECIPE_FLAGS as click options (only those of `sections`, e.g. ("train",), if given)."""
+    if fn is None:
+        return functools.partial(recipe_flags, sections=sections)
     for flag, key, tp, what in reversed(RECIPE_FLAGS):
+        if sections is not None and key.split(".")[0] not in sections:
+            continue
         text = f"Override {key}" + (f" ({what})." if what else ".")
         many = tp in (list, "mapping")
         fn = click.option(flag, _param(key), type=str if many else tp, multiple=many,
@@ -83,7 +88,7 @@ def recipe_overrides(flags: dict) -> dict:
 
     out = {}
     for flag, key, tp, _ in RECIPE_FLAGS:
-        value = flags[_param(key)]
+        value = flags.get(_param(key))
         if value is None or value == ():
             continue
         if tp == "mapping":
@@ -114,7 +119,7 @@ def cli():
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--run-dir", type=click.Path(path_type=Path),
               help="Where stage results are kept for reuse [default: runs/<model>-<data>-seed<seed>].")
-@recipe_flags
+@recipe_flags()
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Override any recipe key, e.g. --set prune.scope=global (repeatable).")
 @click.option("--budget", type=click.Path(path_type=Path),
@@ -173,6 +178,86 @@ def compress(target, out, model, data, config, seed, run_dir, settings, budget, 
             click.echo(f"error: {p}", err=True)
         distributed.record_exit(1, "the report's problems")
         sys.exit(1)
+
+
+def _stage_command(stop_after, target, out, model, data, config, seed, run_dir, settings,
+                   weights, trust_pickle, nproc, flags):
+    """`train` / `distill`: compress's stages up to `stop_after`, the model written to OUT."""
+    from pipeline import distributed
+    from pipeline.compress import CompressOptions, check_options
+    from pipeline.compress import compress as run
+    from pipeline.config import parse_setting
+
+    overrides = dict(parse_setting(s) for s in settings)
+    overrides.update(recipe_overrides(flags))
+    opts = CompressOptions(target=target, out=out, model=model, data=data, config=config,
+                           seed=seed, run_dir=run_dir, overrides=overrides, weights=weights,
+                           trust_pickle=trust_pickle, stop_after=stop_after)
+    if nproc > 1:
+        check_options(opts)
+        argv = _argv(click.get_current_context(), skip=("nproc",))
+        sys.exit(distributed.launch(nproc, [str(Path(__file__).resolve()), stop_after, *argv]))
+    run(opts)  # rank 0 writes OUT and logs it; the other ranks get None
+
+
+_STAGE_OPTIONS = [
+    click.option("--out", required=True, type=click.Path(path_type=Path),
+                 help="Directory for model.json (architecture, pruning plan) and "
+                      "model.safetensors."),
+    click.option("--model", default="small_cnn", show_default=True,
+                 help="Zoo model (see `cli.py models`) or path/to/file.py:factory."),
+    click.option("--data", default="digits", show_default=True,
+                 help="'digits' (bundled), an .npz with x and y, or a directory with "
+                      "train.npz/test.npz."),
+    click.option("--config", type=click.Path(path_type=Path), help="Recipe YAML (see README)."),
+    click.option("--seed", default=0, show_default=True, type=int),
+    click.option("--run-dir", type=click.Path(path_type=Path),
+                 help="Where stage results are kept for reuse [default: "
+                      "runs/<model>-<data>-seed<seed>, as compress: a later compress with the "
+                      "same options reuses these stages]."),
+    click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                 help="Override any recipe key (repeatable)."),
+    click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
+                 help="Training processes to start on this machine (torch.distributed: gloo "
+                      "on CPU, nccl on GPU); under torchrun leave it at 1."),
+]
+
+
+def _stage_options(fn):
+    for option in reversed(_STAGE_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@cli.command()
+@_stage_options
+@recipe_flags(sections=("train",))
+@one_line_errors
+def train(out, model, data, config, seed, run_dir, settings, nproc, **flags):
+    """Train the dense model (compress's train stage, under torchrun or --nproc as well) and
+    write it to OUT; `compress --weights OUT/model.safetensors` starts from it."""
+    _stage_command("train", None, out, model, data, config, seed, run_dir, settings, None,
+                   False, nproc, flags)
+
+
+@cli.command()
+@click.option("--target", required=True,
+              help="Platform the student is pruned for (its widths are rounded for it).")
+@_stage_options
+@recipe_flags(sections=("train", "prune", "distill"))
+@click.option("--weights", type=click.Path(path_type=Path),
+              help="Trained teacher weights (.safetensors, or .pt/.pth loaded weights-only): "
+                   "skips training.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow --weights that only unpickling can load (runs code from the file).")
+@one_line_errors
+def distill(target, out, model, data, config, seed, run_dir, settings, nproc, weights,
+            trust_pickle, **flags):
+    """Train (or load) the teacher, prune it and distill it into the pruned student
+    (compress's stages up to distill), and write the student to OUT: its pruning plan in
+    model.json, its weights in model.safetensors."""
+    _stage_command("distill", target, out, model, data, config, seed, run_dir, settings,
+                   weights, trust_pickle, nproc, flags)
 
 
 @cli.command("verify-arm64")

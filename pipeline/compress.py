@@ -46,7 +46,7 @@ from pipeline.prune import (
 )
 from pipeline.regularize import SparsityTraining
 from pipeline.report import counted, measured, parity_figures, summary_table
-from pipeline.rundir import RunDir, library_versions, sha256_file, write_json
+from pipeline.rundir import RunDir, library_versions, sha256_file, write_bytes, write_json
 from pipeline.train import accuracy, cross_entropy, fit, predict
 from pipeline.verify import parity
 from targets import get_backend, get_target
@@ -70,17 +70,30 @@ class CompressOptions:
     budgets: object = None  # pipeline.gate.Budgets, checked against the report
     weights: Path | None = None  # a trained teacher: the train stage loads it instead
     trust_pickle: bool = False
+    # "train" or "distill" (`cli.py train` / `cli.py distill`): stop after that stage and write
+    # its model (model.json + model.safetensors) into `out`; the run directory is the one
+    # compress uses, so a later compress with the same options reuses the stages
+    stop_after: str | None = None
+
+
+STOP_AFTER = ("train", "distill")
 
 
 def check_options(opts: CompressOptions):
     """What compress checks before any work; `compress --nproc` runs it before starting workers."""
-    target = get_target(opts.target)  # bad names fail before any work
+    if opts.stop_after not in (None, *STOP_AFTER):
+        raise ValueError(f"stop_after must be one of {STOP_AFTER} or None, got {opts.stop_after!r}")
+    # training needs no target; pruning does (the widths are rounded for its backends)
+    target = None if opts.stop_after == "train" else get_target(opts.target)
+    if opts.stop_after and Path(opts.out).exists() and not Path(opts.out).is_dir():
+        raise UsageError(f"--out {opts.out}: exists and is not a directory; give a directory "
+                         "for model.json and model.safetensors")
     get_model_entry(opts.model)
     if is_user_model(opts.model):
         user_factory(opts.model)  # a missing file or factory fails before any work
     loaded = load_weights(opts.weights, opts.trust_pickle) if opts.weights is not None else None
     recipe = load_recipe(opts.config, opts.overrides)
-    choices = _backend_choices(target, recipe)  # a scheme a backend lacks fails here
+    choices = [] if target is None else _backend_choices(target, recipe)  # a scheme a backend lacks fails here
     _check_models(recipe)
     return target, loaded, recipe, choices
 
@@ -110,6 +123,8 @@ def compress(opts: CompressOptions) -> dict | None:
                                              "weights": weights, "rewind_snapshot": rewind_snapshot},
                                   "data": fp},
                         lambda d: ctx.train(d, opts.weights, loaded), all_ranks=True)
+    if opts.stop_after == "train":
+        return distributed.main_only(lambda: _write_model(opts, teacher), "writing the model")
     # pruning is decided once, on rank 0 (its fine-tuning between iterative steps too); the
     # other ranks receive the plan and weights with the stage's files
     pruned = run.stage("prune", {"config": {**asdict(recipe.prune), "round_to": _round_to(recipe, target, opts.model),
@@ -126,6 +141,8 @@ def compress(opts: CompressOptions) -> dict | None:
                                                "train": asdict(recipe.train)},
                                     "inputs": [teacher.digest, pruned.digest], "data": fp},
                         lambda d: ctx.distill(d, teacher.dir, pruned.dir), all_ranks=True)
+    if opts.stop_after == "distill":
+        return distributed.main_only(lambda: _write_model(opts, student), "writing the model")
     # the rest is single-process: rank 0 runs it, the other ranks wait and then exit 0
     return distributed.main_only(
         lambda: _finish(opts, ctx, target, choices, data, recipe, spec, teacher, pruned,
@@ -159,6 +176,21 @@ def _finish(opts, ctx, target, choices, data, recipe, spec, teacher, pruned, stu
     log(f"bundle written to {out}")
     print(summary_table(report))
     return report
+
+
+def _write_model(opts: CompressOptions, stage) -> dict:
+    """`cli.py train` / `distill`: the stage's model.json (spec, pruning plan) and
+    model.safetensors, copied into opts.out (each file written whole, then renamed)."""
+    out = Path(opts.out)
+    files = []
+    for name in ("model.json", "model.safetensors"):
+        write_bytes(out / name, (stage.dir / name).read_bytes())
+        files.append(str(out / name))
+    acc = stage.info.get("accuracy", {}).get("value")
+    log(f"[{stage.name}] wrote {' and '.join(files)}"
+        + (f" (test accuracy {acc:.2%}, measured)" if acc is not None else ""))
+    return {"stage": stage.name, "files": files, "run_dir": str(stage.dir.parent),
+            "reused": stage.reused, "info": stage.info}
 
 
 def _backend_choices(target, recipe: Recipe) -> list:
