@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/calibration.py [--only digits|cifar10|cifar10-long]
                                                [--no-export] [--work DIR] [--no-write|--rewrite]
+    .venv/bin/python benchmarks/calibration.py --compress [--only compress-...] [--work DIR]
 
 For the default digits data (small_cnn, the recipe's default epochs) and a CIFAR-10 slice
 (../shared/data/cifar10, resnet20, a few thousand training images, a few epochs) this runs a
@@ -20,6 +21,13 @@ Runs digits and cifar10 by default; `--only cifar10-long` runs an over-fitting C
 configuration (2,000 images, 12 epochs). Writes DIR/<run>.json, DIR/<run>-reliability.png and
 the section "## Calibration (issue 12)" of benchmarks/RESULTS.md (that section only), which
 lists every run whose JSON is in DIR (this invocation's and earlier ones').
+
+`--compress` asks the product instead: `cli.py compress --target android` on digits (the
+default recipe, and with `calibrate.apply=always`) and on the first 2,000 CIFAR-10 training
+images (resnet20, 12 epochs, distilled 4: the over-fitting regime of cifar10-long), each in a
+subprocess; per-stage ECE/NLL/Brier, the fitted and applied T, and each exported file's
+calibration and parity are read from its report.json into the section "## Calibration through
+`cli.py compress` (issue 12)" (about 10 minutes).
 """
 
 from __future__ import annotations
@@ -73,6 +81,18 @@ RUNS = {
                                       temperature=_distill.temperature, alpha=_distill.alpha)),
 }
 DEFAULT_KEYS = ("digits", "cifar10")
+
+# `--compress`: the same questions asked of the product, `cli.py compress --target android`,
+# read back from its report.json: the default run, the default with T always folded, and a
+# CIFAR-10 run in the over-fitting regime of cifar10-long (train.npz cut to its first images)
+HEADING_COMPRESS = "## Calibration through `cli.py compress` (issue 12)"
+COMPRESS_RUNS = {
+    "compress-digits": dict(data="digits", model="small_cnn", limit=None, args=[]),
+    "compress-digits-always": dict(data="digits", model="small_cnn", limit=None,
+                                   args=["--set", "calibrate.apply=always"]),
+    "compress-cifar10": dict(data="cifar10", model="resnet20", limit=2000,
+                             args=["--epochs", "12", "--distill-epochs", "4"]),
+}
 
 
 def log(msg: str) -> None:
@@ -206,7 +226,7 @@ def section(results: dict) -> str:
         rows = {**r["stages"], **r["files"]}
         for name, x in rows.items():
             b, a = x.get("before"), x["after"]
-            f = lambda m, k, p=4: f"{m[k]:.{p}f}" if m else "–"  # noqa: E731
+            f = lambda m, k, p=4: f"{m[k]:.{p}f}" if m else "–"
             note = ""
             if not x.get("fit", {}).get("identifiable", True):
                 note = " (T not identifiable: val all correct)"
@@ -243,10 +263,106 @@ def section(results: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
+def run_compress(key: str, work: Path) -> dict:
+    """`cli.py compress --target android` in a subprocess; the figures from its report.json."""
+    import subprocess
+
+    cfg = COMPRESS_RUNS[key]
+    root = work / key
+    data = cfg["data"]
+    if data == "cifar10":  # the first `limit` training images, the whole test file
+        data = root / "cifar10"
+        data.mkdir(parents=True, exist_ok=True)
+        with np.load(CIFAR / "train.npz") as d:
+            np.savez_compressed(data / "train.npz", x=d["x"][:cfg["limit"]], y=d["y"][:cfg["limit"]])
+        with np.load(CIFAR / "test.npz") as d:
+            np.savez_compressed(data / "test.npz", x=d["x"], y=d["y"])
+    cmd = [sys.executable, str(ROOT / "cli.py"), "compress", "--target", "android",
+           "--model", cfg["model"], "--data", str(data), "--seed", str(SEED),
+           "--out", str(root / "dist"), "--run-dir", str(root / "run"), *cfg["args"]]
+    log(f"{key}: {' '.join(cmd[1:])}")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    (root / "compress.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit(f"{key}: compress exited {proc.returncode}; log in {root / 'compress.log'}")
+    report = json.loads((root / "dist" / "android" / "report.json").read_text())
+    st = report["stages"]
+    value = lambda f: f["value"] if f else None
+    keep = ("ece", "nll", "brier", "accuracy")
+    out = {"command": "cli.py " + " ".join(cmd[2:]).replace(str(work), "WORK"),
+           "data": "{}: {} train / {} val / {} test".format(
+               report["data"]["name"], *(report["data"][k]["value"] for k in ("train", "val", "test"))),
+           "model": cfg["model"], "seconds": round(time.perf_counter() - t0, 1),
+           "stages": {n: {k: value(st[n]["calibration"].get(k)) for k in keep}
+                      for n in ("teacher", "pruned", "distilled")},
+           "temperature": {k: st["temperature"][k] for k in
+                           ("temperature_fitted", "temperature_applied", "folded", "decision",
+                            "cross_validation")},
+           "distilled_scaled": {k: value(st["temperature"]["after_fitted"].get(k)) for k in keep},
+           "files": {}}
+    for name, b in report["backends"].items():
+        if "error" in b or "parity" not in b:
+            out["files"][name] = {"failed": b.get("error", "no parity block")}
+            continue
+        p, m = b["parity"], b.get("calibration_metrics") or {}
+        out["files"][name] = {"file": b.get("file"), "precision": b.get("precision"),
+                              "parity": p["state"], "tolerance": p["tolerance"],
+                              "max_abs_diff_rel": value(p["test_split"]["max_abs_diff_rel"]),
+                              "sqnr_db": value(p["test_split"].get("sqnr_db")),
+                              **{k: value(m.get(k)) for k in keep}}
+    (work / f"{key}.json").write_text(json.dumps(out, indent=1))
+    log(f"{key}: done in {out['seconds']} s; T fitted {out['temperature']['temperature_fitted']:.3f}, "
+        f"applied {out['temperature']['temperature_applied']:.3f}")
+    return out
+
+
+def compress_section(results: dict) -> str:
+    f = lambda v, p=4: "–" if v is None else f"{v:.{p}f}"
+    intro = (f"`benchmarks/calibration.py --compress`, {time.strftime('%Y-%m-%d')}, host "
+             f"{platform.machine()} ({platform.processor() or 'cpu'}), torch {torch.__version__}, "
+             f"seed {SEED}. Every figure is read from the run's `report.json`, where each is "
+             "labelled `measured` (test split; T fitted on the validation split). Stage rows: "
+             "the PyTorch model after that stage, unscaled. `distilled, scaled by fitted T`: the "
+             "distilled student's logits divided by the fitted T (what `apply: always` ships). "
+             "File rows: the exported file run through its runtime over the test split; it "
+             "carries the applied T (folded into the classifier), and its parity is against its "
+             "PyTorch reference, the T-folded (and for int8, quantized) student.")
+    lines = [HEADING_COMPRESS, "", intro, ""]
+    for key, r in results.items():
+        t = r["temperature"]
+        cv = t.get("cross_validation")
+        lines += [f"### {key}: {r['model']}, {r['data']}", "",
+                  f"`{r['command']}` ({r['seconds']:.0f} s).", "",
+                  f"Temperature: fitted {t['temperature_fitted']:.3f}, applied "
+                  f"{t['temperature_applied']:.3f} ({t['decision']})"
+                  + (f"; 5-fold CV inside the validation split: NLL {cv['nll_unscaled']:.4f} "
+                     f"unscaled, {cv['nll_scaled']:.4f} scaled" if cv else "") + ".", "",
+                  "| stage / file | ECE | NLL | Brier | accuracy | parity vs the scaled model |",
+                  "|---|---|---|---|---|---|"]
+        rows = [(n, m, "") for n, m in r["stages"].items()]
+        rows.append(("distilled, scaled by fitted T", r["distilled_scaled"], ""))
+        for name, x in r["files"].items():
+            if "failed" in x:
+                lines.append(f"| {name} | failed: {x['failed']} | | | | |")
+                continue
+            par = f"{x['parity']}, max rel diff {x['max_abs_diff_rel']:.2e}" + (
+                f", SQNR {x['sqnr_db']:.1f} dB" if x.get("sqnr_db") else "")
+            rows.append((f"{x['file']} ({x['precision']})", x, par))
+        for n, m, par in rows:
+            lines.append(f"| {n} | {f(m['ece'])} | {f(m['nll'])} | {f(m['brier'])} | "
+                         f"{m['accuracy']:.2%} | {par or '–'} |")
+        u, s_ = r["stages"]["distilled"]["nll"], r["distilled_scaled"]["nll"]
+        lines += ["", f"Reading: the fitted T {'lowered' if s_ < u else 'did not lower'} the "
+                      f"distilled student's test NLL ({u:.4f} → {s_:.4f}); the bundle "
+                      + ("ships it folded." if t["folded"] else "ships T = 1 (not folded)."), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_section(text: str, path: Path = RESULTS, heading: str = HEADING) -> None:
     """Replace this script's section in RESULTS.md (other sections are left as they are)."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     if pattern.search(old):
         new = pattern.sub(lambda _: text + "\n", old, count=1)
     else:
@@ -256,7 +372,11 @@ def write_section(text: str, path: Path = RESULTS) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", choices=sorted(RUNS), help="run only this configuration")
+    ap.add_argument("--only", choices=sorted(RUNS) + sorted(COMPRESS_RUNS),
+                    help="run only this configuration")
+    ap.add_argument("--compress", action="store_true",
+                    help="run cli.py compress (digits default, digits with T always folded, "
+                         "CIFAR-10) and write its own section from the reports")
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--work", type=Path, default=Path("/tmp/slimship-calibration"))
     ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
@@ -264,6 +384,18 @@ def main() -> None:
                     help="run nothing: rebuild the RESULTS.md section from the JSON in --work")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.compress or (args.only or "").startswith("compress-"):
+        args.work.mkdir(parents=True, exist_ok=True)
+        keys = [] if args.rewrite else [args.only] if args.only else list(COMPRESS_RUNS)
+        fresh = {k: run_compress(k, args.work) for k in keys}
+        results = {k: fresh[k] if k in fresh else json.loads((args.work / f"{k}.json").read_text())
+                   for k in COMPRESS_RUNS if k in fresh or (args.work / f"{k}.json").is_file()}
+        text = compress_section(results)
+        print(text)
+        if not args.no_write:
+            write_section(text, heading=HEADING_COMPRESS)
+            log(f"wrote {HEADING_COMPRESS!r} in {RESULTS}")
+        return
     keys = [] if args.rewrite else [args.only] if args.only else list(DEFAULT_KEYS)
     fresh = {k: run(k, args.work, not args.no_export) for k in keys}
     # the section lists every run with results in --work: this one's, and earlier ones' JSON

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -22,7 +23,7 @@ def run(root, *args):
 def test_sparsity_training_hints_qat_and_a_per_backend_scheme(tmp_path):
     result = run(tmp_path, "--epochs", "6", "--distill-epochs", "4", "--group-lasso", "1e-3",
                  "--targeted-dropout", "0.3", "--feature-weight", "1", "--qat-epochs", "1",
-                 "--precision", "tflite=fp32")
+                 "--precision", "tflite=fp32", "--set", "calibrate.apply=always")
     assert result.exit_code == 0, result.output + repr(result.exception)
     report = json.loads((tmp_path / "dist" / "android" / "report.json").read_text())
     st = report["stages"]
@@ -41,6 +42,28 @@ def test_sparsity_training_hints_qat_and_a_per_backend_scheme(tmp_path):
     # a saved teacher is a plain module again (no dropout parametrization left in it)
     saved = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert not any("parametrizations" in f["path"] for f in saved["stages"]["train"]["files"])
+    check_temperature_folded(tmp_path, report)
+
+
+def check_temperature_folded(root, report):
+    """calibrate.apply=always: the fitted T is folded, and the fp32 .tflite emits the distilled
+    student's logits / T (issue 12): what the file outputs is the scaled model, and its NLL is
+    the one the report gives for the scaled student."""
+    from pipeline.calibration import metrics
+    from pipeline.checkpoint import load_model
+    from pipeline.data import load_dataset
+    from pipeline.train import predict
+
+    t = report["stages"]["temperature"]
+    assert t["folded"] and t["temperature_applied"] == t["temperature_fitted"] != 1.0
+    meta = json.loads((root / "dist" / "android" / "model.json").read_text())["temperature"]
+    assert meta["folded"] and meta["temperature_applied"] == t["temperature_applied"]
+    distilled, _, _ = load_model(root / "run" / "distill")  # before the fold
+    scaled = predict(distilled, load_dataset("digits").x_test) / t["temperature_applied"]
+    out = np.load(root / "run" / "verify" / "tflite-fp32" / "outputs.npz")["test"]
+    assert np.abs(out - scaled).max() <= 1e-4 * np.abs(scaled).max()
+    y = load_dataset("digits").y_test
+    assert metrics(out, y)["nll"] == pytest.approx(t["after_fitted"]["nll"]["value"], abs=1e-5)
 
 
 @pytest.mark.slow
