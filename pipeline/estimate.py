@@ -601,6 +601,25 @@ def estimator_error(cal: Calibration | None = None, precision: str | None = None
     }
 
 
+def this_cpu() -> str:
+    """This machine's CPU model name (/proc/cpuinfo on Linux, else platform.processor())."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fitted_elsewhere(cal: Calibration) -> str | None:
+    """The CPU the calibration was fitted on, where it is not this machine's; else None."""
+    fitted = cal.meta.get("host_cpu")
+    return fitted if fitted and fitted != this_cpu() else None
+
+
 def estimate_for_devices(model: nn.Module, example: torch.Tensor, precision: str,
                          devices: list[str], threads: int | list[int] = 1,
                          cal: Calibration | None = None) -> dict:
@@ -615,6 +634,15 @@ def estimate_for_devices(model: nn.Module, example: torch.Tensor, precision: str
     cal = cal or load_calibration()
     layers = count_layers(model, example, precision)
     err = estimator_error(cal, precision)
+    elsewhere = fitted_elsewhere(cal)
+    caveat = ("efficiency factors were fitted for XNNPACK on this host's x86 cores and applied "
+              "to the device's Arm peak figures; the error beside the estimate is this host's, "
+              "not the device's")
+    if elsewhere:
+        caveat = (f"efficiency factors were fitted for XNNPACK on another machine ({elsewhere}), "
+                  f"not this one ({this_cpu()}), and applied to the device's Arm peak figures; "
+                  "the error beside the estimate is that machine's, not the device's "
+                  "(`python benchmarks/estimator.py` refits on this machine)")
     out = {}
     for key in devices:
         dev = get_device(key)
@@ -624,10 +652,7 @@ def estimate_for_devices(model: nn.Module, example: torch.Tensor, precision: str
             per_t[str(t)] = estimate_latency(layers, m, precision, t, cal)
         out[key] = {"name": dev.name, "core": dev.core, "precision": precision,
                     "latency": per_t, **estimate_energy(layers, dev, precision),
-                    "estimator_error": err,
-                    "caveat": ("efficiency factors were fitted for XNNPACK on this host's x86 "
-                               "cores and applied to the device's Arm peak figures; the error "
-                               "beside the estimate is this host's, not the device's")}
+                    "estimator_error": err, "caveat": caveat}
     return out
 
 

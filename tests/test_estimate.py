@@ -152,6 +152,24 @@ def test_estimate_for_devices_uses_the_calibration_file():
             assert d["latency"]["1"]["memory_term"] == "missing"
 
 
+@pytest.mark.parametrize("here", ["same", "other"])
+def test_the_caveat_says_which_machine_the_calibration_was_fitted_on(monkeypatch, here):
+    cal = E.load_calibration()
+    fitted = cal.meta["host_cpu"]
+    monkeypatch.setattr(E, "this_cpu", lambda: fitted if here == "same" else "Some Other CPU")
+    m = models.create_model("small_cnn", 3, 10, 32).eval()
+    caveat = E.estimate_for_devices(m, X, "int8", ["pixel-8"], cal=cal)["pixel-8"]["caveat"]
+    if here == "same":
+        assert "on this host's" in caveat and "another machine" not in caveat
+    else:
+        assert f"on another machine ({fitted}), not this one (Some Other CPU)" in caveat
+        assert "benchmarks/estimator.py" in caveat
+
+
+def test_this_cpu_names_a_cpu():
+    assert isinstance(E.this_cpu(), str) and E.this_cpu()
+
+
 # ---------------------------------------------------------------------------------------------
 # files: one small_cnn .pte shared by the tests below
 
