@@ -265,9 +265,9 @@ def quiet_latency(batches: list[dict], q: float = 5.0) -> float:
     """The q-th percentile (ms) of every timed run of a case, across all its batches.
 
     The host is shared with other jobs (both vCPUs are often fully busy), and contention only
-    ever adds time: the median under contention is 1.5-1.9x the fastest runs and does not repeat
-    from one half of the rounds to the other, while a low percentile does (see
-    `repeatability`). A low percentile is the best available stand-in for the file's
+    ever adds time: under contention the median moves from one half of the rounds to the other,
+    while a low percentile repeats better (see `repeatability` and the contention figure in
+    RESULTS.md). A low percentile is the best available stand-in for the file's
     uncontended steady-state latency, which is what the estimator models."""
     return float(np.percentile(np.concatenate([b["ms"] for b in batches]), q))
 
@@ -502,6 +502,44 @@ def validate(data: dict, w_layer: float, q: float) -> dict:
                 "measurement itself repeats on this shared host")}}
 
 
+def diagnostics(v: dict, data: dict, q: float, w_layer: float) -> dict:
+    """What the RESULTS.md 'why not' lines say, computed from this run's data."""
+    import contextlib
+    import io
+
+    out = {}
+    ratios = []
+    for c in data["cases"]:
+        runs = np.concatenate([b["ms"] for b in c["batches"]])
+        ratios.append(float(np.median(runs) / np.percentile(runs, q)))
+    out["contention"] = {"min": min(ratios), "max": max(ratios), "q": q}
+    ms = {(r["model"], r["precision"], r["threads"]): r["ms"] for r in v["rows"]}
+    portable = {}
+    for (m, p), rows in v["et"].items():
+        n = sum(r["name"].startswith("native_call") for r in rows)
+        if n and p == "fp32":
+            portable[m] = n
+    out["portable_ops"] = portable
+    out["thread_speedup"] = {m: ms[(m, "fp32", 1)] / ms[(m, "fp32", 2)] for m in portable
+                             if (m, "fp32", 2) in ms and (m, "fp32", 1) in ms}
+    short = []
+    for (m, p), rows in v["et"].items():
+        total = ms.get((m, p, 1))
+        summed = sum(r["p5_ms"] for r in rows if r["name"] not in _NOT_OPS)
+        if total:
+            short.append((1 - summed / total, f"{m} {p}: {summed:.3f} of {total:.3f} ms"))
+    if short:
+        worst = max(short)
+        out["etdump_shortfall"] = {"max": worst[0], "where": worst[1], "w_layer": 0.3,
+                                   "within_15pct_with_layers": None}
+        if not w_layer:  # the alternative the shipped fit was chosen against, measured here
+            with contextlib.redirect_stdout(io.StringIO()):
+                alt = validate(data, 0.3, q)
+            out["etdump_shortfall"]["within_15pct_with_layers"] = summarise(
+                [r["error"] for r in alt["rows"]])["within_15pct"]
+    return out
+
+
 def build_calibration(v: dict, host: dict, data: dict, q: float, w_layer: float) -> dict:
     import executorch.version as etv
 
@@ -614,28 +652,40 @@ def results_markdown(cal: dict, v: dict, data: dict, examples: dict) -> str:
     outside = sorted((r for r in v["rows"] if abs(r["error"]) > 0.15),
                      key=lambda r: -abs(r["error"]))
     if not goal:
-        lines += ["Why not, as far as this host shows:", "",
-                  f"- The measurement is the floor: on this shared 2-vCPU host the median run is "
-                  f"1.5-1.9x the fastest runs, so the estimator is fitted to and judged against "
-                  f"the p{val['on'].split('measured = p')[1].split(' ')[0]} of every case; even "
-                  f"that repeats only to {rep['median_abs_error']:.1%} (median) between halves of "
-                  f"the rounds.",
-                  "- Nine models is little data for a leave-one-out fit of "
-                  f"{len(PARAMS) - 1} constants per precision: a held-out model whose dominant "
-                  "layer regime no other model shares is extrapolated. vgg_small fp32 is the one "
-                  "model whose late convs stream 2.4 MB of weights each at M = 4-16 output "
-                  "pixels; without it the fit has almost no weight-bound layers.",
-                  "- vit_tiny: 9 LayerNorms stay outside XNNPACK (portable kernels), splitting the "
-                  "program into 10 delegate calls, and 2 threads do not speed it up at all here. "
-                  "The estimator sees only the PyTorch model, not which ops the partitioner "
-                  "leaves out.",
-                  "- Per-operator ETDump times (aligned 1:1 with the counted conv/dwconv/linear "
-                  "layers) were tried as extra fitting data: summed per-operator p5 times fall "
-                  "short of the p5 of the whole call by up to 20% on this host (e.g. ~0.25 ms "
-                  "of mobilenetv3_small's 1.1 ms is between operator events), and adding them "
-                  "made the leave-one-model-out error worse, so the shipped fit uses the measured "
-                  "whole-program latencies only.",
-                  "",
+        dg = v.get("diagnostics") or {}
+        why = []
+        if "contention" in dg:
+            c = dg["contention"]
+            why.append(f"- Contention: per case, the median run is {c['min']:.2f}-{c['max']:.2f}x "
+                       f"the p{c['q']:g} the estimator is fitted to and judged against; that "
+                       f"statistic repeats to {rep['median_abs_error']:.1%} (median) between "
+                       "halves of the rounds, so "
+                       + ("the measurement is not what limits the error on this run."
+                          if rep["within_15pct"] >= 0.95 else
+                          "the measurement itself limits how close any estimate can get."))
+        worst = outside[0] if outside else None
+        why.append(f"- {len({r['model'] for r in v['rows']})} models is little data for a "
+                   f"leave-one-out fit of {len(PARAMS) - 1} constants per precision: a held-out "
+                   "model whose layer regime no other model shares is extrapolated"
+                   + (f" (the worst case here: {worst['model']} {worst['precision']} "
+                      f"T{worst['threads']} {_fmt_pct(worst['error'])})" if worst else "") + ".")
+        for m, n in sorted(dg.get("portable_ops", {}).items()):
+            t12 = dg.get("thread_speedup", {}).get(m)
+            why.append(f"- {m}: {n} operator(s) outside XNNPACK (portable kernels, measured in "
+                       "ETDump), each splitting the delegate; the estimator sees only the PyTorch "
+                       "model, not what the partitioner leaves out"
+                       + (f"; 2 threads run it {t12:.2f}x faster than 1" if t12 else "") + ".")
+        if "etdump_shortfall" in dg:
+            e = dg["etdump_shortfall"]
+            why.append(f"- Per-operator ETDump times: summed, they fall short of the whole "
+                       f"call's p{val['on'].split('measured = p')[1].split(' ')[0]} by up to "
+                       f"{e['max']:.0%} ({e['where']}): time between operator events. Fitting "
+                       f"them as extra data (weight {e['w_layer']:g}) gives "
+                       f"{e['within_15pct_with_layers']:.0%} within ±15% against "
+                       f"{a['within_15pct']:.0%} without, so the shipped fit uses the "
+                       "whole-program latencies only." if e.get("within_15pct_with_layers")
+                       is not None else "")
+        lines += ["Why not, as far as this run shows:", "", *[w for w in why if w], "",
                   "Cases outside ±15%: " + ", ".join(
                       f"{r['model']} {r['precision']} T{r['threads']} {_fmt_pct(r['error'])}"
                       for r in outside) + ".", ""]
@@ -666,13 +716,12 @@ def results_markdown(cal: dict, v: dict, data: dict, examples: dict) -> str:
               for k in ("shape_m0", "shape_n0", "shape_k0") if cal[k][p] <= 0.0011]
     if bound:
         lines += ["At a bound of the fit, i.e. not identified by these models' total latencies: "
-                  + ", ".join(bound) + ". The per-operator ETDump times show fp32 depthwise convs "
-                  "at about 0.1-0.2 of peak on this host; the totals-only fit puts that time into "
-                  "the fixed per-layer overhead instead. Both describe this host equally well, but "
-                  "they scale differently to a device with another clock and peak, so the "
-                  "compute/overhead split of device estimates is uncertain beyond the host error "
-                  "above. parallel_eff is fitted on 2 vCPUs that other jobs keep busy; a quiet "
-                  "multi-core phone will scale better than it says.", ""]
+                  + ", ".join(bound) + ". The fit would have gone past these bounds, so how the time "
+                  "is split between layer classes, GEMM shapes and the fixed per-layer overhead is "
+                  "not pinned down by this data; the splits scale differently to a device with "
+                  "another clock and peak, so device estimates are uncertain beyond the host "
+                  "error above. parallel_eff is fitted on 2 vCPUs of a shared "
+                  "KVM guest; a quiet multi-core phone may scale differently.", ""]
     if examples:
         lines += ["### Example device estimates (int8, 1 thread)", "",
                   "| model | " + " | ".join(examples["devices"]) + " |",
@@ -796,6 +845,7 @@ def main() -> int:
         meas_path.write_text(json.dumps(data))
     print("fit + leave-one-model-out", flush=True)
     v = validate(data, a.w_layer, a.frac)
+    v["diagnostics"] = diagnostics(v, data, a.frac, a.w_layer)
     cal = build_calibration(v, data["host"], data, a.frac, a.w_layer)
     worst = check_consistency(cal, v, data["host"])
     a.calibration.write_text(json.dumps(cal, indent=1) + "\n")
