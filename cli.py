@@ -82,11 +82,38 @@ def recipe_flags(fn=None, *, sections=None):
     return fn
 
 
-def recipe_overrides(flags: dict) -> dict:
-    """{"section.key": value} for the recipe flags that were given."""
+# options compress shares with train and distill (defined once; help texts name compress's use)
+MODEL_OPTION = click.option("--model", default="small_cnn", show_default=True,
+                            help="Zoo model (see `cli.py models`) or path/to/file.py:factory.")
+DATA_OPTION = click.option("--data", default="digits", show_default=True,
+                           help="'digits' (bundled), an .npz with x and y, or a directory with "
+                                "train.npz/test.npz.")
+CONFIG_OPTION = click.option("--config", type=click.Path(path_type=Path),
+                             help="Recipe YAML (see README).")
+SEED_OPTION = click.option("--seed", default=0, show_default=True, type=int)
+RUN_DIR_OPTION = click.option("--run-dir", type=click.Path(path_type=Path),
+                              help="Where stage results are kept for reuse [default: "
+                                   "runs/<model>-<data>-seed<seed>].")
+SET_OPTION = click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                          help="Override any recipe key, e.g. --set prune.scope=global "
+                               "(repeatable).")
+WEIGHTS_OPTION = click.option("--weights", type=click.Path(path_type=Path),
+                              help="Trained teacher weights (.safetensors, or .pt/.pth loaded "
+                                   "weights-only): skips training.")
+TRUST_PICKLE_OPTION = click.option("--trust-pickle", is_flag=True,
+                                   help="Allow --weights that only unpickling can load (runs "
+                                        "code from the file).")
+NPROC_OPTION = click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
+                            help="Training processes to start on this machine (torch.distributed:"
+                                 " gloo on CPU, nccl on GPU); under torchrun leave it at 1.")
+
+
+def recipe_overrides(flags: dict, settings=()) -> dict:
+    """{"section.key": value} for the `--set` settings, then the recipe flags that were given."""
+    from pipeline.config import parse_setting
     from pipeline.errors import UsageError
 
-    out = {}
+    out = dict(parse_setting(s) for s in settings)
     for flag, key, tp, _ in RECIPE_FLAGS:
         value = flags.get(_param(key))
         if value is None or value == ():
@@ -111,30 +138,21 @@ def cli():
 @click.option("--target", required=True, help="Platform to build for (see `cli.py targets`).")
 @click.option("--out", default="dist", show_default=True, type=click.Path(path_type=Path),
               help="Output directory; the bundle goes to OUT/<target>/.")
-@click.option("--model", default="small_cnn", show_default=True,
-              help="Zoo model (see `cli.py models`) or path/to/file.py:factory.")
-@click.option("--data", default="digits", show_default=True,
-              help="'digits' (bundled), an .npz with x and y, or a directory with train.npz/test.npz.")
-@click.option("--config", type=click.Path(path_type=Path), help="Recipe YAML (see README).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--run-dir", type=click.Path(path_type=Path),
-              help="Where stage results are kept for reuse [default: runs/<model>-<data>-seed<seed>].")
+@MODEL_OPTION
+@DATA_OPTION
+@CONFIG_OPTION
+@SEED_OPTION
+@RUN_DIR_OPTION
 @recipe_flags()
-@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Override any recipe key, e.g. --set prune.scope=global (repeatable).")
+@SET_OPTION
 @click.option("--budget", type=click.Path(path_type=Path),
               help="Budgets YAML: after the run, exit 1 if any line is broken (see `cli.py gate`).")
-@click.option("--weights", type=click.Path(path_type=Path),
-              help="Trained teacher weights (.safetensors, or .pt/.pth loaded weights-only): "
-                   "skips training.")
-@click.option("--trust-pickle", is_flag=True,
-              help="Allow --weights that only unpickling can load (runs code from the file).")
+@WEIGHTS_OPTION
+@TRUST_PICKLE_OPTION
 @click.option("--verify-arm64", "arm64", is_flag=True,
               help="Then run the bundle's files on emulated aarch64 (see `cli.py verify-arm64`; "
                    "root cache from $SLIMSHIP_ARM64_CACHE).")
-@click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Training processes to start on this machine (torch.distributed: gloo on "
-                   "CPU, nccl on GPU); under torchrun leave it at 1.")
+@NPROC_OPTION
 @one_line_errors
 def compress(target, out, model, data, config, seed, run_dir, settings, budget, weights,
              trust_pickle, arm64, nproc, **flags):
@@ -142,12 +160,10 @@ def compress(target, out, model, data, config, seed, run_dir, settings, budget, 
     from pipeline import distributed
     from pipeline.compress import CompressOptions, check_options
     from pipeline.compress import compress as run
-    from pipeline.config import parse_setting
     from pipeline.gate import load_budgets
 
     budgets = load_budgets(budget) if budget else None  # a bad file fails before any work
-    overrides = dict(parse_setting(s) for s in settings)
-    overrides.update(recipe_overrides(flags))
+    overrides = recipe_overrides(flags, settings)
     opts = CompressOptions(target=target, out=out, model=model, data=data, config=config,
                            seed=seed, run_dir=run_dir, overrides=overrides,
                            budgets=budgets, weights=weights, trust_pickle=trust_pickle)
@@ -186,12 +202,10 @@ def _stage_command(stop_after, target, out, model, data, config, seed, run_dir, 
     from pipeline import distributed
     from pipeline.compress import CompressOptions, check_options
     from pipeline.compress import compress as run
-    from pipeline.config import parse_setting
 
-    overrides = dict(parse_setting(s) for s in settings)
-    overrides.update(recipe_overrides(flags))
     opts = CompressOptions(target=target, out=out, model=model, data=data, config=config,
-                           seed=seed, run_dir=run_dir, overrides=overrides, weights=weights,
+                           seed=seed, run_dir=run_dir, overrides=recipe_overrides(flags, settings),
+                           weights=weights,
                            trust_pickle=trust_pickle, stop_after=stop_after)
     if nproc > 1:
         check_options(opts)
@@ -204,22 +218,8 @@ _STAGE_OPTIONS = [
     click.option("--out", required=True, type=click.Path(path_type=Path),
                  help="Directory for model.json (architecture, pruning plan) and "
                       "model.safetensors."),
-    click.option("--model", default="small_cnn", show_default=True,
-                 help="Zoo model (see `cli.py models`) or path/to/file.py:factory."),
-    click.option("--data", default="digits", show_default=True,
-                 help="'digits' (bundled), an .npz with x and y, or a directory with "
-                      "train.npz/test.npz."),
-    click.option("--config", type=click.Path(path_type=Path), help="Recipe YAML (see README)."),
-    click.option("--seed", default=0, show_default=True, type=int),
-    click.option("--run-dir", type=click.Path(path_type=Path),
-                 help="Where stage results are kept for reuse [default: "
-                      "runs/<model>-<data>-seed<seed>, as compress: a later compress with the "
-                      "same options reuses these stages]."),
-    click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-                 help="Override any recipe key (repeatable)."),
-    click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
-                 help="Training processes to start on this machine (torch.distributed: gloo "
-                      "on CPU, nccl on GPU); under torchrun leave it at 1."),
+    MODEL_OPTION, DATA_OPTION, CONFIG_OPTION, SEED_OPTION, RUN_DIR_OPTION, SET_OPTION,
+    NPROC_OPTION,
 ]
 
 
@@ -245,11 +245,8 @@ def train(out, model, data, config, seed, run_dir, settings, nproc, **flags):
               help="Platform the student is pruned for (its widths are rounded for it).")
 @_stage_options
 @recipe_flags(sections=("train", "prune", "distill"))
-@click.option("--weights", type=click.Path(path_type=Path),
-              help="Trained teacher weights (.safetensors, or .pt/.pth loaded weights-only): "
-                   "skips training.")
-@click.option("--trust-pickle", is_flag=True,
-              help="Allow --weights that only unpickling can load (runs code from the file).")
+@WEIGHTS_OPTION
+@TRUST_PICKLE_OPTION
 @one_line_errors
 def distill(target, out, model, data, config, seed, run_dir, settings, nproc, weights,
             trust_pickle, **flags):

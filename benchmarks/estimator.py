@@ -93,7 +93,7 @@ def cpuinfo() -> dict:
     first = text.split("\n\n")[0]
     get = lambda k: (re.search(rf"^{k}\s*:\s*(.*)$", first, re.MULTILINE) or [None, ""])[1]
     flags = set(get("flags").split())
-    return {"model_name": get("model name") or platform.processor(), "mhz": float(get("cpu MHz") or 0),
+    return {"model_name": E.this_cpu(), "mhz": float(get("cpu MHz") or 0),
             "cores": os.cpu_count(), "flags": sorted(f for f in flags if f in (
                 "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
                 "avx_vnni", "amx_int8", "hypervisor")),

@@ -189,8 +189,7 @@ def _write_model(opts: CompressOptions, stage) -> dict:
     acc = stage.info.get("accuracy", {}).get("value")
     log(f"[{stage.name}] wrote {' and '.join(files)}"
         + (f" (test accuracy {acc:.2%}, measured)" if acc is not None else ""))
-    return {"stage": stage.name, "files": files, "run_dir": str(stage.dir.parent),
-            "reused": stage.reused, "info": stage.info}
+    return {"stage": stage.name, "files": files}
 
 
 def _backend_choices(target, recipe: Recipe) -> list:

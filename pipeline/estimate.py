@@ -601,6 +601,7 @@ def estimator_error(cal: Calibration | None = None, precision: str | None = None
     }
 
 
+@cache
 def this_cpu() -> str:
     """This machine's CPU model name (/proc/cpuinfo on Linux, else platform.processor())."""
     import platform

@@ -59,11 +59,11 @@ def check_temperature_folded(root, report):
     meta = json.loads((root / "dist" / "android" / "model.json").read_text())["temperature"]
     assert meta["folded"] and meta["temperature_applied"] == t["temperature_applied"]
     distilled, _, _ = load_model(root / "run" / "distill")  # before the fold
-    scaled = predict(distilled, load_dataset("digits").x_test) / t["temperature_applied"]
+    d = load_dataset("digits")
+    scaled = predict(distilled, d.x_test) / t["temperature_applied"]
     out = np.load(root / "run" / "verify" / "tflite-fp32" / "outputs.npz")["test"]
     assert np.abs(out - scaled).max() <= 1e-4 * np.abs(scaled).max()
-    y = load_dataset("digits").y_test
-    assert metrics(out, y)["nll"] == pytest.approx(t["after_fitted"]["nll"]["value"], abs=1e-5)
+    assert metrics(out, d.y_test)["nll"] == pytest.approx(t["after_fitted"]["nll"]["value"], abs=1e-5)
 
 
 @pytest.mark.slow
