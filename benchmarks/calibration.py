@@ -385,28 +385,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.compress or (args.only or "").startswith("compress-"):
-        args.work.mkdir(parents=True, exist_ok=True)
-        keys = [] if args.rewrite else [args.only] if args.only else list(COMPRESS_RUNS)
-        fresh = {k: run_compress(k, args.work) for k in keys}
-        results = {k: fresh[k] if k in fresh else json.loads((args.work / f"{k}.json").read_text())
-                   for k in COMPRESS_RUNS if k in fresh or (args.work / f"{k}.json").is_file()}
-        text = compress_section(results)
-        print(text)
-        if not args.no_write:
-            write_section(text, heading=HEADING_COMPRESS)
-            log(f"wrote {HEADING_COMPRESS!r} in {RESULTS}")
-        return
-    keys = [] if args.rewrite else [args.only] if args.only else list(DEFAULT_KEYS)
-    fresh = {k: run(k, args.work, not args.no_export) for k in keys}
+        runs, default, heading, build = COMPRESS_RUNS, list(COMPRESS_RUNS), HEADING_COMPRESS, \
+            compress_section
+        runner = lambda k: run_compress(k, args.work)  # noqa: E731
+    else:
+        runs, default, heading, build = RUNS, list(DEFAULT_KEYS), HEADING, section
+        runner = lambda k: run(k, args.work, not args.no_export)  # noqa: E731
+    args.work.mkdir(parents=True, exist_ok=True)
+    keys = [] if args.rewrite else [args.only] if args.only else default
+    fresh = {k: runner(k) for k in keys}
     # the section lists every run with results in --work: this one's, and earlier ones' JSON
     results = {k: fresh[k] if k in fresh else json.loads((args.work / f"{k}.json").read_text())
-               for k in RUNS if k in fresh or (args.work / f"{k}.json").is_file()}
-    text = section(results)
+               for k in runs if k in fresh or (args.work / f"{k}.json").is_file()}
+    text = build(results)
     print(text)
     if not args.no_write:
-        write_section(text)
-        log(f"wrote {HEADING!r} in {RESULTS}")
-
+        write_section(text, heading=heading)
+        log(f"wrote {heading!r} in {RESULTS}")
 
 if __name__ == "__main__":
     main()
