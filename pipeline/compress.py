@@ -479,10 +479,16 @@ class _Context:
         folded = calibration.fold_temperature(student, applied, self.example)
         save_model(folder, folded, spec, plan)
         on = f"distilled student, {len(d.y_test)} test images, T fitted on {len(d.y_val)} validation images"
+        cv = fit.get("cv")
         why = ("switched off (calibrate.temperature_scaling: false)" if not cfg.temperature_scaling
-               else "folded" if applied != 1.0 else
-               "fitted but not folded: " + fit.get("note", "cross-validation on the validation "
-                                                    "split says scaling does not lower NLL"))
+               else "fitted but not folded: " + fit.get("note", "cross-validation on the validation "
+                                                       "split says scaling does not lower NLL")
+               if applied == 1.0 else "folded")
+        if applied != 1.0 and cv and not cv["scaling_helps"]:
+            why += (f" (calibrate.apply: always; note: 5-fold cross-validation inside the "
+                    f"{len(d.y_val)} validation images found scaling raised NLL, "
+                    f"{cv['nll_unscaled']:.4f} -> {cv['nll_scaled']:.4f}; `calibrate.apply: "
+                    "fitted` folds T only when it does not)")
         log(f"[calibrate] temperature fitted {fit['temperature']:.3f}, applied {applied:.3f} ({why}); "
             f"test NLL {ev['before']['nll']:.4f} -> {ev['after']['nll']:.4f} with the fitted T")
         return {"temperature_fitted": fit["temperature"], "temperature_applied": applied,

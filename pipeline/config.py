@@ -178,16 +178,16 @@ class QuantizeConfig:
 @dataclass(frozen=True)
 class CalibrateConfig:
     """Temperature scaling (Guo et al. 2017) fitted on the held-out validation split and folded
-    into the classifier. `apply: fitted` folds the fitted T only where cross-validation inside
-    the validation split says it lowers NLL (otherwise T = 1); `always` folds it regardless."""
+    into the classifier. `apply: always` (the default) folds the fitted T; `fitted` folds it only
+    where cross-validation inside the validation split says it lowers NLL (otherwise T = 1)."""
 
     temperature_scaling: bool = True
-    apply: str = "fitted"
+    apply: str = "always"
     bins: int = 15
 
     def check(self):
         if self.apply not in ("fitted", "always"):
-            raise UsageError(f"recipe key calibrate.apply must be fitted or always, "
+            raise UsageError(f"recipe key calibrate.apply must be always or fitted, "
                              f"got {self.apply!r}")
         _positive("calibrate.bins", self.bins)
 

@@ -185,6 +185,8 @@ def test_calibration_is_reported_per_stage_and_per_file(android_bundle):
     t = report["stages"]["temperature"]
     assert abs(t["temperature"]["value"] - t["temperature_applied"]) < 1e-6
     assert t["temperature_applied"] > 0
+    # the default (calibrate.apply: always) folds the fitted T
+    assert t["temperature_applied"] == t["temperature_fitted"]
     for name in ("executorch-xnnpack", "tflite"):
         assert report["backends"][name]["calibration_metrics"]["ece"]["unit"].startswith("ECE")
     meta = json.loads((b / "model.json").read_text())

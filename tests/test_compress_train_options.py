@@ -23,7 +23,7 @@ def run(root, *args):
 def test_sparsity_training_hints_qat_and_a_per_backend_scheme(tmp_path):
     result = run(tmp_path, "--epochs", "6", "--distill-epochs", "4", "--group-lasso", "1e-3",
                  "--targeted-dropout", "0.3", "--feature-weight", "1", "--qat-epochs", "1",
-                 "--precision", "tflite=fp32", "--set", "calibrate.apply=always")
+                 "--precision", "tflite=fp32")
     assert result.exit_code == 0, result.output + repr(result.exception)
     report = json.loads((tmp_path / "dist" / "android" / "report.json").read_text())
     st = report["stages"]
@@ -46,7 +46,7 @@ def test_sparsity_training_hints_qat_and_a_per_backend_scheme(tmp_path):
 
 
 def check_temperature_folded(root, report):
-    """calibrate.apply=always: the fitted T is folded, and the fp32 .tflite emits the distilled
+    """The default, calibrate.apply: always: the fitted T is folded, and the fp32 .tflite emits the distilled
     student's logits / T (issue 12): what the file outputs is the scaled model, and its NLL is
     the one the report gives for the scaled student."""
     from pipeline.calibration import metrics
