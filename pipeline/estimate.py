@@ -11,7 +11,8 @@ Estimated, for a device profile (targets/devices.yaml):
 - `estimate_latency`: per-layer roofline, time = max(MACs / (peak x efficiency[op class]),
   bytes / (DRAM bandwidth x bw efficiency)) + a fixed per-layer overhead, summed. The efficiency
   factors are fitted on this host (benchmarks/estimator.py -> targets/host_calibration.json)
-  from ExecuTorch XNNPACK latencies of the zoo models; the file also carries the estimator's
+  from ExecuTorch XNNPACK latencies of the zoo models and of random networks
+  (benchmarks/synthetic_models.py); the file also carries the estimator's
   leave-one-model-out error on this host, which every estimate is reported with.
 - `estimate_energy`: MACs x pJ/MAC + DRAM bytes x pJ/byte from the device's energy model.
 - `estimate_for_devices`: both, for a list of devices, as report figures.
@@ -36,11 +37,14 @@ from pipeline.report import fig
 
 PRECISION_BYTES = {"fp32": 4, "int8": 1}
 # efficiency classes: one fitted factor each (per precision)
-EFF_CLASSES = ("conv", "dwconv", "linear", "other")
+EFF_CLASSES = ("conv", "dwconv", "linear", "other", "portable")
 # "linear" is every GEMM: nn.Linear, matmul/bmm, and 1x1 stride-1 convs ("pwconv"), which the
 # XNNPACK delegate runs as "Fully Connected" operators (seen in ETDump)
+# "portable": a layer norm / group norm, which this XNNPACK partitioner leaves to ExecuTorch's
+# portable kernels (ETDump shows `native_call_native_layer_norm.out`), splitting the delegate
 KIND_CLASS = {"conv": "conv", "dwconv": "dwconv", "pwconv": "linear", "linear": "linear",
-              "pool": "other", "add": "other", "other": "other"}
+              "pool": "other", "add": "other", "other": "other", "portable": "portable"}
+_PORTABLE_NORMS = ("layer_norm", "group_norm")
 CALIBRATION_PATH = Path(__file__).resolve().parent.parent / "targets" / "host_calibration.json"
 
 # aten ops that only change a tensor's view or metadata: no arithmetic, no bytes
@@ -74,7 +78,7 @@ _FUSE_ACT_INTO = {"conv", "dwconv", "pwconv", "linear"}
 @dataclass
 class Layer:
     """One runtime layer, counted. `kind` is conv | dwconv | pwconv (1x1) | linear | pool | add |
-    other, or
+    portable (a layer/group norm, run outside XNNPACK) | other, or
     `fused` for a batch norm / ReLU-like op that XNNPACK folds into the layer before it."""
 
     name: str
@@ -264,7 +268,9 @@ def count_layers(model: nn.Module, example: torch.Tensor, precision: str = "fp32
                 if host is not None and host.kind in _FUSE_ACT_INTO:
                     layer.kind, layer.fused_into = "fused", host.name
                     return
-        layer.kind = "other"
+        portable = layer.kind == "norm" and any(n in o for o in layer.ops_seen
+                                                for n in _PORTABLE_NORMS)
+        layer.kind = "portable" if portable else "other"
 
     def on_op(func, args, kwargs, out):
         op = _name(func)
@@ -374,6 +380,7 @@ class Calibration:
     bw_eff[p]: fraction of the DRAM bandwidth the memory term assumes (<= 1);
     overhead_ms[p]: fixed time per layer that runs, at the host's clock;
     sync_ms[p]: extra time per layer when more than one thread runs (threadpool dispatch);
+    portable_ms[p]: extra time per `portable` layer (the delegate is split around it);
     call_overhead_ms[p]: fixed time per inference (runtime entry, layout/convert ops at the
         delegate boundary, the Python runner), at the host's clock;
     parallel_eff[p]: each core beyond the first adds this fraction of a core.
@@ -389,11 +396,12 @@ class Calibration:
     shape_n0: dict = field(default_factory=lambda: {"fp32": 0.0, "int8": 0.0})
     shape_k0: dict = field(default_factory=lambda: {"fp32": 0.0, "int8": 0.0})
     sync_ms: dict = field(default_factory=lambda: {"fp32": 0.0, "int8": 0.0})
+    portable_ms: dict = field(default_factory=lambda: {"fp32": 0.0, "int8": 0.0})
     meta: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
 
     _FIELDS = ("eff", "bw_eff", "overhead_ms", "call_overhead_ms", "parallel_eff",
-               "shape_m0", "shape_n0", "shape_k0", "sync_ms")
+               "shape_m0", "shape_n0", "shape_k0", "sync_ms", "portable_ms")
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
@@ -481,7 +489,8 @@ def layer_times(layers: list[Layer], machine: Machine, precision: str, threads: 
 
     compute = (MACs + ops) / (peak_per_core x effective cores x eff[class] x shape factor);
     memory  = dram_bytes / (bandwidth x bw_eff)  (None when the machine has no bandwidth);
-    overhead = (overhead_ms [+ sync_ms if threads > 1]) x host clock / machine clock.
+    overhead = (overhead_ms [+ sync_ms if threads > 1] [+ portable_ms for a portable layer])
+               x host clock / machine clock.
     """
     cores = effective_cores(machine, threads, cal.parallel_eff[precision])
     peak = machine.peak_gmac_s[precision] * 1e9 * cores
@@ -493,14 +502,18 @@ def layer_times(layers: list[Layer], machine: Machine, precision: str, threads: 
         if l.kind == "fused":
             continue
         cls = KIND_CLASS[l.kind]
-        eff = cal.eff[precision][cls] * shape_factor(l, precision, cal)
+        effs = cal.eff[precision]
+        # a calibration from before the portable class charges those layers as `other`
+        eff = effs.get(cls, effs["other"]) * shape_factor(l, precision, cal)
+        extra = (cal.portable_ms[precision] * cal.host_clock_ghz / machine.clock_ghz
+                 if cls == "portable" else 0.0)
         compute = (l.macs + l.ops) / (peak * eff) * 1e3
         memory = (None if machine.bw_gb_s is None
                   else dram_bytes(l, machine) / (machine.bw_gb_s * 1e9 * cal.bw_eff[precision])
                   * 1e3)
         t = compute if memory is None else max(compute, memory)
         out.append({"name": l.name, "kind": l.kind, "class": cls, "compute_ms": compute,
-                    "memory_ms": memory, "overhead_ms": over, "ms": t + over,
+                    "memory_ms": memory, "overhead_ms": over + extra, "ms": t + over + extra,
                     "bound": "compute" if memory is None or compute >= memory else "memory"})
     return out
 
