@@ -38,6 +38,8 @@ from pipeline.report import fig
 PRECISION_BYTES = {"fp32": 4, "int8": 1}
 # efficiency classes: one fitted factor each (per precision)
 EFF_CLASSES = ("conv", "dwconv", "linear", "other", "portable")
+# XNNPACK splits these over its threads; "portable" kernels run on one
+PARALLEL_CLASSES = ("conv", "dwconv", "linear", "other")
 # "linear" is every GEMM: nn.Linear, matmul/bmm, and 1x1 stride-1 convs ("pwconv"), which the
 # XNNPACK delegate runs as "Fully Connected" operators (seen in ETDump)
 # "portable": a layer norm / group norm, which this XNNPACK partitioner leaves to ExecuTorch's
@@ -383,7 +385,10 @@ class Calibration:
     portable_ms[p]: extra time per `portable` layer (the delegate is split around it);
     call_overhead_ms[p]: fixed time per inference (runtime entry, layout/convert ops at the
         delegate boundary, the Python runner), at the host's clock;
-    parallel_eff[p]: each core beyond the first adds this fraction of a core.
+    parallel_eff[p]: each core beyond the first adds this fraction of a core to the layers
+        XNNPACK runs (PARALLEL_CLASSES: it splits their work over its threads);
+    parallel_eff_portable[p]: the same for `portable` layers (ExecuTorch's portable kernels,
+        outside the delegate); a calibration without it uses parallel_eff.
     """
 
     eff: dict
@@ -397,11 +402,12 @@ class Calibration:
     shape_k0: dict = field(default_factory=lambda: {"fp32": 0.0, "int8": 0.0})
     sync_ms: dict = field(default_factory=lambda: {"fp32": 0.0, "int8": 0.0})
     portable_ms: dict = field(default_factory=lambda: {"fp32": 0.0, "int8": 0.0})
+    parallel_eff_portable: dict | None = None
     meta: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
 
     _FIELDS = ("eff", "bw_eff", "overhead_ms", "call_overhead_ms", "parallel_eff",
-               "shape_m0", "shape_n0", "shape_k0", "sync_ms", "portable_ms")
+               "shape_m0", "shape_n0", "shape_k0", "sync_ms", "portable_ms", "parallel_eff_portable")
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
@@ -487,13 +493,15 @@ def layer_times(layers: list[Layer], machine: Machine, precision: str, threads: 
                 cal: Calibration) -> list[dict]:
     """Per-layer roofline: compute and memory time (ms), the larger, and the overhead.
 
-    compute = (MACs + ops) / (peak_per_core x effective cores x eff[class] x shape factor);
+    compute = (MACs + ops) / (peak_per_core x effective cores x eff[class] x shape factor),
+              effective cores from parallel_eff (PARALLEL_CLASSES) or parallel_eff_portable;
     memory  = dram_bytes / (bandwidth x bw_eff)  (None when the machine has no bandwidth);
     overhead = (overhead_ms [+ sync_ms if threads > 1] [+ portable_ms for a portable layer])
                x host clock / machine clock.
     """
     cores = effective_cores(machine, threads, cal.parallel_eff[precision])
-    peak = machine.peak_gmac_s[precision] * 1e9 * cores
+    portable_cores = effective_cores(machine, threads, (cal.parallel_eff_portable or cal.parallel_eff)[precision])
+    peak = machine.peak_gmac_s[precision] * 1e9
     per = cal.overhead_ms[precision] + (cal.sync_ms[precision] if min(threads, machine.cores) > 1
                                         else 0.0)
     over = per * cal.host_clock_ghz / machine.clock_ghz
@@ -507,7 +515,8 @@ def layer_times(layers: list[Layer], machine: Machine, precision: str, threads: 
         eff = effs.get(cls, effs["other"]) * shape_factor(l, precision, cal)
         extra = (cal.portable_ms[precision] * cal.host_clock_ghz / machine.clock_ghz
                  if cls == "portable" else 0.0)
-        compute = (l.macs + l.ops) / (peak * eff) * 1e3
+        n = cores if cls in PARALLEL_CLASSES else portable_cores
+        compute = (l.macs + l.ops) / (peak * n * eff) * 1e3
         memory = (None if machine.bw_gb_s is None
                   else dram_bytes(l, machine) / (machine.bw_gb_s * 1e9 * cal.bw_eff[precision])
                   * 1e3)

@@ -88,6 +88,21 @@ def test_roofline_by_hand():
                          fast, "fp32", 1, cal) == pytest.approx(0.005)
 
 
+def test_portable_layers_split_over_threads_by_their_own_efficiency():
+    m = E.Machine("hand", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, None)
+    effs = {"conv": 0.5, "dwconv": 0.25, "linear": 0.4, "other": 0.1, "portable": 0.01}
+    cal = _cal(eff={"fp32": effs, "int8": effs}, portable_ms={"fp32": 0.005, "int8": 0.0},
+               parallel_eff_portable={"fp32": 0.0, "int8": 0.0})
+    conv, norm = _layer(macs=10**9), _layer(kind="portable", ops=10**7)
+    # 1 thread: conv 20 ms + 0.01; norm 1e7 / (100e9 x 0.01) = 10 ms + 0.01 + 0.005 per portable layer
+    assert E.roofline_ms([conv, norm], m, "fp32", 1, cal) == pytest.approx(30.025)
+    # 2 threads: the conv gains 1.5x (parallel_eff 0.5), the portable kernel none (0.0)
+    assert E.roofline_ms([conv, norm], m, "fp32", 2, cal) == pytest.approx(20 / 1.5 + 10 + 0.025)
+    # a calibration without the portable figure splits them like the others
+    old = _cal(eff={"fp32": effs, "int8": effs})
+    assert E.roofline_ms([norm], m, "fp32", 2, old) == pytest.approx(10 / 1.5 + 0.01)
+
+
 def test_shape_factor_by_hand():
     m = E.Machine("hand", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, None)
     cal = _cal(shape_m0={"fp32": 4.0, "int8": 0.0}, shape_n0={"fp32": 16.0, "int8": 0.0},
