@@ -300,6 +300,7 @@ def run_compress(key: str, work: Path) -> dict:
            "temperature": {k: st["temperature"][k] for k in
                            ("temperature_fitted", "temperature_applied", "folded", "decision",
                             "cross_validation")},
+           "nll_change": st["temperature"].get("nll_change"),
            "distilled_scaled": {k: value(st["temperature"]["after_fitted"].get(k)) for k in keep},
            "files": {}}
     for name, b in report["backends"].items():
@@ -354,8 +355,16 @@ def compress_section(results: dict) -> str:
             lines.append(f"| {n} | {f(m['ece'])} | {f(m['nll'])} | {f(m['brier'])} | "
                          f"{m['accuracy']:.2%} | {par or '–'} |")
         u, s_ = r["stages"]["distilled"]["nll"], r["distilled_scaled"]["nll"]
+        ch = r.get("nll_change") or {}
+        se = ch.get("standard_error")
+        noise = ""
+        if se:
+            noise = (f", a change of {ch['value']:+.4f} ± {se:.4f} (1 standard error over the test "
+                     "images): " + ("more than 2 standard errors from zero" if abs(ch["value"]) > 2 * se
+                                    else "within 2 standard errors of zero, i.e. not told apart "
+                                         "from no change by this test split"))
         lines += ["", f"Reading: the fitted T {'lowered' if s_ < u else 'did not lower'} the "
-                      f"distilled student's test NLL ({u:.4f} → {s_:.4f}); the bundle "
+                      f"distilled student's test NLL ({u:.4f} → {s_:.4f}{noise}); the bundle "
                       + ("ships it folded." if t["folded"] else "ships T = 1 (not folded)."), ""]
     return "\n".join(lines).rstrip() + "\n"
 

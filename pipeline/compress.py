@@ -489,13 +489,20 @@ class _Context:
                     f"{len(d.y_val)} validation images found scaling raised NLL, "
                     f"{cv['nll_unscaled']:.4f} -> {cv['nll_scaled']:.4f}; `calibrate.apply: "
                     "fitted` folds T only when it does not)")
+        ch = ev["nll_change"]
+        se = f" ± {ch['standard_error']:.4f} (1 s.e.)" if ch["standard_error"] is not None else ""
         log(f"[calibrate] temperature fitted {fit['temperature']:.3f}, applied {applied:.3f} ({why}); "
-            f"test NLL {ev['before']['nll']:.4f} -> {ev['after']['nll']:.4f} with the fitted T")
+            f"test NLL {ev['before']['nll']:.4f} -> {ev['after']['nll']:.4f} with the fitted T "
+            f"(change {ch['mean']:+.4f}{se})")
         return {"temperature_fitted": fit["temperature"], "temperature_applied": applied,
                 "folded": applied != 1.0, "decision": why,
                 "cross_validation": fit.get("cv"),
                 "before": calibration.figures(ev["before"], on + ", unscaled"),
                 "after_fitted": calibration.figures(ev["after"], on + ", scaled by the fitted T"),
+                # is the change more than the test split's noise? the per-image spread says
+                "nll_change": {**measured(ch["mean"], "nats", on + "; test NLL with the fitted T "
+                                          "minus without, mean over the test images"),
+                               "standard_error": ch["standard_error"]},
                 "temperature": measured(applied, "T", on.replace("distilled student, ", "")
                                         + "; the T folded into the classifier"),
                 "reliability_data": {"before": ev["before"], "after": ev["after"],

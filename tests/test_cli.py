@@ -187,6 +187,11 @@ def test_calibration_is_reported_per_stage_and_per_file(android_bundle):
     assert t["temperature_applied"] > 0
     # the default (calibrate.apply: always) folds the fitted T
     assert t["temperature_applied"] == t["temperature_fitted"]
+    # the NLL change the fitted T makes on the test split, with its noise beside it
+    ch = t["nll_change"]
+    assert ch["source"] == "measured" and ch["standard_error"] > 0
+    assert ch["value"] == pytest.approx(t["after_fitted"]["nll"]["value"]
+                                        - t["before"]["nll"]["value"], abs=1e-5)
     for name in ("executorch-xnnpack", "tflite"):
         assert report["backends"][name]["calibration_metrics"]["ece"]["unit"].startswith("ECE")
     meta = json.loads((b / "model.json").read_text())
