@@ -440,7 +440,10 @@ class Machine:
     """The figures the roofline needs. From a DeviceProfile via `Machine.of`, or built by hand
     (the host, tests). bw_gb_s None = no public DRAM bandwidth: the memory term is missing.
     cache_bytes: the cache a layer's activations must fit in to stay on chip (the L2 of the
-    profile); None = not public, and then activations are counted as DRAM traffic."""
+    profile); None = not public, and then activations are counted as DRAM traffic.
+    llc_bytes: the last-level cache that keeps a model's weights between inferences when all of
+    them fit (the host's L3, read from sysfs); None = not known (the device profiles), and then
+    the weights are read from DRAM at every inference."""
 
     name: str
     clock_ghz: float
@@ -449,6 +452,7 @@ class Machine:
     bw_gb_s: float | None
     bw_missing_reason: str = ""
     cache_bytes: int | None = None
+    llc_bytes: int | None = None
 
     @classmethod
     def of(cls, device) -> Machine:
@@ -459,15 +463,22 @@ class Machine:
                    int(l2.value * 1024) if l2.known else None)
 
 
-def dram_bytes(layer: Layer, machine: Machine) -> int:
-    """Bytes a layer moves to or from DRAM: its weights (read once per inference), plus its
-    input and output activations when together they exceed the machine's cache (or when the
-    cache size is not known)."""
+def weights_resident(layers: list[Layer], machine: Machine) -> bool:
+    """True when all of the model's weights fit in the machine's last-level cache, so that
+    back-to-back inferences read them from there rather than from DRAM."""
+    return (machine.llc_bytes is not None
+            and sum(l.weight_bytes for l in layers if l.kind != "fused") <= machine.llc_bytes)
+
+
+def dram_bytes(layer: Layer, machine: Machine, weights_cached: bool = False) -> int:
+    """Bytes a layer moves to or from DRAM: its weights (read once per inference, unless
+    `weights_cached`: see weights_resident), plus its input and output activations when
+    together they exceed the machine's cache (or when the cache size is not known)."""
     if layer.kind == "fused":
         return 0
     acts = layer.act_in_bytes + layer.act_out_bytes
     spill = machine.cache_bytes is None or acts > machine.cache_bytes
-    return layer.weight_bytes + (acts if spill else 0)
+    return (0 if weights_cached else layer.weight_bytes) + (acts if spill else 0)
 
 
 def effective_cores(machine: Machine, threads: int, parallel_eff: float) -> float:
@@ -495,7 +506,8 @@ def layer_times(layers: list[Layer], machine: Machine, precision: str, threads: 
 
     compute = (MACs + ops) / (peak_per_core x effective cores x eff[class] x shape factor),
               effective cores from parallel_eff (PARALLEL_CLASSES) or parallel_eff_portable;
-    memory  = dram_bytes / (bandwidth x bw_eff)  (None when the machine has no bandwidth);
+    memory  = dram_bytes / (bandwidth x bw_eff)  (None when the machine has no bandwidth;
+              no weight bytes when all weights fit the machine's last-level cache);
     overhead = (overhead_ms [+ sync_ms if threads > 1] [+ portable_ms for a portable layer])
                x host clock / machine clock.
     """
@@ -505,6 +517,7 @@ def layer_times(layers: list[Layer], machine: Machine, precision: str, threads: 
     per = cal.overhead_ms[precision] + (cal.sync_ms[precision] if min(threads, machine.cores) > 1
                                         else 0.0)
     over = per * cal.host_clock_ghz / machine.clock_ghz
+    cached = weights_resident(layers, machine)
     out = []
     for l in layers:
         if l.kind == "fused":
@@ -518,7 +531,7 @@ def layer_times(layers: list[Layer], machine: Machine, precision: str, threads: 
         n = cores if cls in PARALLEL_CLASSES else portable_cores
         compute = (l.macs + l.ops) / (peak * n * eff) * 1e3
         memory = (None if machine.bw_gb_s is None
-                  else dram_bytes(l, machine) / (machine.bw_gb_s * 1e9 * cal.bw_eff[precision])
+                  else dram_bytes(l, machine, cached) / (machine.bw_gb_s * 1e9 * cal.bw_eff[precision])
                   * 1e3)
         t = compute if memory is None else max(compute, memory)
         out.append({"name": l.name, "kind": l.kind, "class": cls, "compute_ms": compute,
@@ -587,7 +600,8 @@ def estimate_energy(layers: list[Layer], device, precision: str) -> dict:
     pj_mac = {"fp32": em.pj_per_fp32_mac.value, "int8": em.pj_per_int8_mac.value}[precision]
     run = [l for l in layers if l.kind != "fused"]
     macs = sum(l.macs for l in layers)
-    dram = sum(dram_bytes(l, m) for l in run)
+    cached = weights_resident(run, m)
+    dram = sum(dram_bytes(l, m, cached) for l in run)
     sram = sum(l.bytes_moved for l in run) - dram
     e_mac = macs * pj_mac * 1e-9  # pJ -> mJ
     e_dram = dram * em.pj_per_dram_byte.value * 1e-9

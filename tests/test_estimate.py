@@ -88,6 +88,22 @@ def test_roofline_by_hand():
                          fast, "fp32", 1, cal) == pytest.approx(0.005)
 
 
+def test_weights_that_fit_the_last_level_cache_cost_no_dram_time():
+    layers = [_layer(macs=10**6, wb=10**8), _layer(macs=10**6, wb=10**8)]
+    dram = E.Machine("dram", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, 10.0, cache_bytes=10**9)
+    # each layer memory-bound on its weights: 1e8 B / 10e9 B/s = 10 ms, + 0.01 ms overhead
+    assert E.roofline_ms(layers, dram, "fp32", 1, _cal()) == pytest.approx(20.02)
+    # all 2e8 weight bytes fit a 256 MB last-level cache: compute-bound, 1e6 / 50e9 = 0.02 ms
+    llc = E.Machine("llc", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, 10.0, cache_bytes=10**9,
+                    llc_bytes=2**28)
+    assert E.weights_resident(layers, llc) and not E.weights_resident(layers, dram)
+    assert E.roofline_ms(layers, llc, "fp32", 1, _cal()) == pytest.approx(0.06)
+    # one byte too many and they all come from DRAM again
+    small = E.Machine("small", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, 10.0, cache_bytes=10**9,
+                      llc_bytes=2 * 10**8 - 1)
+    assert E.roofline_ms(layers, small, "fp32", 1, _cal()) == pytest.approx(20.02)
+
+
 def test_portable_layers_split_over_threads_by_their_own_efficiency():
     m = E.Machine("hand", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, None)
     effs = {"conv": 0.5, "dwconv": 0.25, "linear": 0.4, "other": 0.1, "portable": 0.01}
