@@ -1,11 +1,13 @@
 """Calibrate and validate the latency estimator on this host (issue 5).
 
-    .venv/bin/python benchmarks/estimator.py [--work DIR] [--rounds 6] [--runs 40]
+    .venv/bin/python benchmarks/estimator.py [--work DIR] [--synthetic 48] [--rounds 30]
+                                             [--runs 10] [--reuse]
 
 1. Host figures: CPU model and flags from /proc/cpuinfo; per-core peak fp32 and int8 MAC/s
    measured with a register-only AVX-512 FMA / VNNI loop (compiled with gcc; best of many short
-   bursts so that other jobs on the machine do not lower it), checked against flags x clock;
-   DRAM copy bandwidth measured with numpy on arrays far larger than the last-level cache.
+   bursts so that other jobs on the machine do not lower it), used as the peak as measured (a
+   KVM guest does not show the turbo clock); L2 and L3 sizes from sysfs; DRAM copy bandwidth
+   measured with numpy on arrays far larger than the last-level cache.
 2. Exports every zoo model (CIFAR 3x32x32, 10 classes), and --synthetic random networks
    (benchmarks/synthetic_models.py, fitting data only), to ExecuTorch XNNPACK, fp32 and int8
    (cached in --work).
