@@ -147,6 +147,13 @@ def cache_bytes_of(index: int = 2) -> int | None:
     return int(t.rstrip("KM")) * mult
 
 
+def cache_figures() -> dict:
+    return {"l2_bytes": cache_bytes_of(2),
+            "l2_source": "/sys/devices/system/cpu/cpu0/cache/index2/size (per core)",
+            "llc_bytes": cache_bytes_of(3),
+            "llc_source": "/sys/devices/system/cpu/cpu0/cache/index3/size (the L3)"}
+
+
 def peak_figures(peaks: dict, clock: float) -> dict:
     """The peak the estimator normalises by: the measured register-only rate itself. It is not
     rounded to whole instructions per cycle at the nominal clock, because a KVM guest does not
@@ -173,10 +180,7 @@ def host_figures(work: Path) -> dict:
            "clock_ghz": round(clock, 4),
            "clock_source": "/proc/cpuinfo 'cpu MHz' (a KVM guest: the nominal clock; turbo is not visible)",
            "dram_copy_gb_s": round(bw, 3),
-           "l2_bytes": cache_bytes_of(),
-           "l2_source": "/sys/devices/system/cpu/cpu0/cache/index2/size (per core)",
-           "llc_bytes": cache_bytes_of(3),
-           "llc_source": "/sys/devices/system/cpu/cpu0/cache/index3/size (the L3)",
+           **cache_figures(),
            "dram_source": ("measured: numpy copyto of a 256 MiB float64 array, best of 15, "
                            "counting read + write bytes (not the write-allocate read); one thread")}
     if peaks:
@@ -894,10 +898,8 @@ def main() -> int:
     meas_path = a.work / "measurements.json"
     if a.reuse and meas_path.exists():
         data = json.loads(meas_path.read_text())
-        data["host"].setdefault("l2_bytes", cache_bytes_of())
-        data["host"].setdefault("l2_source", "/sys/devices/system/cpu/cpu0/cache/index2/size")
-        data["host"].setdefault("llc_bytes", cache_bytes_of(3))
-        data["host"].setdefault("llc_source", "/sys/devices/system/cpu/cpu0/cache/index3/size")
+        for k, v in cache_figures().items():  # measurements from before these were recorded
+            data["host"].setdefault(k, v)
         if "measured_gmac_s" in data["host"]:  # re-derive: the rule may have changed since
             h = data["host"]
             h.pop("peak_per_cycle", None)
