@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import SlimshipError
+from ground.errors import SlimshipError
 
 
 def one_line_errors(fn):
@@ -111,7 +111,7 @@ NPROC_OPTION = click.option("--nproc", default=1, show_default=True, type=click.
 def recipe_overrides(flags: dict, settings=()) -> dict:
     """{"section.key": value} for the `--set` settings, then the recipe flags that were given."""
     from pipeline.config import parse_setting
-    from pipeline.errors import UsageError
+    from ground.errors import UsageError
 
     out = dict(parse_setting(s) for s in settings)
     for flag, key, tp, _ in RECIPE_FLAGS:
@@ -334,7 +334,7 @@ def gate(report, budget, baseline, junit, json_out):
 @one_line_errors
 def profile(files, threads, runs, input_shape, json_out):
     """Measure existing .pte/.tflite/.onnx files (and describe .mlpackage) on this host."""
-    from pipeline.errors import UsageError
+    from ground.errors import UsageError
     from pipeline.profile import profile_file
     from pipeline.rundir import write_json
 

@@ -87,7 +87,6 @@ FULL = {"models": {"resnet20": {"train": 6000, "teacher_epochs": 15, "epochs": 8
         "test": 1000, "rounds": 100, "warmup": 10}
 QUICK = {"models": {"resnet20": {"train": 500, "teacher_epochs": 1, "epochs": 1}},
          "test": 200, "rounds": 10, "warmup": 2}
-CONTENDERS = ("common", "slimship", "scratch", "rewind", "unstructured")
 FT = {"batch_size": 64, "lr": DistillConfig().lr}  # every contender's fine-tuning
 
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models
 import targets
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 from pipeline.prune import count, prune_to_macs, prune_unstructured
 from targets._base import ExportRequest
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
-from pipeline.errors import unknown
+from ground.errors import unknown
 
 
 @dataclass(frozen=True)
@@ -59,3 +60,13 @@ def create_model(name: str, in_channels: int, num_classes: int, input_size: int)
     return get_model_entry(name).factory(
         in_channels=in_channels, num_classes=num_classes, input_size=input_size
     )
+
+
+def create_from_spec(spec: dict) -> nn.Module:
+    """The model a spec (name, in_channels, num_classes, input_size) describes, in eval mode."""
+    return create_model(spec["name"], spec["in_channels"], spec["num_classes"],
+                        spec["input_size"]).eval()
+
+
+def example_input(spec: dict) -> torch.Tensor:
+    return torch.zeros(1, *spec["input_shape"])  # (1, C, H, W)

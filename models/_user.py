@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 
 SAFE_SUFFIXES = (".safetensors", ".pt", ".pth")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import bundle_readme, faults, report_html
+from ground import faults
+from pipeline import bundle_readme, report_html
 from pipeline.data import Dataset
 from pipeline.rundir import (
     atomic_path,

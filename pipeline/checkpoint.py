@@ -14,8 +14,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
 
-from models import create_model
-from pipeline.errors import SlimshipError
+from models import create_from_spec, example_input
+from ground.errors import SlimshipError
+from pipeline.prune import apply_plan
 from pipeline.rundir import write_bytes, write_json
 
 
@@ -50,10 +51,8 @@ def check_finite(model: nn.Module, where: str) -> None:
 
 def build_model(spec: dict, plan: dict | None) -> nn.Module:
     """A fresh zoo model with the plan's structure (weights are not loaded)."""
-    model = create_model(spec["name"], spec["in_channels"], spec["num_classes"], spec["input_size"])
+    model = create_from_spec(spec)
     if plan:
-        from pipeline.prune import apply_plan
-
         apply_plan(model, plan, example_input(spec))
     return model.eval()
 
@@ -64,6 +63,3 @@ def load_model(folder: Path) -> tuple[nn.Module, dict, dict | None]:
     model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
     return model.eval(), desc["spec"], desc["plan"]
 
-
-def example_input(spec: dict) -> torch.Tensor:
-    return torch.zeros(1, *spec["input_shape"])  # (1, C, H, W)

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models import create_model, get_model_entry
+from models import create_model, example_input, get_model_entry
 from models._user import is_user_model, load_weights, user_factory
-from pipeline import bundle, calibration, distributed, faults
+from ground import faults
+from pipeline import bundle, calibration, distributed
 from pipeline.checkpoint import (
     check_finite,
-    example_input,
     load_model,
     load_weights_file,
     save_model,
@@ -29,9 +29,9 @@ from pipeline.checkpoint import (
 from pipeline.config import Recipe, load_recipe
 from pipeline.data import Dataset, load_dataset
 from pipeline.distill import FeatureHints, feature_pairs, kd_feature_loss_fn, kd_loss_fn
-from pipeline.errors import SlimshipError, UsageError
+from ground.errors import SlimshipError, UsageError
 from pipeline.gate import evaluate
-from pipeline.log import log
+from ground.log import log
 from pipeline.profile import host, measure_latency
 from pipeline.prune import (
     apply_masks,
@@ -52,7 +52,6 @@ from pipeline.verify import parity
 from targets import get_backend, get_target
 from targets._base import ExportRequest, Tolerance, run_all
 
-GOLDEN_COUNT = 8
 REWIND_FILES = ("init.safetensors", "rewind.safetensors")  # in the train stage's folder
 RANDOM_INPUTS = 32
 

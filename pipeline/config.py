@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "hessian", "random")
 PRUNE_TARGETS = ("macs", "params", "channels")

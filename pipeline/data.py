@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 
 SPLIT_SEED = 0  # fixed, so the test split is the same whatever the training seed
 TEST_FRACTION = 0.2

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 
 
 def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):

@@ -41,8 +41,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.errors import SlimshipError, UsageError
-from pipeline.log import log
+from ground.errors import SlimshipError, UsageError
+from ground.log import log
 
 STATUS_ENV = "SLIMSHIP_STATUS_DIR"  # set by `launch` for its workers only
 CORES_ENV = "SLIMSHIP_CORES"  # set by `launch`: the cores rank 0 may use once the others wait

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import from_dict
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 
 
 @dataclass(frozen=True)

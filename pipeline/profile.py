@@ -210,7 +210,7 @@ def profile_file(path: Path, threads: int = 1, runs: int = 50, warmup: int = 5,
                  input_shape: list[int] | None = None) -> dict:
     """`cli.py profile`: measure a .pte/.tflite/.onnx without the pipeline (random input of
     the file's own shape). A file that is not what its suffix says is a one-line error."""
-    from pipeline.errors import UsageError
+    from ground.errors import UsageError
     from targets import get_backend
 
     path = Path(path)

@@ -42,8 +42,9 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from models import create_from_spec, example_input
 from pipeline.config import PRUNE_SCOPES, PRUNE_TARGETS
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 
 IMPORTANCE_FACTORIES = {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
@@ -812,9 +813,7 @@ def rewind(pruned_model: nn.Module, plan: dict, initial_state_dict: dict, spec: 
     A fresh zoo model gets `initial_state_dict` (dense shapes), then the plan is replayed: its
     channel indices select the same survivors the pruned model kept.
     """
-    from pipeline.checkpoint import build_model, example_input
-
-    model = build_model(spec, None)
+    model = create_from_spec(spec)
     try:
         model.load_state_dict(initial_state_dict)
     except RuntimeError as e:

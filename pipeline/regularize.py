@@ -25,7 +25,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from pipeline.log import log
+from ground.log import log
 
 _F = tp.pruner.function
 # handlers whose weight rows (dim 0) belong to the channel; a depthwise conv's rows are its

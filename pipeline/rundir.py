@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import distributed
-from pipeline.errors import SlimshipError
-from pipeline.log import log
+from ground.errors import SlimshipError
+from ground.log import log
 
 MANIFEST = "manifest.json"
 _LIBS = ("torch", "executorch", "torch-pruning", "litert-torch", "ai-edge-litert",
@@ -250,7 +250,3 @@ class RunDir:
             (folder / rel).write_bytes(data)
         return StageResult(name, folder, info, digest, decision["reuse"])
 
-
-def require(cond: bool, message: str) -> None:
-    if not cond:
-        raise SlimshipError(message)

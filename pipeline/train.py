@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline import distributed, faults
+from ground import faults
+from pipeline import distributed
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -6,29 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from targets._base import Tolerance
-
-
-def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    """10 log10(|ref|^2 / |ref - actual|^2); inf when they are identical."""
-    noise = float(np.sum((reference.astype(np.float64) - actual) ** 2))
-    signal = float(np.sum(reference.astype(np.float64) ** 2))
-    if noise == 0.0:
-        return float("inf")
-    return 10.0 * np.log10(signal / noise) if signal > 0 else float("-inf")
-
-
-def compare(reference: np.ndarray, actual: np.ndarray) -> dict:
-    """Figures for one input set (all counted/measured on the same inputs)."""
-    diff = np.abs(reference.astype(np.float64) - actual)
-    scale = float(np.max(np.abs(reference))) or 1.0
-    return {
-        "inputs": int(len(reference)),
-        "max_abs_diff": float(diff.max()),
-        "max_abs_diff_rel": float(diff.max() / scale),
-        "sqnr_db": sqnr_db(reference, actual),
-        "top1_agreement": float((reference.argmax(1) == actual.argmax(1)).mean()),
-    }
+from targets._base import Tolerance, compare
 
 
 def structural_problems(reference: np.ndarray, actual: np.ndarray) -> list[str]:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import report_html
-from pipeline.errors import UsageError
-from pipeline.log import log
+from ground.errors import UsageError
+from ground.log import log
 from pipeline.report import measured
 from pipeline.rundir import file_record, library_versions, sha256_path, write_bytes, write_json
 from pipeline.verify import compare, judge, structural_problems

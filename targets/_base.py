@@ -84,3 +84,25 @@ class Backend(Protocol):
 def run_all(runner: Runner, x: np.ndarray) -> np.ndarray:
     """Run a batch-1 file over every row of x: (N, C, H, W) -> (N, K)."""
     return np.concatenate([runner(x[i : i + 1]) for i in range(len(x))])
+
+
+def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
+    """10 log10(|ref|^2 / |ref - actual|^2); inf when they are identical."""
+    noise = float(np.sum((reference.astype(np.float64) - actual) ** 2))
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * np.log10(signal / noise) if signal > 0 else float("-inf")
+
+
+def compare(reference: np.ndarray, actual: np.ndarray) -> dict:
+    """Figures for one input set (all counted/measured on the same inputs)."""
+    diff = np.abs(reference.astype(np.float64) - actual)
+    scale = float(np.max(np.abs(reference))) or 1.0
+    return {
+        "inputs": int(len(reference)),
+        "max_abs_diff": float(diff.max()),
+        "max_abs_diff_rel": float(diff.max() / scale),
+        "sqnr_db": sqnr_db(reference, actual),
+        "top1_agreement": float((reference.argmax(1) == actual.argmax(1)).mean()),
+    }

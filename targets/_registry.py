@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import unknown
+from ground.errors import unknown
 
 _BACKENDS: dict = {}
 

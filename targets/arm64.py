@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import SlimshipError, UsageError
-from pipeline.log import log
+from ground.errors import SlimshipError, UsageError
+from ground.log import log
 
 CACHE_ENV = "SLIMSHIP_ARM64_CACHE"
 MIRROR_ENV = "SLIMSHIP_ARM64_MIRROR"

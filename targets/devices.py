@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import SlimshipError, unknown
+from ground.errors import SlimshipError, unknown
 
 DEFAULT_PATH = Path(__file__).parent / "devices.yaml"
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from targets._base import Exported, ExportRequest, Runner, Tolerance
+from targets._base import Exported, ExportRequest, Runner, Tolerance, compare
 from targets._registry import register_backend
 
 OPSET = 18
@@ -180,8 +180,6 @@ def _quantize_qdq(src: Path, dst: Path, tmp: Path, calibration) -> None:
 
 def _int8_reference(proto, model, calibration):
     """(reference, tolerance, quantization_error, note) for an int8 QDQ file."""
-    from pipeline.verify import compare
-
     try:
         ref = QdqTorchReference(proto)
     except NotImplementedError as e:

@@ -13,7 +13,8 @@ import torch
 
 from models import create_model
 from pipeline import distributed
-from pipeline.checkpoint import example_input, load_model, save_model
+from models import example_input
+from pipeline.checkpoint import load_model, save_model
 from pipeline.config import PruneConfig
 from pipeline.data import load_dataset
 from pipeline.prune import apply_plan, prune_with_config

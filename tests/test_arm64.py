@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from pipeline.errors import SlimshipError
+from ground.errors import SlimshipError
 from targets import arm64
 
 BINFMT_ENTRY = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")

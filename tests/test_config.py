@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.config import Recipe, load_recipe
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 
 
 def write(tmp_path, text):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from pipeline.data import load_dataset
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 
 
 def test_digits_splits_and_preprocessing():

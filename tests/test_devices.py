@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 from targets.devices import (
     DEFAULT_PATH,
     DEVICE_FIGURES,

@@ -19,8 +19,9 @@ from click.testing import CliRunner
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 import cli
-from pipeline import distributed, faults
-from pipeline.errors import SlimshipError
+from ground import faults
+from pipeline import distributed
+from ground.errors import SlimshipError
 from pipeline.rundir import sha256_file
 from pipeline.train import _sharded_order
 

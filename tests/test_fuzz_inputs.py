@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import Recipe, load_recipe
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 from pipeline.gate import Budgets, load_budgets
 from pipeline.rundir import RunDir, write_bytes
 

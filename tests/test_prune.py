@@ -13,7 +13,7 @@ from models import create_model
 from pipeline.checkpoint import load_model, save_model
 from pipeline.config import IMPORTANCES, PruneConfig
 from pipeline.data import load_dataset
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 from pipeline.prune import (
     channels,
     count,

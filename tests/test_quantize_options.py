@@ -11,7 +11,7 @@ import torch
 from models import create_model
 from pipeline.data import load_dataset
 from pipeline.distill import FeatureHints, feature_pairs, kd_loss_fn
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 from pipeline.train import accuracy, fit, predict
 from pipeline.verify import parity
 from targets import get_backend

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 import cli
 from models import create_model
 from models._user import load_weights
-from pipeline.errors import UsageError
+from ground.errors import UsageError
 
 
 class Evil:

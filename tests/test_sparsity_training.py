@@ -161,7 +161,7 @@ def test_group_lasso_drives_whole_channel_groups_towards_zero(digits):
 
 def test_options_are_recipe_keys_with_named_errors():
     from pipeline.config import load_recipe
-    from pipeline.errors import UsageError
+    from ground.errors import UsageError
 
     r = load_recipe(None, {"train.group_lasso": 1e-4, "train.targeted_dropout": 0.3})
     assert r.train.group_lasso == 1e-4 and r.train.targeted_fraction == 0.5

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.compress import CompressOptions, compress
-from pipeline.errors import SlimshipError
+from ground.errors import SlimshipError
 from pipeline.rundir import RunDir, StageResult
 
 HELD = json.loads((Path(__file__).parent / "data" / "stage_keys.json").read_text())

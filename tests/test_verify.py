@@ -1,6 +1,7 @@
 import numpy as np
 
-from pipeline.verify import compare, parity, sqnr_db
+from pipeline.verify import compare, parity
+from targets._base import sqnr_db
 from targets._base import Tolerance
 
 

@@ -13,12 +13,6 @@ class UsageError(SlimshipError):
     exit_code = 2
 
 
-class ParityError(SlimshipError):
-    """An exported file does not compute what the PyTorch model computes."""
-
-    exit_code = 1
-
-
 def unknown(kind: str, name: str, available) -> UsageError:
     """The registry error every lookup uses: what was asked and what exists."""
     return UsageError(f"unknown {kind} {name!r}; available: {', '.join(sorted(available))}")
