@@ -7,8 +7,8 @@ library. Errors a user can fix print as one line and exit 2 (usage) or 1 (a fail
 from __future__ import annotations
 
 import errno
-import json
 import functools
+import json
 import sys
 from pathlib import Path
 
@@ -30,8 +30,11 @@ def one_line_errors(fn):
             if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                 raise
             where = f" writing {e.filename}" if e.filename else ""
-            click.echo(f"error: {e.strerror}{where}: free space (or fix permissions) and run "
-                       "again; finished stages and the previous bundle are kept", err=True)
+            click.echo(
+                f"error: {e.strerror}{where}: free space (or fix permissions) and run "
+                "again; finished stages and the previous bundle are kept",
+                err=True,
+            )
             sys.exit(1)
 
     return wrapper
@@ -44,7 +47,12 @@ RECIPE_FLAGS = [
     ("--group-lasso", "train.group_lasso", float, "group lasso on channel groups, Wen et al."),
     ("--bn-l1", "train.bn_l1", float, "L1 on batch-norm scales, network slimming"),
     ("--targeted-dropout", "train.targeted_dropout", float, "Gomez et al.: drop probability"),
-    ("--targeted-fraction", "train.targeted_fraction", float, "share of low-norm channels targeted"),
+    (
+        "--targeted-fraction",
+        "train.targeted_fraction",
+        float,
+        "share of low-norm channels targeted",
+    ),
     ("--dropout", "train.dropout", float, "untargeted channel dropout, the control"),
     ("--macs-fraction", "prune.macs_fraction", float, "keep at most this share of MACs"),
     ("--importance", "prune.importance", str, "l1, l2, bn_scale, taylor, hessian, random"),
@@ -77,41 +85,63 @@ def recipe_flags(fn=None, *, sections=None):
             continue
         text = f"Override {key}" + (f" ({what})." if what else ".")
         many = tp in (list, "mapping")
-        fn = click.option(flag, _param(key), type=str if many else tp, multiple=many,
-                          help=text)(fn)
+        fn = click.option(flag, _param(key), type=str if many else tp, multiple=many, help=text)(fn)
     return fn
 
 
 # options compress shares with train and distill (defined once; help texts name compress's use)
-MODEL_OPTION = click.option("--model", default="small_cnn", show_default=True,
-                            help="Zoo model (see `cli.py models`) or path/to/file.py:factory.")
-DATA_OPTION = click.option("--data", default="digits", show_default=True,
-                           help="'digits' (bundled), an .npz with x and y, or a directory with "
-                                "train.npz/test.npz.")
-CONFIG_OPTION = click.option("--config", type=click.Path(path_type=Path),
-                             help="Recipe YAML (see README).")
+MODEL_OPTION = click.option(
+    "--model",
+    default="small_cnn",
+    show_default=True,
+    help="Zoo model (see `cli.py models`) or path/to/file.py:factory.",
+)
+DATA_OPTION = click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="'digits' (bundled), an .npz with x and y, or a directory with train.npz/test.npz.",
+)
+CONFIG_OPTION = click.option(
+    "--config", type=click.Path(path_type=Path), help="Recipe YAML (see README)."
+)
 SEED_OPTION = click.option("--seed", default=0, show_default=True, type=int)
-RUN_DIR_OPTION = click.option("--run-dir", type=click.Path(path_type=Path),
-                              help="Where stage results are kept for reuse [default: "
-                                   "runs/<model>-<data>-seed<seed>].")
-SET_OPTION = click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-                          help="Override any recipe key, e.g. --set prune.scope=global "
-                               "(repeatable).")
-WEIGHTS_OPTION = click.option("--weights", type=click.Path(path_type=Path),
-                              help="Trained teacher weights (.safetensors, or .pt/.pth loaded "
-                                   "weights-only): skips training.")
-TRUST_PICKLE_OPTION = click.option("--trust-pickle", is_flag=True,
-                                   help="Allow --weights that only unpickling can load (runs "
-                                        "code from the file).")
-NPROC_OPTION = click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
-                            help="Training processes to start on this machine (torch.distributed:"
-                                 " gloo on CPU, nccl on GPU); under torchrun leave it at 1.")
+RUN_DIR_OPTION = click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path),
+    help="Where stage results are kept for reuse [default: runs/<model>-<data>-seed<seed>].",
+)
+SET_OPTION = click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any recipe key, e.g. --set prune.scope=global (repeatable).",
+)
+WEIGHTS_OPTION = click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    help="Trained teacher weights (.safetensors, or .pt/.pth loaded weights-only): skips training.",
+)
+TRUST_PICKLE_OPTION = click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow --weights that only unpickling can load (runs code from the file).",
+)
+NPROC_OPTION = click.option(
+    "--nproc",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Training processes to start on this machine (torch.distributed:"
+    " gloo on CPU, nccl on GPU); under torchrun leave it at 1.",
+)
 
 
 def recipe_overrides(flags: dict, settings=()) -> dict:
     """{"section.key": value} for the `--set` settings, then the recipe flags that were given."""
-    from pipeline.config import parse_setting
     from ground.errors import UsageError
+    from pipeline.config import parse_setting
 
     out = dict(parse_setting(s) for s in settings)
     for flag, key, tp, _ in RECIPE_FLAGS:
@@ -136,8 +166,13 @@ def cli():
 
 @cli.command()
 @click.option("--target", required=True, help="Platform to build for (see `cli.py targets`).")
-@click.option("--out", default="dist", show_default=True, type=click.Path(path_type=Path),
-              help="Output directory; the bundle goes to OUT/<target>/.")
+@click.option(
+    "--out",
+    default="dist",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Output directory; the bundle goes to OUT/<target>/.",
+)
 @MODEL_OPTION
 @DATA_OPTION
 @CONFIG_OPTION
@@ -145,17 +180,38 @@ def cli():
 @RUN_DIR_OPTION
 @recipe_flags()
 @SET_OPTION
-@click.option("--budget", type=click.Path(path_type=Path),
-              help="Budgets YAML: after the run, exit 1 if any line is broken (see `cli.py gate`).")
+@click.option(
+    "--budget",
+    type=click.Path(path_type=Path),
+    help="Budgets YAML: after the run, exit 1 if any line is broken (see `cli.py gate`).",
+)
 @WEIGHTS_OPTION
 @TRUST_PICKLE_OPTION
-@click.option("--verify-arm64", "arm64", is_flag=True,
-              help="Then run the bundle's files on emulated aarch64 (see `cli.py verify-arm64`; "
-                   "root cache from $SLIMSHIP_ARM64_CACHE).")
+@click.option(
+    "--verify-arm64",
+    "arm64",
+    is_flag=True,
+    help="Then run the bundle's files on emulated aarch64 (see `cli.py verify-arm64`; "
+    "root cache from $SLIMSHIP_ARM64_CACHE).",
+)
 @NPROC_OPTION
 @one_line_errors
-def compress(target, out, model, data, config, seed, run_dir, settings, budget, weights,
-             trust_pickle, arm64, nproc, **flags):
+def compress(
+    target,
+    out,
+    model,
+    data,
+    config,
+    seed,
+    run_dir,
+    settings,
+    budget,
+    weights,
+    trust_pickle,
+    arm64,
+    nproc,
+    **flags,
+):
     """Run every stage and write the bundle OUT/<target>/; exit 1 if a file fails parity."""
     from pipeline import distributed
     from pipeline.compress import CompressOptions, check_options
@@ -164,9 +220,19 @@ def compress(target, out, model, data, config, seed, run_dir, settings, budget, 
 
     budgets = load_budgets(budget) if budget else None  # a bad file fails before any work
     overrides = recipe_overrides(flags, settings)
-    opts = CompressOptions(target=target, out=out, model=model, data=data, config=config,
-                           seed=seed, run_dir=run_dir, overrides=overrides,
-                           budgets=budgets, weights=weights, trust_pickle=trust_pickle)
+    opts = CompressOptions(
+        target=target,
+        out=out,
+        model=model,
+        data=data,
+        config=config,
+        seed=seed,
+        run_dir=run_dir,
+        overrides=overrides,
+        budgets=budgets,
+        weights=weights,
+        trust_pickle=trust_pickle,
+    )
     if nproc > 1:  # check here once, then run this same command in nproc workers
         check_options(opts)
         argv = _argv(click.get_current_context(), skip=("nproc", "arm64"))
@@ -196,17 +262,39 @@ def compress(target, out, model, data, config, seed, run_dir, settings, budget, 
         sys.exit(1)
 
 
-def _stage_command(stop_after, target, out, model, data, config, seed, run_dir, settings,
-                   weights, trust_pickle, nproc, flags):
+def _stage_command(
+    stop_after,
+    target,
+    out,
+    model,
+    data,
+    config,
+    seed,
+    run_dir,
+    settings,
+    weights,
+    trust_pickle,
+    nproc,
+    flags,
+):
     """`train` / `distill`: compress's stages up to `stop_after`, the model written to OUT."""
     from pipeline import distributed
     from pipeline.compress import CompressOptions, check_options
     from pipeline.compress import compress as run
 
-    opts = CompressOptions(target=target, out=out, model=model, data=data, config=config,
-                           seed=seed, run_dir=run_dir, overrides=recipe_overrides(flags, settings),
-                           weights=weights,
-                           trust_pickle=trust_pickle, stop_after=stop_after)
+    opts = CompressOptions(
+        target=target,
+        out=out,
+        model=model,
+        data=data,
+        config=config,
+        seed=seed,
+        run_dir=run_dir,
+        overrides=recipe_overrides(flags, settings),
+        weights=weights,
+        trust_pickle=trust_pickle,
+        stop_after=stop_after,
+    )
     if nproc > 1:
         check_options(opts)
         argv = _argv(click.get_current_context(), skip=("nproc",))
@@ -215,10 +303,18 @@ def _stage_command(stop_after, target, out, model, data, config, seed, run_dir, 
 
 
 _STAGE_OPTIONS = [
-    click.option("--out", required=True, type=click.Path(path_type=Path),
-                 help="Directory for model.json (architecture, pruning plan) and "
-                      "model.safetensors."),
-    MODEL_OPTION, DATA_OPTION, CONFIG_OPTION, SEED_OPTION, RUN_DIR_OPTION, SET_OPTION,
+    click.option(
+        "--out",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="Directory for model.json (architecture, pruning plan) and model.safetensors.",
+    ),
+    MODEL_OPTION,
+    DATA_OPTION,
+    CONFIG_OPTION,
+    SEED_OPTION,
+    RUN_DIR_OPTION,
+    SET_OPTION,
     NPROC_OPTION,
 ]
 
@@ -236,36 +332,62 @@ def _stage_options(fn):
 def train(out, model, data, config, seed, run_dir, settings, nproc, **flags):
     """Train the dense model (compress's train stage, under torchrun or --nproc as well) and
     write it to OUT; `compress --weights OUT/model.safetensors` starts from it."""
-    _stage_command("train", None, out, model, data, config, seed, run_dir, settings, None,
-                   False, nproc, flags)
+    _stage_command(
+        "train", None, out, model, data, config, seed, run_dir, settings, None, False, nproc, flags
+    )
 
 
 @cli.command()
-@click.option("--target", required=True,
-              help="Platform the student is pruned for (its widths are rounded for it).")
+@click.option(
+    "--target",
+    required=True,
+    help="Platform the student is pruned for (its widths are rounded for it).",
+)
 @_stage_options
 @recipe_flags(sections=("train", "prune", "distill"))
 @WEIGHTS_OPTION
 @TRUST_PICKLE_OPTION
 @one_line_errors
-def distill(target, out, model, data, config, seed, run_dir, settings, nproc, weights,
-            trust_pickle, **flags):
+def distill(
+    target, out, model, data, config, seed, run_dir, settings, nproc, weights, trust_pickle, **flags
+):
     """Train (or load) the teacher, prune it and distill it into the pruned student
     (compress's stages up to distill), and write the student to OUT: its pruning plan in
     model.json, its weights in model.safetensors."""
-    _stage_command("distill", target, out, model, data, config, seed, run_dir, settings,
-                   weights, trust_pickle, nproc, flags)
+    _stage_command(
+        "distill",
+        target,
+        out,
+        model,
+        data,
+        config,
+        seed,
+        run_dir,
+        settings,
+        weights,
+        trust_pickle,
+        nproc,
+        flags,
+    )
 
 
 @cli.command("verify-arm64")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--cache", type=click.Path(path_type=Path), envvar="SLIMSHIP_ARM64_CACHE",
-              help="Where the prepared arm64 root is kept [default: $SLIMSHIP_ARM64_CACHE or "
-                   "~/.cache/slimship/arm64-root].")
-@click.option("--cpu", default="cortex-a76", show_default=True,
-              help="The CPU qemu emulates (`qemu-aarch64-static -cpu help`), with properties "
-                   "after a comma: cortex-a53 has no int8 dot product; max,sme=off has i8mm, "
-                   "SVE2 and bf16 (see docs/ARM64.md on max).")
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    envvar="SLIMSHIP_ARM64_CACHE",
+    help="Where the prepared arm64 root is kept [default: $SLIMSHIP_ARM64_CACHE or "
+    "~/.cache/slimship/arm64-root].",
+)
+@click.option(
+    "--cpu",
+    default="cortex-a76",
+    show_default=True,
+    help="The CPU qemu emulates (`qemu-aarch64-static -cpu help`), with properties "
+    "after a comma: cortex-a53 has no int8 dot product; max,sme=off has i8mm, "
+    "SVE2 and bf16 (see docs/ARM64.md on max).",
+)
 @one_line_errors
 def verify_arm64(bundle, cache, cpu):
     """Run BUNDLE's files on aarch64 (qemu) on its golden inputs; record it in report.json.
@@ -304,11 +426,17 @@ def _argv(ctx: click.Context, skip=()) -> list[str]:
 @cli.command()
 @click.argument("report", type=click.Path(path_type=Path))
 @click.option("--budget", required=True, type=click.Path(path_type=Path), help="Budgets YAML.")
-@click.option("--baseline", type=click.Path(path_type=Path),
-              help="An earlier report.json: show deltas; a regression beyond "
-                   "max_regression_percent fails.")
-@click.option("--junit", type=click.Path(path_type=Path), help="Write JUnit XML (one case per line).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the verdicts as JSON.")
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path),
+    help="An earlier report.json: show deltas; a regression beyond max_regression_percent fails.",
+)
+@click.option(
+    "--junit", type=click.Path(path_type=Path), help="Write JUnit XML (one case per line)."
+)
+@click.option(
+    "--json", "json_out", type=click.Path(path_type=Path), help="Write the verdicts as JSON."
+)
 @one_line_errors
 def gate(report, budget, baseline, junit, json_out):
     """Check REPORT (a report.json) against budgets: exit 0 if all hold, 1 if any is broken."""
@@ -329,8 +457,12 @@ def gate(report, budget, baseline, junit, json_out):
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--threads", default=1, show_default=True, type=int)
 @click.option("--runs", default=50, show_default=True, type=int, help="Timed runs after warm-up.")
-@click.option("--input-shape", help="Expected input shape, e.g. 1x3x32x32 (checked against the file).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the figures as JSON.")
+@click.option(
+    "--input-shape", help="Expected input shape, e.g. 1x3x32x32 (checked against the file)."
+)
+@click.option(
+    "--json", "json_out", type=click.Path(path_type=Path), help="Write the figures as JSON."
+)
 @one_line_errors
 def profile(files, threads, runs, input_shape, json_out):
     """Measure existing .pte/.tflite/.onnx files (and describe .mlpackage) on this host."""
@@ -347,11 +479,16 @@ def profile(files, threads, runs, input_shape, json_out):
     results = [profile_file(f, threads, runs, input_shape=shape) for f in files]
     for r in results:
         lat = r["latency"]
-        figure = (f"p50 {lat['p50']['value']:.4f} ms, p90 {lat['p90']['value']:.4f} ms "
-                  f"({lat['threads']} thread(s), {lat['runs']} runs, measured)" if lat
-                  else f"not run: {r['why_not_run']}")
-        click.echo(f"{r['file']}  [{r['backend']}, input {r['input_shape']}, "
-                   f"{r['bytes']['value']:,} bytes]  {figure}")
+        figure = (
+            f"p50 {lat['p50']['value']:.4f} ms, p90 {lat['p90']['value']:.4f} ms "
+            f"({lat['threads']} thread(s), {lat['runs']} runs, measured)"
+            if lat
+            else f"not run: {r['why_not_run']}"
+        )
+        click.echo(
+            f"{r['file']}  [{r['backend']}, input {r['input_shape']}, "
+            f"{r['bytes']['value']:,} bytes]  {figure}"
+        )
     if json_out:
         write_json(json_out, results)
 

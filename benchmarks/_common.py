@@ -44,21 +44,31 @@ def environment() -> dict:
         except PackageNotFoundError:
             return "?"
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "executorch": v("executorch"),
-            "torch-pruning": v("torch-pruning"), "litert-torch": v("litert-torch"),
-            "ai-edge-litert": v("ai-edge-litert"), "onnxruntime": v("onnxruntime"),
-            "os": platform.platform(), "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-            "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "executorch": v("executorch"),
+        "torch-pruning": v("torch-pruning"),
+        "litert-torch": v("litert-torch"),
+        "ai-edge-litert": v("ai-edge-litert"),
+        "onnxruntime": v("onnxruntime"),
+        "os": platform.platform(),
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
 
 
 def describe_env(start: dict, end: dict) -> str:
-    la = lambda e: "/".join(f"{x:.1f}" for x in e["load_avg"]) if e.get("load_avg") else "?"  # noqa: E731
-    return (f"{start['cpu']}, {start['cores']} cores; Python {start['python']}, torch "
-            f"{start['torch']}, executorch {start['executorch']}, torch-pruning "
-            f"{start['torch-pruning']}, litert-torch {start['litert-torch']}, ai-edge-litert "
-            f"{start['ai-edge-litert']}, onnxruntime {start['onnxruntime']}; {start['os']}; "
-            f"load average (1/5/15 min) {la(start)} at the start, {la(end)} at the end")
+    la = lambda e: "/".join(f"{x:.1f}" for x in e["load_avg"]) if e.get("load_avg") else "?"
+    return (
+        f"{start['cpu']}, {start['cores']} cores; Python {start['python']}, torch "
+        f"{start['torch']}, executorch {start['executorch']}, torch-pruning "
+        f"{start['torch-pruning']}, litert-torch {start['litert-torch']}, ai-edge-litert "
+        f"{start['ai-edge-litert']}, onnxruntime {start['onnxruntime']}; {start['os']}; "
+        f"load average (1/5/15 min) {la(start)} at the start, {la(end)} at the end"
+    )
 
 
 def interleaved(runners: dict, x: np.ndarray, rounds: int, warmup: int, seed: int = 0) -> dict:
@@ -78,8 +88,12 @@ def interleaved(runners: dict, x: np.ndarray, rounds: int, warmup: int, seed: in
     out = {}
     for k, ts in times.items():
         a = np.array(ts) * 1e3
-        out[k] = {"median_ms": float(np.median(a)), "q1_ms": float(np.percentile(a, 25)),
-                  "q3_ms": float(np.percentile(a, 75)), "runs": len(a)}
+        out[k] = {
+            "median_ms": float(np.median(a)),
+            "q1_ms": float(np.percentile(a, 25)),
+            "q3_ms": float(np.percentile(a, 75)),
+            "runs": len(a),
+        }
     return out
 
 
@@ -114,8 +128,11 @@ def teacher(name: str, data, epochs: int, seed: int, cache: Path, **fit_kw):
     key = f"{name}-{data.name}-{len(data.y_train)}-{data.fingerprint()[:8]}-e{epochs}-s{seed}"
     for k, v in sorted(fit_kw.items()):
         key += f"-{k}{v}"
-    path, init_path, meta = (cache / f"{key}.safetensors", cache / f"{key}.init.safetensors",
-                             cache / f"{key}.json")
+    path, init_path, meta = (
+        cache / f"{key}.safetensors",
+        cache / f"{key}.init.safetensors",
+        cache / f"{key}.json",
+    )
     torch.manual_seed(seed)
     model = create_model(name, c, data.num_classes, h)
     init = {k: v.clone() for k, v in model.state_dict().items()}
@@ -126,8 +143,15 @@ def teacher(name: str, data, epochs: int, seed: int, cache: Path, **fit_kw):
     cache.mkdir(parents=True, exist_ok=True)
     log(f"teacher {key}: training {epochs} epochs on {len(data.y_train)} images")
     t0 = time.perf_counter()
-    fit(model, data.x_train, data.y_train, epochs=epochs, seed=seed, desc=f"teacher {name}",
-        **{"batch_size": 64, "lr": 0.003, "weight_decay": 5e-4, **fit_kw})
+    fit(
+        model,
+        data.x_train,
+        data.y_train,
+        epochs=epochs,
+        seed=seed,
+        desc=f"teacher {name}",
+        **{"batch_size": 64, "lr": 0.003, "weight_decay": 5e-4, **fit_kw},
+    )
     seconds = time.perf_counter() - t0
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     save_file({k: v.contiguous() for k, v in init.items()}, str(init_path))
@@ -139,8 +163,11 @@ def write_section(heading: str, text: str, path: Path = RESULTS) -> None:
     """Replace the section under `heading` in RESULTS.md (others are left as they are)."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
     pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    new = (pattern.sub(lambda _: text.rstrip() + "\n\n", old, count=1) if pattern.search(old)
-           else old.rstrip() + "\n\n" + text.rstrip() + "\n")
+    new = (
+        pattern.sub(lambda _: text.rstrip() + "\n\n", old, count=1)
+        if pattern.search(old)
+        else old.rstrip() + "\n\n" + text.rstrip() + "\n"
+    )
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(new.rstrip() + "\n")
     tmp.replace(path)

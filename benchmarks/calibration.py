@@ -48,13 +48,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models import create_model  # noqa: E402
-from pipeline import calibration as cal  # noqa: E402
-from pipeline.config import DistillConfig, TrainConfig  # noqa: E402
-from pipeline.data import load_dataset  # noqa: E402
-from pipeline.distill import kd_loss_fn  # noqa: E402
-from pipeline.prune import prune_to_macs  # noqa: E402
-from pipeline.train import fit, predict  # noqa: E402
+from models import create_model
+from pipeline import calibration as cal
+from pipeline.config import DistillConfig, TrainConfig
+from pipeline.data import load_dataset
+from pipeline.distill import kd_loss_fn
+from pipeline.prune import prune_to_macs
+from pipeline.train import fit, predict
 
 HEADING = "## Calibration (issue 12)"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -64,22 +64,52 @@ CALIB_IMAGES = 256  # int8 calibration images, a seeded draw from the training s
 
 _train, _distill = TrainConfig(), DistillConfig()
 RUNS = {
-    "digits": dict(data="digits", limit=None, model="small_cnn",
-                   train=dict(epochs=_train.epochs, batch_size=_train.batch_size, lr=_train.lr,
-                              weight_decay=_train.weight_decay),
-                   distill=dict(epochs=_distill.epochs, batch_size=_distill.batch_size,
-                                lr=_distill.lr, temperature=_distill.temperature,
-                                alpha=_distill.alpha)),
-    "cifar10": dict(data=str(CIFAR), limit=4000, model="resnet20",
-                    train=dict(epochs=5, batch_size=64, lr=0.003, weight_decay=5e-4),
-                    distill=dict(epochs=3, batch_size=64, lr=0.002,
-                                 temperature=_distill.temperature, alpha=_distill.alpha)),
+    "digits": {
+        "data": "digits",
+        "limit": None,
+        "model": "small_cnn",
+        "train": {
+            "epochs": _train.epochs,
+            "batch_size": _train.batch_size,
+            "lr": _train.lr,
+            "weight_decay": _train.weight_decay,
+        },
+        "distill": {
+            "epochs": _distill.epochs,
+            "batch_size": _distill.batch_size,
+            "lr": _distill.lr,
+            "temperature": _distill.temperature,
+            "alpha": _distill.alpha,
+        },
+    },
+    "cifar10": {
+        "data": str(CIFAR),
+        "limit": 4000,
+        "model": "resnet20",
+        "train": {"epochs": 5, "batch_size": 64, "lr": 0.003, "weight_decay": 5e-4},
+        "distill": {
+            "epochs": 3,
+            "batch_size": 64,
+            "lr": 0.002,
+            "temperature": _distill.temperature,
+            "alpha": _distill.alpha,
+        },
+    },
     # opt-in (--only cifar10-long): fewer images, more epochs, so the teacher over-fits and is
     # over-confident, the regime Guo et al. describe
-    "cifar10-long": dict(data=str(CIFAR), limit=2000, model="resnet20",
-                         train=dict(epochs=12, batch_size=64, lr=0.003, weight_decay=5e-4),
-                         distill=dict(epochs=4, batch_size=64, lr=0.002,
-                                      temperature=_distill.temperature, alpha=_distill.alpha)),
+    "cifar10-long": {
+        "data": str(CIFAR),
+        "limit": 2000,
+        "model": "resnet20",
+        "train": {"epochs": 12, "batch_size": 64, "lr": 0.003, "weight_decay": 5e-4},
+        "distill": {
+            "epochs": 4,
+            "batch_size": 64,
+            "lr": 0.002,
+            "temperature": _distill.temperature,
+            "alpha": _distill.alpha,
+        },
+    },
 }
 DEFAULT_KEYS = ("digits", "cifar10")
 
@@ -88,11 +118,19 @@ DEFAULT_KEYS = ("digits", "cifar10")
 # CIFAR-10 run in the over-fitting regime of cifar10-long (train.npz cut to its first images)
 HEADING_COMPRESS = "## Calibration through `cli.py compress` (issue 12)"
 COMPRESS_RUNS = {
-    "compress-digits": dict(data="digits", model="small_cnn", limit=None, args=[]),
-    "compress-digits-cv-gated": dict(data="digits", model="small_cnn", limit=None,
-                                     args=["--set", "calibrate.apply=fitted"]),
-    "compress-cifar10": dict(data="cifar10", model="resnet20", limit=2000,
-                             args=["--epochs", "12", "--distill-epochs", "4"]),
+    "compress-digits": {"data": "digits", "model": "small_cnn", "limit": None, "args": []},
+    "compress-digits-cv-gated": {
+        "data": "digits",
+        "model": "small_cnn",
+        "limit": None,
+        "args": ["--set", "calibrate.apply=fitted"],
+    },
+    "compress-cifar10": {
+        "data": "cifar10",
+        "model": "resnet20",
+        "limit": 2000,
+        "args": ["--epochs", "12", "--distill-epochs", "4"],
+    },
 }
 
 
@@ -110,15 +148,32 @@ def run(key: str, work: Path, export: bool) -> dict:
     torch.manual_seed(SEED)
     teacher = create_model(cfg["model"], c, d.num_classes, h)
     tr = cfg["train"]
-    fit(teacher, d.x_train, d.y_train, epochs=tr["epochs"], batch_size=tr["batch_size"],
-        lr=tr["lr"], weight_decay=tr["weight_decay"], seed=SEED, desc="teacher")
+    fit(
+        teacher,
+        d.x_train,
+        d.y_train,
+        epochs=tr["epochs"],
+        batch_size=tr["batch_size"],
+        lr=tr["lr"],
+        weight_decay=tr["weight_decay"],
+        seed=SEED,
+        desc="teacher",
+    )
     log(f"{key}: teacher trained ({time.perf_counter() - t0:.0f} s)")
     pruned = prune_to_macs(teacher, example, 0.5, data=(d.x_train, d.y_train)).model
     student = copy.deepcopy(pruned)
     ds = cfg["distill"]
-    fit(student, d.x_train, d.y_train, epochs=ds["epochs"], batch_size=ds["batch_size"],
-        lr=ds["lr"], seed=SEED, desc="distill",
-        loss_fn=kd_loss_fn(copy.deepcopy(teacher), ds["temperature"], ds["alpha"]))
+    fit(
+        student,
+        d.x_train,
+        d.y_train,
+        epochs=ds["epochs"],
+        batch_size=ds["batch_size"],
+        lr=ds["lr"],
+        seed=SEED,
+        desc="distill",
+        loss_fn=kd_loss_fn(copy.deepcopy(teacher), ds["temperature"], ds["alpha"]),
+    )
     log(f"{key}: pruned and distilled ({time.perf_counter() - t0:.0f} s)")
 
     stages, logits = {}, {}
@@ -130,16 +185,32 @@ def run(key: str, work: Path, export: bool) -> dict:
 
     files = {}
     if export:
-        files = export_rows(key, d, student, stages["distilled"]["temperature"], example,
-                            logits["distilled"][1], work)
-    out = {"data": d.summary(), "model": cfg["model"], "train": tr, "distill": ds,
-           "prune": {"macs_fraction": 0.5, "importance": "l2", "round_to": 8},
-           "seed": SEED, "stages": stages, "files": files,
-           "seconds": round(time.perf_counter() - t0, 1)}
+        files = export_rows(
+            key,
+            d,
+            student,
+            stages["distilled"]["temperature"],
+            example,
+            logits["distilled"][1],
+            work,
+        )
+    out = {
+        "data": d.summary(),
+        "model": cfg["model"],
+        "train": tr,
+        "distill": ds,
+        "prune": {"macs_fraction": 0.5, "importance": "l2", "round_to": 8},
+        "seed": SEED,
+        "stages": stages,
+        "files": files,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     work.mkdir(parents=True, exist_ok=True)
     (work / f"{key}.json").write_text(json.dumps(out, indent=1))
-    png = cal.reliability_png({**stages, **{k: v for k, v in files.items() if "before" in v}},
-                              title=f"{d.summary()} ({cfg['model']}): test split, T fitted on val")
+    png = cal.reliability_png(
+        {**stages, **{k: v for k, v in files.items() if "before" in v}},
+        title=f"{d.summary()} ({cfg['model']}): test split, T fitted on val",
+    )
     (work / f"{key}-reliability.png").write_bytes(png)
     log(f"{key}: done in {out['seconds']} s; wrote {work / (key + '.json')}")
     return out
@@ -151,8 +222,9 @@ def export_rows(key, d, student, t, example, torch_test_logits, work: Path) -> d
 
     b = get_backend("executorch-xnnpack")
     rng = np.random.default_rng(SEED)
-    calib = d.x_train[np.sort(rng.choice(len(d.x_train), min(CALIB_IMAGES, len(d.x_train)),
-                                         replace=False))]
+    calib = d.x_train[
+        np.sort(rng.choice(len(d.x_train), min(CALIB_IMAGES, len(d.x_train)), replace=False))
+    ]
     folded = cal.fold_temperature(student, t, example)
     rows = {}
 
@@ -160,8 +232,15 @@ def export_rows(key, d, student, t, example, torch_test_logits, work: Path) -> d
         out_dir = work / key / tag
         out_dir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        exp = b.export(ExportRequest(copy.deepcopy(model), example, precision,
-                                     calib if precision == "int8" else None, out_dir))
+        exp = b.export(
+            ExportRequest(
+                copy.deepcopy(model),
+                example,
+                precision,
+                calib if precision == "int8" else None,
+                out_dir,
+            )
+        )
         runner = b.load(exp.path)
         val, test = run_all(runner, d.x_val), run_all(runner, d.x_test)
         log(f"{key}: {tag} exported and run ({time.perf_counter() - start:.0f} s)")
@@ -172,58 +251,86 @@ def export_rows(key, d, student, t, example, torch_test_logits, work: Path) -> d
     scaled = torch_test_logits.astype(np.float64) / t
     diff = float(np.abs(test32 - scaled).max())
     rows["fp32 .pte, T folded"] = {
-        "temperature": t, "after": cal.metrics(test32, d.y_test),
-        "parity_vs_torch_logits_over_T": {"max_abs_diff": diff,
-                                          "max_abs_rel": diff / float(np.abs(scaled).max())}}
+        "temperature": t,
+        "after": cal.metrics(test32, d.y_test),
+        "parity_vs_torch_logits_over_T": {
+            "max_abs_diff": diff,
+            "max_abs_rel": diff / float(np.abs(scaled).max()),
+        },
+    }
     _say(key, "fp32 .pte, T folded", rows["fp32 .pte, T folded"])
     # int8 files: the student as exported without T, and with T folded before quantization
     val8, test8 = file_outputs(student, "int8", "int8")
     _, test8f = file_outputs(folded, "int8", "int8-folded")
-    rows["int8 .pte"] = {"temperature": t, "before": cal.metrics(test8, d.y_test),
-                         "after": cal.metrics(test8f, d.y_test),
-                         "refit_on_file": cal.evaluate(val8, d.y_val, test8, d.y_test)}
+    rows["int8 .pte"] = {
+        "temperature": t,
+        "before": cal.metrics(test8, d.y_test),
+        "after": cal.metrics(test8f, d.y_test),
+        "refit_on_file": cal.evaluate(val8, d.y_val, test8, d.y_test),
+    }
     _say(key, "int8 .pte", rows["int8 .pte"])
     return rows
 
 
 def _say(key, name, r):
     b, a = r.get("before"), r["after"]
-    log(f"{key} {name}: T={r['temperature']:.3f}"
-        + (f" ECE {b['ece']:.4f} -> {a['ece']:.4f}, NLL {b['nll']:.4f} -> {a['nll']:.4f}" if b
-           else f" ECE {a['ece']:.4f} NLL {a['nll']:.4f}")
-        + f", acc {a['accuracy']:.4f}")
+    log(
+        f"{key} {name}: T={r['temperature']:.3f}"
+        + (
+            f" ECE {b['ece']:.4f} -> {a['ece']:.4f}, NLL {b['nll']:.4f} -> {a['nll']:.4f}"
+            if b
+            else f" ECE {a['ece']:.4f} NLL {a['nll']:.4f}"
+        )
+        + f", acc {a['accuracy']:.4f}"
+    )
 
 
 def section(results: dict) -> str:
-    lines = [HEADING, "",
-             f"`benchmarks/calibration.py`, {time.strftime('%Y-%m-%d')}, host "
-             f"{platform.machine()} ({platform.processor() or 'cpu'}), torch {torch.__version__}, "
-             f"1 thread, seed {SEED}.",
-             "",
-             "Every number below is **measured** on the test split (never used for fitting). "
-             "ECE: 15 equal-width confidence bins over the max softmax probability, weighted by "
-             "bin count. NLL: mean -log p(label), nats. Brier: mean over images of the sum over "
-             "classes of (p - onehot)^2 (range 0..2). T: one temperature per stage, fitted by "
-             "minimising NLL on the validation split held out from training "
-             "(`pipeline.calibration.fit_temperature`); scaling does not change accuracy. "
-             "`pruned` is the pruned model before fine-tuning. File rows: the distilled "
-             "student exported to ExecuTorch XNNPACK and run through the ExecuTorch runtime; "
-             "'before' is the file exported without T, 'after' the file exported with the "
-             "student's T folded into its classifier (W/T, b/T). NLL change: mean over test "
-             "images of the per-image change of -log p(label) from scaling, ± its standard "
-             "error. CV on val: 5-fold cross-validation inside the validation split, NLL of "
-             "each held-out fold with T fitted on the other four, unscaled → scaled (a "
-             "diagnostic; T is always the fit on the whole validation split).", ""]
+    lines = [
+        HEADING,
+        "",
+        (
+            f"`benchmarks/calibration.py`, {time.strftime('%Y-%m-%d')}, host "
+            f"{platform.machine()} ({platform.processor() or 'cpu'}), torch {torch.__version__}, "
+            f"1 thread, seed {SEED}."
+        ),
+        "",
+        (
+            "Every number below is **measured** on the test split (never used for fitting). "
+            "ECE: 15 equal-width confidence bins over the max softmax probability, weighted by "
+            "bin count. NLL: mean -log p(label), nats. Brier: mean over images of the sum over "
+            "classes of (p - onehot)^2 (range 0..2). T: one temperature per stage, fitted by "
+            "minimising NLL on the validation split held out from training "
+            "(`pipeline.calibration.fit_temperature`); scaling does not change accuracy. "
+            "`pruned` is the pruned model before fine-tuning. File rows: the distilled "
+            "student exported to ExecuTorch XNNPACK and run through the ExecuTorch runtime; "
+            "'before' is the file exported without T, 'after' the file exported with the "
+            "student's T folded into its classifier (W/T, b/T). NLL change: mean over test "
+            "images of the per-image change of -log p(label) from scaling, ± its standard "
+            "error. CV on val: 5-fold cross-validation inside the validation split, NLL of "
+            "each held-out fold with T fitted on the other four, unscaled → scaled (a "
+            "diagnostic; T is always the fit on the whole validation split)."
+        ),
+        "",
+    ]
     for key, r in results.items():
         tr, ds = r["train"], r["distill"]
-        lines += [f"### {key}, {r['model']}: {r['data'].split(': ', 1)[-1]}", "",
-                  f"Teacher: {tr['epochs']} epochs (batch {tr['batch_size']}, lr {tr['lr']}, "
-                  f"AdamW + one-cycle). Pruned to 50 % of the MACs (l2, round_to 8). Distilled: "
-                  f"{ds['epochs']} epochs, KD T={ds['temperature']}, alpha={ds['alpha']}. "
-                  f"Seed {r['seed']}; {r['seconds']:.0f} s in all.", "",
-                  "| data | stage | T | ECE before | ECE after | NLL before | NLL after | "
-                  "NLL change ± SE | CV on val: T helps? | Brier before | Brier after | accuracy |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {key}, {r['model']}: {r['data'].split(': ', 1)[-1]}",
+            "",
+            (
+                f"Teacher: {tr['epochs']} epochs (batch {tr['batch_size']}, lr {tr['lr']}, "
+                f"AdamW + one-cycle). Pruned to 50 % of the MACs (l2, round_to 8). Distilled: "
+                f"{ds['epochs']} epochs, KD T={ds['temperature']}, alpha={ds['alpha']}. "
+                f"Seed {r['seed']}; {r['seconds']:.0f} s in all."
+            ),
+            "",
+            (
+                "| data | stage | T | ECE before | ECE after | NLL before | NLL after | "
+                "NLL change ± SE | CV on val: T helps? | Brier before | Brier after | accuracy |"
+            ),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         rows = {**r["stages"], **r["files"]}
         for name, x in rows.items():
             b, a = x.get("before"), x["after"]
@@ -234,32 +341,56 @@ def section(results: dict) -> str:
             ch = x.get("nll_change")
             change = f"{ch['mean']:+.4f} ± {ch['standard_error']:.4f}" if ch else "–"
             cv = x.get("fit", {}).get("cv")
-            helps = ("yes" if cv["scaling_helps"] else "no") + \
-                f" ({cv['nll_unscaled']:.4f} → {cv['nll_scaled']:.4f})" if cv else "–"
-            lines.append(f"| {key} | {name}{note} | {x['temperature']:.3f} | {f(b, 'ece')} | "
-                         f"{f(a, 'ece')} | {f(b, 'nll')} | {f(a, 'nll')} | {change} | {helps} | "
-                         f"{f(b, 'brier')} | {f(a, 'brier')} | {a['accuracy']:.2%} |")
+            helps = (
+                ("yes" if cv["scaling_helps"] else "no")
+                + f" ({cv['nll_unscaled']:.4f} → {cv['nll_scaled']:.4f})"
+                if cv
+                else "–"
+            )
+            lines.append(
+                f"| {key} | {name}{note} | {x['temperature']:.3f} | {f(b, 'ece')} | "
+                f"{f(a, 'ece')} | {f(b, 'nll')} | {f(a, 'nll')} | {change} | {helps} | "
+                f"{f(b, 'brier')} | {f(a, 'brier')} | {a['accuracy']:.2%} |"
+            )
         for name, x in r["files"].items():
             if "parity_vs_torch_logits_over_T" in x:
                 p = x["parity_vs_torch_logits_over_T"]
-                lines += ["", f"{name}: max |file - PyTorch logits / T| = {p['max_abs_diff']:.2e} "
-                              f"({p['max_abs_rel']:.2e} of the largest logit), over "
-                              f"{x['after']['count']} test images (fp32 parity tolerance 1e-4 "
-                              "relative)."]
+                lines += [
+                    "",
+                    (
+                        f"{name}: max |file - PyTorch logits / T| = {p['max_abs_diff']:.2e} "
+                        f"({p['max_abs_rel']:.2e} of the largest logit), over "
+                        f"{x['after']['count']} test images (fp32 parity tolerance 1e-4 "
+                        "relative)."
+                    ),
+                ]
             if "refit_on_file" in x:
                 rf = x["refit_on_file"]
-                lines += ["", f"{name}: T refitted on the int8 file's own validation outputs = "
-                              f"{rf['temperature']:.3f} (vs {x['temperature']:.3f} from the fp32 "
-                              f"student); with it, test ECE {rf['after']['ece']:.4f}, NLL "
-                              f"{rf['after']['nll']:.4f}."]
+                lines += [
+                    "",
+                    (
+                        f"{name}: T refitted on the int8 file's own validation outputs = "
+                        f"{rf['temperature']:.3f} (vs {x['temperature']:.3f} from the fp32 "
+                        f"student); with it, test ECE {rf['after']['ece']:.4f}, NLL "
+                        f"{rf['after']['nll']:.4f}."
+                    ),
+                ]
         lower = [n for n, x in r["stages"].items() if x["after"]["nll"] < x["before"]["nll"]]
         higher = [n for n in r["stages"] if n not in lower]
-        cv_no = [n for n, x in r["stages"].items()
-                 if "cv" in x["fit"] and not x["fit"]["cv"]["scaling_helps"]]
-        lines += ["", f"Reading: temperature scaling lowered test NLL for "
-                      f"{', '.join(lower) or 'no stage'}; it did not for "
-                      f"{', '.join(higher) or 'no stage'}. Cross-validation inside the "
-                      f"validation split flagged {', '.join(cv_no) or 'no stage'} as not helped."]
+        cv_no = [
+            n
+            for n, x in r["stages"].items()
+            if "cv" in x["fit"] and not x["fit"]["cv"]["scaling_helps"]
+        ]
+        lines += [
+            "",
+            (
+                f"Reading: temperature scaling lowered test NLL for "
+                f"{', '.join(lower) or 'no stage'}; it did not for "
+                f"{', '.join(higher) or 'no stage'}. Cross-validation inside the "
+                f"validation split flagged {', '.join(cv_no) or 'no stage'} as not helped."
+            ),
+        ]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -275,73 +406,123 @@ def run_compress(key: str, work: Path) -> dict:
         data = root / "cifar10"
         data.mkdir(parents=True, exist_ok=True)
         with np.load(CIFAR / "train.npz") as d:
-            np.savez_compressed(data / "train.npz", x=d["x"][:cfg["limit"]], y=d["y"][:cfg["limit"]])
+            np.savez_compressed(
+                data / "train.npz", x=d["x"][: cfg["limit"]], y=d["y"][: cfg["limit"]]
+            )
         with np.load(CIFAR / "test.npz") as d:
             np.savez_compressed(data / "test.npz", x=d["x"], y=d["y"])
-    cmd = [sys.executable, str(ROOT / "cli.py"), "compress", "--target", "android",
-           "--model", cfg["model"], "--data", str(data), "--seed", str(SEED),
-           "--out", str(root / "dist"), "--run-dir", str(root / "run"), *cfg["args"]]
+    cmd = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "compress",
+        "--target",
+        "android",
+        "--model",
+        cfg["model"],
+        "--data",
+        str(data),
+        "--seed",
+        str(SEED),
+        "--out",
+        str(root / "dist"),
+        "--run-dir",
+        str(root / "run"),
+        *cfg["args"],
+    ]
     log(f"{key}: {' '.join(cmd[1:])}")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     (root / "compress.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        raise SystemExit(f"{key}: compress exited {proc.returncode}; log in {root / 'compress.log'}")
+        raise SystemExit(
+            f"{key}: compress exited {proc.returncode}; log in {root / 'compress.log'}"
+        )
     report = json.loads((root / "dist" / "android" / "report.json").read_text())
     st = report["stages"]
     value = lambda f: f["value"] if f else None
     keep = ("ece", "nll", "brier", "accuracy")
-    out = {"command": "cli.py " + " ".join(cmd[2:]).replace(str(work), "WORK"),
-           "data": "{}: {} train / {} val / {} test".format(
-               report["data"]["name"], *(report["data"][k]["value"] for k in ("train", "val", "test"))),
-           "model": cfg["model"], "seconds": round(time.perf_counter() - t0, 1),
-           "stages": {n: {k: value(st[n]["calibration"].get(k)) for k in keep}
-                      for n in ("teacher", "pruned", "distilled")},
-           "temperature": {k: st["temperature"][k] for k in
-                           ("temperature_fitted", "temperature_applied", "folded", "decision",
-                            "cross_validation")},
-           "nll_change": st["temperature"].get("nll_change"),
-           "distilled_scaled": {k: value(st["temperature"]["after_fitted"].get(k)) for k in keep},
-           "files": {}}
+    out = {
+        "command": "cli.py " + " ".join(cmd[2:]).replace(str(work), "WORK"),
+        "data": "{}: {} train / {} val / {} test".format(
+            report["data"]["name"], *(report["data"][k]["value"] for k in ("train", "val", "test"))
+        ),
+        "model": cfg["model"],
+        "seconds": round(time.perf_counter() - t0, 1),
+        "stages": {
+            n: {k: value(st[n]["calibration"].get(k)) for k in keep}
+            for n in ("teacher", "pruned", "distilled")
+        },
+        "temperature": {
+            k: st["temperature"][k]
+            for k in (
+                "temperature_fitted",
+                "temperature_applied",
+                "folded",
+                "decision",
+                "cross_validation",
+            )
+        },
+        "nll_change": st["temperature"].get("nll_change"),
+        "distilled_scaled": {k: value(st["temperature"]["after_fitted"].get(k)) for k in keep},
+        "files": {},
+    }
     for name, b in report["backends"].items():
         if "error" in b or "parity" not in b:
             out["files"][name] = {"failed": b.get("error", "no parity block")}
             continue
         p, m = b["parity"], b.get("calibration_metrics") or {}
-        out["files"][name] = {"file": b.get("file"), "precision": b.get("precision"),
-                              "parity": p["state"], "tolerance": p["tolerance"],
-                              "max_abs_diff_rel": value(p["test_split"]["max_abs_diff_rel"]),
-                              "sqnr_db": value(p["test_split"].get("sqnr_db")),
-                              **{k: value(m.get(k)) for k in keep}}
+        out["files"][name] = {
+            "file": b.get("file"),
+            "precision": b.get("precision"),
+            "parity": p["state"],
+            "tolerance": p["tolerance"],
+            "max_abs_diff_rel": value(p["test_split"]["max_abs_diff_rel"]),
+            "sqnr_db": value(p["test_split"].get("sqnr_db")),
+            **{k: value(m.get(k)) for k in keep},
+        }
     (work / f"{key}.json").write_text(json.dumps(out, indent=1))
-    log(f"{key}: done in {out['seconds']} s; T fitted {out['temperature']['temperature_fitted']:.3f}, "
-        f"applied {out['temperature']['temperature_applied']:.3f}")
+    log(
+        f"{key}: done in {out['seconds']} s; T fitted {out['temperature']['temperature_fitted']:.3f}, "
+        f"applied {out['temperature']['temperature_applied']:.3f}"
+    )
     return out
 
 
 def compress_section(results: dict) -> str:
     f = lambda v, p=4: "–" if v is None else f"{v:.{p}f}"
-    intro = (f"`benchmarks/calibration.py --compress`, {time.strftime('%Y-%m-%d')}, host "
-             f"{platform.machine()} ({platform.processor() or 'cpu'}), torch {torch.__version__}, "
-             f"seed {SEED}. Every figure is read from the run's `report.json`, where each is "
-             "labelled `measured` (test split; T fitted on the validation split). Stage rows: "
-             "the PyTorch model after that stage, unscaled. `distilled, scaled by fitted T`: the "
-             "distilled student's logits divided by the fitted T (what the default, `apply: always`, ships). "
-             "File rows: the exported file run through its runtime over the test split; it "
-             "carries the applied T (folded into the classifier), and its parity is against its "
-             "PyTorch reference, the T-folded (and for int8, quantized) student.")
+    intro = (
+        f"`benchmarks/calibration.py --compress`, {time.strftime('%Y-%m-%d')}, host "
+        f"{platform.machine()} ({platform.processor() or 'cpu'}), torch {torch.__version__}, "
+        f"seed {SEED}. Every figure is read from the run's `report.json`, where each is "
+        "labelled `measured` (test split; T fitted on the validation split). Stage rows: "
+        "the PyTorch model after that stage, unscaled. `distilled, scaled by fitted T`: the "
+        "distilled student's logits divided by the fitted T (what the default, `apply: always`, ships). "
+        "File rows: the exported file run through its runtime over the test split; it "
+        "carries the applied T (folded into the classifier), and its parity is against its "
+        "PyTorch reference, the T-folded (and for int8, quantized) student."
+    )
     lines = [HEADING_COMPRESS, "", intro, ""]
     for key, r in results.items():
         t = r["temperature"]
         cv = t.get("cross_validation")
-        lines += [f"### {key}: {r['model']}, {r['data']}", "",
-                  f"`{r['command']}` ({r['seconds']:.0f} s).", "",
-                  f"Temperature: fitted {t['temperature_fitted']:.3f}, applied "
-                  f"{t['temperature_applied']:.3f} ({t['decision']})"
-                  + (f"; 5-fold CV inside the validation split: NLL {cv['nll_unscaled']:.4f} "
-                     f"unscaled, {cv['nll_scaled']:.4f} scaled" if cv else "") + ".", "",
-                  "| stage / file | ECE | NLL | Brier | accuracy | parity vs the scaled model |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"### {key}: {r['model']}, {r['data']}",
+            "",
+            f"`{r['command']}` ({r['seconds']:.0f} s).",
+            "",
+            f"Temperature: fitted {t['temperature_fitted']:.3f}, applied "
+            f"{t['temperature_applied']:.3f} ({t['decision']})"
+            + (
+                f"; 5-fold CV inside the validation split: NLL {cv['nll_unscaled']:.4f} "
+                f"unscaled, {cv['nll_scaled']:.4f} scaled"
+                if cv
+                else ""
+            )
+            + ".",
+            "",
+            "| stage / file | ECE | NLL | Brier | accuracy | parity vs the scaled model |",
+            "|---|---|---|---|---|---|",
+        ]
         rows = [(n, m, "") for n, m in r["stages"].items()]
         rows.append(("distilled, scaled by fitted T", r["distilled_scaled"], ""))
         for name, x in r["files"].items():
@@ -349,23 +530,36 @@ def compress_section(results: dict) -> str:
                 lines.append(f"| {name} | failed: {x['failed']} | | | | |")
                 continue
             par = f"{x['parity']}, max rel diff {x['max_abs_diff_rel']:.2e}" + (
-                f", SQNR {x['sqnr_db']:.1f} dB" if x.get("sqnr_db") else "")
+                f", SQNR {x['sqnr_db']:.1f} dB" if x.get("sqnr_db") else ""
+            )
             rows.append((f"{x['file']} ({x['precision']})", x, par))
         for n, m, par in rows:
-            lines.append(f"| {n} | {f(m['ece'])} | {f(m['nll'])} | {f(m['brier'])} | "
-                         f"{m['accuracy']:.2%} | {par or '–'} |")
+            lines.append(
+                f"| {n} | {f(m['ece'])} | {f(m['nll'])} | {f(m['brier'])} | "
+                f"{m['accuracy']:.2%} | {par or '–'} |"
+            )
         u, s_ = r["stages"]["distilled"]["nll"], r["distilled_scaled"]["nll"]
         ch = r.get("nll_change") or {}
         se = ch.get("standard_error")
         noise = ""
         if se:
-            noise = (f", a change of {ch['value']:+.4f} ± {se:.4f} (1 standard error over the test "
-                     "images): " + ("more than 2 standard errors from zero" if abs(ch["value"]) > 2 * se
-                                    else "within 2 standard errors of zero, i.e. not told apart "
-                                         "from no change by this test split"))
-        lines += ["", f"Reading: the fitted T {'lowered' if s_ < u else 'did not lower'} the "
-                      f"distilled student's test NLL ({u:.4f} → {s_:.4f}{noise}); the bundle "
-                      + ("ships it folded." if t["folded"] else "ships T = 1 (not folded)."), ""]
+            noise = (
+                f", a change of {ch['value']:+.4f} ± {se:.4f} (1 standard error over the test "
+                "images): "
+                + (
+                    "more than 2 standard errors from zero"
+                    if abs(ch["value"]) > 2 * se
+                    else "within 2 standard errors of zero, i.e. not told apart "
+                    "from no change by this test split"
+                )
+            )
+        lines += [
+            "",
+            f"Reading: the fitted T {'lowered' if s_ < u else 'did not lower'} the "
+            f"distilled student's test NLL ({u:.4f} → {s_:.4f}{noise}); the bundle "
+            + ("ships it folded." if t["folded"] else "ships T = 1 (not folded)."),
+            "",
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -382,36 +576,51 @@ def write_section(text: str, path: Path = RESULTS, heading: str = HEADING) -> No
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", choices=sorted(RUNS) + sorted(COMPRESS_RUNS),
-                    help="run only this configuration")
-    ap.add_argument("--compress", action="store_true",
-                    help="run cli.py compress (digits default, digits with the CV gate, "
-                         "CIFAR-10) and write its own section from the reports")
+    ap.add_argument(
+        "--only", choices=sorted(RUNS) + sorted(COMPRESS_RUNS), help="run only this configuration"
+    )
+    ap.add_argument(
+        "--compress",
+        action="store_true",
+        help="run cli.py compress (digits default, digits with the CV gate, "
+        "CIFAR-10) and write its own section from the reports",
+    )
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--work", type=Path, default=Path("/tmp/slimship-calibration"))
     ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
-    ap.add_argument("--rewrite", action="store_true",
-                    help="run nothing: rebuild the RESULTS.md section from the JSON in --work")
+    ap.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="run nothing: rebuild the RESULTS.md section from the JSON in --work",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.compress or (args.only or "").startswith("compress-"):
-        runs, default, heading, build = COMPRESS_RUNS, list(COMPRESS_RUNS), HEADING_COMPRESS, \
-            compress_section
-        runner = lambda k: run_compress(k, args.work)  # noqa: E731
+        runs, default, heading, build = (
+            COMPRESS_RUNS,
+            list(COMPRESS_RUNS),
+            HEADING_COMPRESS,
+            compress_section,
+        )
+        runner = lambda k: run_compress(k, args.work)
     else:
         runs, default, heading, build = RUNS, list(DEFAULT_KEYS), HEADING, section
-        runner = lambda k: run(k, args.work, not args.no_export)  # noqa: E731
+        runner = lambda k: run(k, args.work, not args.no_export)
     args.work.mkdir(parents=True, exist_ok=True)
     keys = [] if args.rewrite else [args.only] if args.only else default
     fresh = {k: runner(k) for k in keys}
     # the section lists every run with results in --work: this one's, and earlier ones' JSON
-    results = {k: fresh[k] if k in fresh else json.loads((args.work / f"{k}.json").read_text())
-               for k in runs if k in fresh or (args.work / f"{k}.json").is_file()}
+    results = {
+        k: fresh[k] if k in fresh else json.loads((args.work / f"{k}.json").read_text())
+        for k in runs
+        if k in fresh or (args.work / f"{k}.json").is_file()
+    }
     text = build(results)
     print(text)
     if not args.no_write:
         write_section(text, heading=heading)
         log(f"wrote {heading!r} in {RESULTS}")
+
 
 if __name__ == "__main__":
     main()

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     CIFAR,
     ROOT,
     describe_env,
@@ -65,28 +65,38 @@ from _common import (  # noqa: E402
     write_section,
 )
 
-from pipeline.checkpoint import build_model  # noqa: E402
-from pipeline.config import DistillConfig, PruneConfig  # noqa: E402
-from pipeline.data import load_dataset  # noqa: E402
-from pipeline.distill import kd_loss_fn  # noqa: E402
-from pipeline.prune import (  # noqa: E402
+from pipeline.checkpoint import build_model
+from pipeline.config import DistillConfig, PruneConfig
+from pipeline.data import load_dataset
+from pipeline.distill import kd_loss_fn
+from pipeline.prune import (
     count,
     prune_unstructured,
     prune_with_config,
     remove_masks,
     rewind,
 )
-from pipeline.train import accuracy, fit, predict  # noqa: E402
+from pipeline.train import accuracy, fit, predict
 
 HEADING = "## Recipes against the peers (issue 10)"
 KEEP = 0.4  # 2.5x MAC reduction
 SEED = 0
 CALIB = 256
-FULL = {"models": {"resnet20": {"train": 6000, "teacher_epochs": 15, "epochs": 8},
-                   "mobilenetv2": {"train": 3000, "teacher_epochs": 10, "epochs": 6}},
-        "test": 1000, "rounds": 100, "warmup": 10}
-QUICK = {"models": {"resnet20": {"train": 500, "teacher_epochs": 1, "epochs": 1}},
-         "test": 200, "rounds": 10, "warmup": 2}
+FULL = {
+    "models": {
+        "resnet20": {"train": 6000, "teacher_epochs": 15, "epochs": 8},
+        "mobilenetv2": {"train": 3000, "teacher_epochs": 10, "epochs": 6},
+    },
+    "test": 1000,
+    "rounds": 100,
+    "warmup": 10,
+}
+QUICK = {
+    "models": {"resnet20": {"train": 500, "teacher_epochs": 1, "epochs": 1}},
+    "test": 200,
+    "rounds": 10,
+    "warmup": 2,
+}
 FT = {"batch_size": 64, "lr": DistillConfig().lr}  # every contender's fine-tuning
 
 
@@ -106,8 +116,13 @@ def prune_common(dense, example):
     for _ in range(14):
         r = (lo + hi) / 2
         m = copy.deepcopy(dense)
-        tp.pruner.MetaPruner(m, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                             pruning_ratio=r, ignored_layers=[classifier(m)]).step()
+        tp.pruner.MetaPruner(
+            m,
+            example,
+            importance=tp.importance.GroupMagnitudeImportance(p=2),
+            pruning_ratio=r,
+            ignored_layers=[classifier(m)],
+        ).step()
         macs = count(m, example)[0]
         if macs <= KEEP * macs0:
             hi, best = r, m
@@ -134,8 +149,11 @@ def contenders(name, dense, init, data, epochs, spec):
     t0 = time.perf_counter()
     res = prune_with_config(dense, example, PruneConfig(macs_fraction=KEEP), train, 8)
     pruned, plan = copy.deepcopy(res.model), res.plan
-    out["slimship"] = (tune(res.model, kd, "slimship"), time.perf_counter() - t0,
-                       "planner, round_to 8, KD T=4 alpha=0.7")
+    out["slimship"] = (
+        tune(res.model, kd, "slimship"),
+        time.perf_counter() - t0,
+        "planner, round_to 8, KD T=4 alpha=0.7",
+    )
 
     t0 = time.perf_counter()
     torch.manual_seed(SEED + 1)
@@ -144,18 +162,27 @@ def contenders(name, dense, init, data, epochs, spec):
 
     t0 = time.perf_counter()
     m = rewind(pruned, plan, init, spec)
-    out["rewind"] = (tune(m, ce, "rewind"), time.perf_counter() - t0,
-                     "slimship's shape, survivors at init, CE")
+    out["rewind"] = (
+        tune(m, ce, "rewind"),
+        time.perf_counter() - t0,
+        "slimship's shape, survivors at init, CE",
+    )
 
     t0 = time.perf_counter()
     removed = res.params_before - res.params_after
-    weights = sum(mod.weight.numel() for mod in dense.modules()
-                  if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)))
+    weights = sum(
+        mod.weight.numel()
+        for mod in dense.modules()
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))
+    )
     sparsity = removed / weights
     m, _ = prune_unstructured(dense, sparsity, remove=False)
     m = remove_masks(tune(m, ce, "unstructured"))
-    out["unstructured"] = (m, time.perf_counter() - t0,
-                           f"{sparsity:.1%} of conv/linear weights zeroed, CE")
+    out["unstructured"] = (
+        m,
+        time.perf_counter() - t0,
+        f"{sparsity:.1%} of conv/linear weights zeroed, CE",
+    )
     return out
 
 
@@ -167,8 +194,13 @@ def bench_model(name: str, cfg: dict, run: dict, work: Path) -> dict:
     data = load_dataset(str(CIFAR), limit_train=cfg["train"])
     x_test, y_test = data.x_test[: run["test"]], data.y_test[: run["test"]]
     c, h, w = data.input_shape
-    spec = {"name": name, "in_channels": c, "num_classes": data.num_classes, "input_size": h,
-            "input_shape": [c, h, w]}
+    spec = {
+        "name": name,
+        "in_channels": c,
+        "num_classes": data.num_classes,
+        "input_size": h,
+        "input_shape": [c, h, w],
+    }
     torch.manual_seed(SEED)
     dense, init, t_seconds = teacher(name, data, cfg["teacher_epochs"], SEED, work / "teachers")
     example = torch.zeros(1, c, h, w)
@@ -179,16 +211,30 @@ def bench_model(name: str, cfg: dict, run: dict, work: Path) -> dict:
     models = {"dense teacher": (dense, t_seconds, f"{cfg['teacher_epochs']} epochs")}
     models.update(contenders(name, dense, init, data, cfg["epochs"], spec))
     for label, (model, seconds, notes) in models.items():
-        exp, runner = export("executorch-xnnpack", model, example, "int8", calib,
-                             work / name / label.replace(" ", "_"))
+        exp, runner = export(
+            "executorch-xnnpack",
+            model,
+            example,
+            "int8",
+            calib,
+            work / name / label.replace(" ", "_"),
+        )
         macs, params = count(model, example)
-        rows[label] = {"notes": notes, "seconds": seconds, "macs": macs, "params": params,
-                       "nonzero_params": nonzero(model), "bytes": exp.path.stat().st_size,
-                       "torch_accuracy": accuracy(predict(model, x_test), y_test),
-                       "pte_accuracy": file_accuracy(runner, x_test, y_test)}
+        rows[label] = {
+            "notes": notes,
+            "seconds": seconds,
+            "macs": macs,
+            "params": params,
+            "nonzero_params": nonzero(model),
+            "bytes": exp.path.stat().st_size,
+            "torch_accuracy": accuracy(predict(model, x_test), y_test),
+            "pte_accuracy": file_accuracy(runner, x_test, y_test),
+        }
         runners[label] = runner
-        log(f"{name} {label}: .pte accuracy {rows[label]['pte_accuracy']:.2%}, "
-            f"MACs {macs / macs0:.0%}")
+        log(
+            f"{name} {label}: .pte accuracy {rows[label]['pte_accuracy']:.2%}, "
+            f"MACs {macs / macs0:.0%}"
+        )
     lat = interleaved(runners, x_test[:1], run["rounds"], run["warmup"], SEED)
     base = lat["dense teacher"]["median_ms"]
     for label, r in rows.items():
@@ -196,8 +242,15 @@ def bench_model(name: str, cfg: dict, run: dict, work: Path) -> dict:
         r["mac_reduction"] = macs0 / r["macs"]
         r["speedup"] = base / lat[label]["median_ms"]
         r["speedup_per_mac_reduction"] = r["speedup"] / r["mac_reduction"]
-    return {"model": name, "config": cfg, "data": data.summary(), "test_images": len(y_test),
-            "macs0": macs0, "params0": params0, "rows": rows}
+    return {
+        "model": name,
+        "config": cfg,
+        "data": data.summary(),
+        "test_images": len(y_test),
+        "macs0": macs0,
+        "params0": params0,
+        "rows": rows,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,8 +261,17 @@ def compress_run(work: Path, quick: bool) -> dict:
     out, run_dir = work / "compress-dist", work / "compress-run"
     for p in (out, run_dir):
         subprocess.run(["rm", "-rf", str(p)], check=True)
-    cmd = [sys.executable, "cli.py", "compress", "--target", "android", "--out", str(out),
-           "--run-dir", str(run_dir)] + (["--epochs", "3", "--distill-epochs", "2"] if quick else [])
+    cmd = [
+        sys.executable,
+        "cli.py",
+        "compress",
+        "--target",
+        "android",
+        "--out",
+        str(out),
+        "--run-dir",
+        str(run_dir),
+    ] + (["--epochs", "3", "--distill-epochs", "2"] if quick else [])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0
@@ -242,8 +304,9 @@ def bare_executorch(model, example, calib, x_test, x_rand, folder: Path, warmup,
         for i in range(len(calib)):
             prepared(torch.from_numpy(calib[i : i + 1]))
     ref = convert_pt2e(prepared)
-    edge = to_edge_transform_and_lower(torch.export.export(copy.deepcopy(ref), (example,)),
-                                       partitioner=[XnnpackPartitioner()])
+    edge = to_edge_transform_and_lower(
+        torch.export.export(copy.deepcopy(ref), (example,)), partitioner=[XnnpackPartitioner()]
+    )
     get_delegation_info(edge.exported_program().graph_module)  # the preflight's op list
     path = folder / "bare.pte"
     edge.to_executorch().save(str(path))
@@ -288,7 +351,8 @@ def bare_tflite(model, example, calib, x_test, x_rand, folder: Path, warmup, run
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     q = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    )
     prepared = prepare_pt2e(torch.export.export(model, (example,), strict=True).module(), q)
     with torch.no_grad():
         for i in range(len(calib)):
@@ -297,7 +361,8 @@ def bare_tflite(model, example, calib, x_test, x_rand, folder: Path, warmup, run
     move_exported_model_to_eval(ref)
     path = folder / "bare.tflite"
     litert_torch.convert(ref, (example,), quant_config=QuantConfig(pt2e_quantizer=q)).export(
-        str(path))
+        str(path)
+    )
     probe = Interpreter(model_path=str(path), num_threads=1)  # the preflight: ops, delegation
     probe._get_ops_details()
     probe.allocate_tensors()
@@ -310,8 +375,8 @@ def bare_tflite(model, example, calib, x_test, x_rand, folder: Path, warmup, run
     def runner(threads=None):
         interp = Interpreter(model_path=str(path), num_threads=threads)
         sig = interp.get_signature_runner()
-        (iname, idet), = sig.get_input_details().items()
-        (oname, odet), = sig.get_output_details().items()
+        ((iname, idet),) = sig.get_input_details().items()
+        ((oname, odet),) = sig.get_output_details().items()
         (si, zi), (so, zo) = idet["quantization"], odet["quantization"]
 
         def run(x):
@@ -335,13 +400,17 @@ def bare_tflite(model, example, calib, x_test, x_rand, folder: Path, warmup, run
 
 
 _FRESH = {
-    "executorch": ("import torch; from executorch.runtime import Runtime; "
-                   "m = Runtime.get().load_program({p!r}).load_method('forward'); "
-                   "m.execute([torch.zeros({shape})]); open('/proc/self/status').read()"),
-    "tflite": ("import numpy as np; from ai_edge_litert.interpreter import Interpreter; "
-               "i = Interpreter(model_path={p!r}); s = i.get_signature_runner(); "
-               "(n, d), = s.get_input_details().items(); "
-               "s(**{{n: np.zeros(d['shape'], np.int8)}}); open('/proc/self/status').read()"),
+    "executorch": (
+        "import torch; from executorch.runtime import Runtime; "
+        "m = Runtime.get().load_program({p!r}).load_method('forward'); "
+        "m.execute([torch.zeros({shape})]); open('/proc/self/status').read()"
+    ),
+    "tflite": (
+        "import numpy as np; from ai_edge_litert.interpreter import Interpreter; "
+        "i = Interpreter(model_path={p!r}); s = i.get_signature_runner(); "
+        "(n, d), = s.get_input_details().items(); "
+        "s(**{{n: np.zeros(d['shape'], np.int8)}}); open('/proc/self/status').read()"
+    ),
 }
 
 
@@ -359,26 +428,43 @@ def overhead(work: Path, quick: bool) -> dict:
         comp = compress_run(work, quick)
         run_dir = comp.pop("run_dir")
         # the bare calls in a fresh process, as compress ran its stages in one
-        proc = subprocess.run([sys.executable, __file__, "--bare", str(run_dir), "--work",
-                               str(work)], cwd=ROOT, capture_output=True, text=True, timeout=3600)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--bare", str(run_dir), "--work", str(work)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"bare calls failed: {proc.stderr.strip().splitlines()[-1:]}")
         comps.append(comp)
         bare_runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         log(f"overhead: repetition {rep + 1}/{reps} done")
     walls = [c["wall_s"] for c in comps]
-    out = {"compress": {"command": comps[0]["command"], "wall_s": float(np.median(walls)),
-                        "wall_s_range": [min(walls), max(walls)], "reps": reps},
-           "reps": reps, "backends": {}}
+    out = {
+        "compress": {
+            "command": comps[0]["command"],
+            "wall_s": float(np.median(walls)),
+            "wall_s_range": [min(walls), max(walls)],
+            "reps": reps,
+        },
+        "reps": reps,
+        "backends": {},
+    }
     for key in bare_runs[0]:
-        pipe = [{s: c["stages"][f"{s}/{key}"] for s in ("export", "verify", "profile")}
-                for c in comps]
+        pipe = [
+            {s: c["stages"][f"{s}/{key}"] for s in ("export", "verify", "profile")} for c in comps
+        ]
         bare = [b[key] for b in bare_runs]
         ratios = [sum(p.values()) / sum(b.values()) for p, b in zip(pipe, bare)]
-        med = lambda rows: {s: float(np.median([r[s] for r in rows])) for s in rows[0]}  # noqa: E731
-        out["backends"][key] = {"bare": med(bare), "pipeline": med(pipe),
-                                "ratio": float(np.median(ratios)),
-                                "ratio_range": [min(ratios), max(ratios)], "ratios": ratios}
+        med = lambda rows: {s: float(np.median([r[s] for r in rows])) for s in rows[0]}
+        out["backends"][key] = {
+            "bare": med(bare),
+            "pipeline": med(pipe),
+            "ratio": float(np.median(ratios)),
+            "ratio_range": [min(ratios), max(ratios)],
+            "ratios": ratios,
+        }
         log(f"overhead {key}: ratios {', '.join(f'{r:.2f}' for r in ratios)}")
     return out
 
@@ -397,8 +483,9 @@ def bare_main(run_dir: Path, work: Path, warmup: int = 5, runs: int = 50) -> Non
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for key, fn in (("executorch-xnnpack-int8", bare_executorch), ("tflite-int8", bare_tflite)):
-        out[key] = fn(model.eval(), torch.zeros(1, 1, 8, 8), calib, d.x_test, x_rand, folder,
-                      warmup, runs)
+        out[key] = fn(
+            model.eval(), torch.zeros(1, 1, 8, 8), calib, d.x_test, x_rand, folder, warmup, runs
+        )
     print(json.dumps(out))
 
 
@@ -406,26 +493,39 @@ def bare_main(run_dir: Path, work: Path, warmup: int = 5, runs: int = 50) -> Non
 
 
 def section(results: list[dict], over: dict, env: tuple, minutes: float, quick: bool) -> str:
-    lines = [HEADING, "",
-             f"Written by `benchmarks/compare_recipes.py{' --quick' if quick else ''}` in one run "
-             f"of {minutes:.0f} minutes on {describe_env(*env)}. Data: real CIFAR-10 from "
-             "../shared/data/cifar10 (train subset as stated, first test images as stated); "
-             f"seed {SEED}; every contender at {1 / KEEP:.1f}x MAC reduction (counted by "
-             f"torch-pruning), fine-tuned for the same epochs with AdamW (one-cycle, lr "
-             f"{FT['lr']}, batch {FT['batch_size']}); int8 .pte through PT2E/XNNPACKQuantizer "
-             f"with {CALIB} calibration images from the training split. Accuracy: the exported "
-             "file run through executorch.runtime (measured). Latency: 1 thread, batch 1, "
-             "median of interleaved rounds with the interquartile range (measured). MACs and "
-             "parameters: counted; `nonzero` counts parameters that are not zero.", ""]
+    lines = [
+        HEADING,
+        "",
+        (
+            f"Written by `benchmarks/compare_recipes.py{' --quick' if quick else ''}` in one run "
+            f"of {minutes:.0f} minutes on {describe_env(*env)}. Data: real CIFAR-10 from "
+            "../shared/data/cifar10 (train subset as stated, first test images as stated); "
+            f"seed {SEED}; every contender at {1 / KEEP:.1f}x MAC reduction (counted by "
+            f"torch-pruning), fine-tuned for the same epochs with AdamW (one-cycle, lr "
+            f"{FT['lr']}, batch {FT['batch_size']}); int8 .pte through PT2E/XNNPACKQuantizer "
+            f"with {CALIB} calibration images from the training split. Accuracy: the exported "
+            "file run through executorch.runtime (measured). Latency: 1 thread, batch 1, "
+            "median of interleaved rounds with the interquartile range (measured). MACs and "
+            "parameters: counted; `nonzero` counts parameters that are not zero."
+        ),
+        "",
+    ]
     goals = []
     for r in results:
         cfg = r["config"]
-        lines += [f"### {r['model']}: {r['data']}, teacher {cfg['teacher_epochs']} epochs, "
-                  f"{cfg['epochs']} epochs per contender, {r['test_images']} test images", "",
-                  "| recipe | int8 .pte accuracy | PyTorch fp32 accuracy | MACs | params "
-                  "(nonzero) | .pte bytes | latency ms (IQR) | speed-up / MAC reduction | "
-                  "recipe wall s | how |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            (
+                f"### {r['model']}: {r['data']}, teacher {cfg['teacher_epochs']} epochs, "
+                f"{cfg['epochs']} epochs per contender, {r['test_images']} test images"
+            ),
+            "",
+            (
+                "| recipe | int8 .pte accuracy | PyTorch fp32 accuracy | MACs | params "
+                "(nonzero) | .pte bytes | latency ms (IQR) | speed-up / MAC reduction | "
+                "recipe wall s | how |"
+            ),
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for label, x in r["rows"].items():
             lat = x["latency"]
             lines.append(
@@ -434,41 +534,61 @@ def section(results: list[dict], over: dict, env: tuple, minutes: float, quick: 
                 f"({x['nonzero_params']:,}) | {x['bytes']:,} | {lat['median_ms']:.3f} "
                 f"({lat['q1_ms']:.3f}-{lat['q3_ms']:.3f}) | {x['speedup']:.2f}x / "
                 f"{x['mac_reduction']:.2f}x = {x['speedup_per_mac_reduction']:.2f} | "
-                f"{x['seconds']:.0f} | {x['notes']} |")
+                f"{x['seconds']:.0f} | {x['notes']} |"
+            )
         s, c = r["rows"]["slimship"], r["rows"]["common"]
         gain = (s["pte_accuracy"] - c["pte_accuracy"]) * 100
-        goals.append(f"- {r['model']}: slimship - common = {gain:+.2f} points of int8 .pte "
-                     f"accuracy (goal >= +0.5: {'met' if gain >= 0.5 else 'NOT met'}); slimship's "
-                     f"speed-up / MAC reduction {s['speedup_per_mac_reduction']:.2f} (goal >= 0.8:"
-                     f" {'met' if s['speedup_per_mac_reduction'] >= 0.8 else 'NOT met'}).")
+        goals.append(
+            f"- {r['model']}: slimship - common = {gain:+.2f} points of int8 .pte "
+            f"accuracy (goal >= +0.5: {'met' if gain >= 0.5 else 'NOT met'}); slimship's "
+            f"speed-up / MAC reduction {s['speedup_per_mac_reduction']:.2f} (goal >= 0.8:"
+            f" {'met' if s['speedup_per_mac_reduction'] >= 0.8 else 'NOT met'})."
+        )
         lines.append("")
     lines += ["### Goals", ""] + goals + [""]
     comp = over["compress"]
-    lines += ["### The pipeline's own cost", "",
-              f"`{comp['command']}`: {comp['wall_s']:.0f} s wall (measured, median of "
-              f"{comp['reps']} runs, range {comp['wall_s_range'][0]:.0f}-"
-              f"{comp['wall_s_range'][1]:.0f} s, every stage fresh). Its export + verify + profile stages against the library calls they "
-              "make, written out in `bare_executorch` / `bare_tflite` and run on the same student "
-              "(quantize, lower/convert, save, reference outputs on the test split and 32 random "
-              "inputs, reload and run them, a latency loop, a fresh process that loads and runs "
-              "the file for peak RSS, and for ExecuTorch the memory plan and the ETDump "
-              "profile). What the pipeline "
-              "adds: sha256 and manifest records, saving references and outputs, parity and "
-              "calibration figures, device estimates, the planned-memory read, logs.", "",
-              f"Each figure is the median of {over['reps']} repetitions (compress, then the bare "
-              "calls in a fresh process, alternating); the ratio's range is beside it.", "",
-              "| backend | pipeline s (export / verify / profile) | bare calls s | ratio (range) |",
-              "|---|---|---|---|"]
+    lines += [
+        "### The pipeline's own cost",
+        "",
+        (
+            f"`{comp['command']}`: {comp['wall_s']:.0f} s wall (measured, median of "
+            f"{comp['reps']} runs, range {comp['wall_s_range'][0]:.0f}-"
+            f"{comp['wall_s_range'][1]:.0f} s, every stage fresh). Its export + verify + profile stages against the library calls they "
+            "make, written out in `bare_executorch` / `bare_tflite` and run on the same student "
+            "(quantize, lower/convert, save, reference outputs on the test split and 32 random "
+            "inputs, reload and run them, a latency loop, a fresh process that loads and runs "
+            "the file for peak RSS, and for ExecuTorch the memory plan and the ETDump "
+            "profile). What the pipeline "
+            "adds: sha256 and manifest records, saving references and outputs, parity and "
+            "calibration figures, device estimates, the planned-memory read, logs."
+        ),
+        "",
+        (
+            f"Each figure is the median of {over['reps']} repetitions (compress, then the bare "
+            "calls in a fresh process, alternating); the ratio's range is beside it."
+        ),
+        "",
+        "| backend | pipeline s (export / verify / profile) | bare calls s | ratio (range) |",
+        "|---|---|---|---|",
+    ]
     worst = 0.0
     for key, b in over["backends"].items():
         p, q = b["pipeline"], b["bare"]
         worst = max(worst, b["ratio"])
-        lines.append(f"| {key} | {sum(p.values()):.1f} ({p['export']:.1f} / {p['verify']:.2f} / "
-                     f"{p['profile']:.1f}) | {sum(q.values()):.1f} ({q['export']:.1f} / "
-                     f"{q['verify']:.2f} / {q['profile']:.1f}) | {b['ratio']:.2f}x "
-                     f"({b['ratio_range'][0]:.2f}-{b['ratio_range'][1]:.2f}) |")
-    lines += ["", f"Goal (overhead <= 1.2x the bare calls): {'met' if worst <= 1.2 else 'NOT met'}"
-              f" (worst median {worst:.2f}x).", ""]
+        lines.append(
+            f"| {key} | {sum(p.values()):.1f} ({p['export']:.1f} / {p['verify']:.2f} / "
+            f"{p['profile']:.1f}) | {sum(q.values()):.1f} ({q['export']:.1f} / "
+            f"{q['verify']:.2f} / {q['profile']:.1f}) | {b['ratio']:.2f}x "
+            f"({b['ratio_range'][0]:.2f}-{b['ratio_range'][1]:.2f}) |"
+        )
+    lines += [
+        "",
+        (
+            f"Goal (overhead <= 1.2x the bare calls): {'met' if worst <= 1.2 else 'NOT met'}"
+            f" (worst median {worst:.2f}x)."
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -492,9 +612,19 @@ def main(argv=None) -> int:
     over = overhead(args.work, args.quick)
     minutes = (time.perf_counter() - t0) / 60
     text = section(results, over, (start_env, environment()), minutes, args.quick)
-    (args.work / "compare_recipes.json").write_text(json.dumps(
-        {"results": results, "overhead": over, "run": run, "ft": FT,
-         "distill": asdict(DistillConfig())}, indent=1, default=str))
+    (args.work / "compare_recipes.json").write_text(
+        json.dumps(
+            {
+                "results": results,
+                "overhead": over,
+                "run": run,
+                "ft": FT,
+                "distill": asdict(DistillConfig()),
+            },
+            indent=1,
+            default=str,
+        )
+    )
     print(text)
     if args.out:
         args.out.write_text(text)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     CIFAR,
     describe_env,
     environment,
@@ -48,24 +48,39 @@ from _common import (  # noqa: E402
     write_section,
 )
 
-from pipeline.config import DistillConfig, PruneConfig, TrainConfig  # noqa: E402
-from pipeline.data import load_dataset  # noqa: E402
-from pipeline.distill import kd_loss_fn  # noqa: E402
-from pipeline.prune import count, prune_with_config  # noqa: E402
-from pipeline.regularize import SparsityTraining  # noqa: E402
-from pipeline.train import accuracy, cross_entropy, fit, predict  # noqa: E402
+from pipeline.config import DistillConfig, PruneConfig, TrainConfig
+from pipeline.data import load_dataset
+from pipeline.distill import kd_loss_fn
+from pipeline.prune import count, prune_with_config
+from pipeline.regularize import SparsityTraining
+from pipeline.train import accuracy, cross_entropy, fit, predict
 
 HEADING = "## Distillation, sparsity training, quantization (issue 6)"
 SEED, CALIB, MODEL = 0, 256, "resnet20"
-FULL = {"train": 6000, "teacher_epochs": 15, "epochs": 8, "qat_epochs": 1, "test": 1000,
-        "rounds": 100, "warmup": 10}
-QUICK = {"train": 500, "teacher_epochs": 1, "epochs": 1, "qat_epochs": 1, "test": 200,
-         "rounds": 10, "warmup": 2}
+FULL = {
+    "train": 6000,
+    "teacher_epochs": 15,
+    "epochs": 8,
+    "qat_epochs": 1,
+    "test": 1000,
+    "rounds": 100,
+    "warmup": 10,
+}
+QUICK = {
+    "train": 500,
+    "teacher_epochs": 1,
+    "epochs": 1,
+    "qat_epochs": 1,
+    "test": 200,
+    "rounds": 10,
+    "warmup": 2,
+}
 FT = {"batch_size": 64, "lr": DistillConfig().lr}
-DROPOUTS = {"none": TrainConfig(),
-            "targeted dropout 0.5 (lowest 50 %)": TrainConfig(targeted_dropout=0.5,
-                                                               targeted_fraction=0.5),
-            "channel dropout 0.25 (control)": TrainConfig(dropout=0.25)}
+DROPOUTS = {
+    "none": TrainConfig(),
+    "targeted dropout 0.5 (lowest 50 %)": TrainConfig(targeted_dropout=0.5, targeted_fraction=0.5),
+    "channel dropout 0.25 (control)": TrainConfig(dropout=0.25),
+}
 
 
 def sparse_teacher(data, cfg, tc: TrainConfig, work: Path):
@@ -91,31 +106,56 @@ def _cached(data, cfg, work, key, train):
 
     c, h, _ = data.input_shape
     tag = "-".join(f"{k}{v}" for k, v in key.items())
-    path = work / "teachers" / f"{MODEL}-{len(data.y_train)}-e{cfg['teacher_epochs']}-{tag}.safetensors"
+    path = (
+        work
+        / "teachers"
+        / f"{MODEL}-{len(data.y_train)}-e{cfg['teacher_epochs']}-{tag}.safetensors"
+    )
     torch.manual_seed(SEED)
     model = create_model(MODEL, c, data.num_classes, h)
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
     log(f"teacher with {tag}: training {cfg['teacher_epochs']} epochs")
-    train(model, data.x_train, data.y_train, cfg["teacher_epochs"], batch_size=64, lr=0.003,
-          weight_decay=5e-4, seed=SEED, desc=f"teacher {tag}")
+    train(
+        model,
+        data.x_train,
+        data.y_train,
+        cfg["teacher_epochs"],
+        batch_size=64,
+        lr=0.003,
+        weight_decay=5e-4,
+        seed=SEED,
+        desc=f"teacher {tag}",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model.eval()
 
 
 def prune_half(model, example, data):
-    return prune_with_config(model, example, PruneConfig(macs_fraction=0.5),
-                             (data.x_train, data.y_train), 8).model
+    return prune_with_config(
+        model, example, PruneConfig(macs_fraction=0.5), (data.x_train, data.y_train), 8
+    ).model
 
 
 def finetune(student, dense, data, epochs, kd: bool):
     d = DistillConfig()
-    loss = kd_loss_fn(dense, d.temperature, d.alpha) if kd else (
-        lambda logits, y, _x: F.cross_entropy(logits, y))
-    fit(student, data.x_train, data.y_train, epochs=epochs, seed=SEED,
-        desc="KD" if kd else "CE", loss_fn=loss, **FT)
+    loss = (
+        kd_loss_fn(dense, d.temperature, d.alpha)
+        if kd
+        else (lambda logits, y, _x: F.cross_entropy(logits, y))
+    )
+    fit(
+        student,
+        data.x_train,
+        data.y_train,
+        epochs=epochs,
+        seed=SEED,
+        desc="KD" if kd else "CE",
+        loss_fn=loss,
+        **FT,
+    )
     return student.eval()
 
 
@@ -123,7 +163,7 @@ def run(cfg: dict, work: Path) -> dict:
     data = load_dataset(str(CIFAR), limit_train=cfg["train"])
     x_test, y_test = data.x_test[: cfg["test"]], data.y_test[: cfg["test"]]
     example = torch.zeros(1, *data.input_shape)
-    acc = lambda m: accuracy(predict(m, x_test), y_test)  # noqa: E731
+    acc = lambda m: accuracy(predict(m, x_test), y_test)
     out = {"data": data.summary(), "test_images": len(y_test), "config": cfg}
 
     # 1. KD vs no KD at equal epochs
@@ -138,7 +178,9 @@ def run(cfg: dict, work: Path) -> dict:
         s = finetune(copy.deepcopy(pruned), dense, data, cfg["epochs"], kd)
         students[kd] = s
         out["kd"]["KD (T 4, alpha 0.7)" if kd else "cross-entropy only"] = {
-            "accuracy": acc(s), "seconds": time.perf_counter() - t0}
+            "accuracy": acc(s),
+            "seconds": time.perf_counter() - t0,
+        }
         log(f"{'KD' if kd else 'CE'} student: {acc(s):.2%}")
 
     # 2. sparsity training before pruning
@@ -149,8 +191,10 @@ def run(cfg: dict, work: Path) -> dict:
         row = {"teacher": acc(t), "pruned": acc(p)}
         row["fine_tuned"] = acc(finetune(p, t, data, cfg["epochs"], True))
         out["dropout"][label] = row
-        log(f"{label}: teacher {row['teacher']:.2%}, pruned {row['pruned']:.2%}, "
-            f"fine-tuned {row['fine_tuned']:.2%}")
+        log(
+            f"{label}: teacher {row['teacher']:.2%}, pruned {row['pruned']:.2%}, "
+            f"fine-tuned {row['fine_tuned']:.2%}"
+        )
 
     # 3. fp32 vs int8 per backend, for the KD student
     student = students[True]
@@ -160,19 +204,39 @@ def run(cfg: dict, work: Path) -> dict:
 
     def qat(prepared):
         d = DistillConfig()
-        fit(prepared, data.x_train, data.y_train, epochs=cfg["qat_epochs"], batch_size=64,
-            lr=2e-4, seed=SEED, desc="QAT", loss_fn=kd_loss_fn(dense, d.temperature, d.alpha))
+        fit(
+            prepared,
+            data.x_train,
+            data.y_train,
+            epochs=cfg["qat_epochs"],
+            batch_size=64,
+            lr=2e-4,
+            seed=SEED,
+            desc="QAT",
+            loss_fn=kd_loss_fn(dense, d.temperature, d.alpha),
+        )
 
-    cases = [(b, p, None) for b in ("executorch-xnnpack", "tflite", "onnx") for p in ("fp32", "int8")]
+    cases = [
+        (b, p, None) for b in ("executorch-xnnpack", "tflite", "onnx") for p in ("fp32", "int8")
+    ]
     cases.append(("executorch-xnnpack", "int8", qat))
     for backend, precision, train in cases:
         label = f"{backend} {precision}" + (f" QAT {cfg['qat_epochs']} epoch" if train else "")
-        exp, runner = export(backend, student, example, precision,
-                             calib if precision == "int8" else None,
-                             work / "files" / label.replace(" ", "_"), train=train)
-        files[label] = {"bytes": exp.path.stat().st_size,
-                        "accuracy": file_accuracy(runner, x_test, y_test),
-                        "backend": backend, "precision": precision}
+        exp, runner = export(
+            backend,
+            student,
+            example,
+            precision,
+            calib if precision == "int8" else None,
+            work / "files" / label.replace(" ", "_"),
+            train=train,
+        )
+        files[label] = {
+            "bytes": exp.path.stat().st_size,
+            "accuracy": file_accuracy(runner, x_test, y_test),
+            "backend": backend,
+            "precision": precision,
+        }
         runners[label] = runner
         log(f"{label}: {files[label]['accuracy']:.2%}, {files[label]['bytes']:,} B")
     lat = interleaved(runners, x_test[:1], cfg["rounds"], cfg["warmup"], SEED)
@@ -196,58 +260,102 @@ def coreml_sizes(model, example, work: Path) -> dict:
     for precision in ("fp32", "fp16", "int8", "palettize6", "palettize4"):
         folder = work / precision
         folder.mkdir(parents=True, exist_ok=True)
-        exp = targets.get_backend("coreml").export(ExportRequest(model.eval(), example,
-                                                                 precision, None, folder))
+        exp = targets.get_backend("coreml").export(
+            ExportRequest(model.eval(), example, precision, None, folder)
+        )
         wc = exp.preflight["weights_check"]
-        out[precision] = {"bytes": _package_bytes(exp.path), "weights_ok": wc["ok"],
-                          "max_weight_rel_diff": wc["max_weight_rel_diff"]}
+        out[precision] = {
+            "bytes": _package_bytes(exp.path),
+            "weights_ok": wc["ok"],
+            "max_weight_rel_diff": wc["max_weight_rel_diff"],
+        }
     return out
 
 
 def section(r: dict, env, minutes: float, quick: bool) -> str:
     cfg = r["config"]
-    head = (f"{MODEL}, {r['data']}, first {r['test_images']} test images; teacher "
-            f"{cfg['teacher_epochs']} epochs, students {cfg['epochs']} epochs (AdamW one-cycle, "
-            f"lr {FT['lr']}, batch {FT['batch_size']}), seed {SEED}")
-    lines = [HEADING, "",
-             f"Written by `benchmarks/distill_quantize.py{' --quick' if quick else ''}` in one "
-             f"run of {minutes:.0f} minutes on {describe_env(*env)}. Every row: {head}. "
-             "Accuracies are measured on the test images (PyTorch for stages, the file through "
-             "its own runtime for files).", "",
-             "### Knowledge distillation at equal epochs", "",
-             f"Teacher {r['teacher_accuracy']:.2%}; pruned to 50 % of its MACs: "
-             f"{r['pruned_accuracy']:.2%} before fine-tuning.", "",
-             "| fine-tuning | accuracy | wall s |", "|---|---|---|"]
+    head = (
+        f"{MODEL}, {r['data']}, first {r['test_images']} test images; teacher "
+        f"{cfg['teacher_epochs']} epochs, students {cfg['epochs']} epochs (AdamW one-cycle, "
+        f"lr {FT['lr']}, batch {FT['batch_size']}), seed {SEED}"
+    )
+    lines = [
+        HEADING,
+        "",
+        (
+            f"Written by `benchmarks/distill_quantize.py{' --quick' if quick else ''}` in one "
+            f"run of {minutes:.0f} minutes on {describe_env(*env)}. Every row: {head}. "
+            "Accuracies are measured on the test images (PyTorch for stages, the file through "
+            "its own runtime for files)."
+        ),
+        "",
+        "### Knowledge distillation at equal epochs",
+        "",
+        (
+            f"Teacher {r['teacher_accuracy']:.2%}; pruned to 50 % of its MACs: "
+            f"{r['pruned_accuracy']:.2%} before fine-tuning."
+        ),
+        "",
+        "| fine-tuning | accuracy | wall s |",
+        "|---|---|---|",
+    ]
     for label, x in r["kd"].items():
         lines.append(f"| {label} | {x['accuracy']:.2%} | {x['seconds']:.0f} |")
     kd = list(r["kd"].values())
     gain = (kd[0]["accuracy"] - kd[1]["accuracy"]) * 100
-    lines += ["", f"KD gain: {gain:+.2f} points (goal >= +1: {'met' if gain >= 1 else 'NOT met'}).",
-              "", "### Sparsity training before pruning", "",
-              "| teacher trained with | teacher | pruned to 50 % MACs, before fine-tuning | after "
-              f"{cfg['epochs']} KD epochs |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"KD gain: {gain:+.2f} points (goal >= +1: {'met' if gain >= 1 else 'NOT met'}).",
+        "",
+        "### Sparsity training before pruning",
+        "",
+        (
+            "| teacher trained with | teacher | pruned to 50 % MACs, before fine-tuning | after "
+            f"{cfg['epochs']} KD epochs |"
+        ),
+        "|---|---|---|---|",
+    ]
     for label, x in r["dropout"].items():
-        lines.append(f"| {label} | {x['teacher']:.2%} | {x['pruned']:.2%} | "
-                     f"{x['fine_tuned']:.2%} |")
-    lines += ["", "### int8 against fp32, per backend (the KD student)", "",
-              "| file | accuracy | drop vs fp32 (points) | bytes | latency ms (IQR) | speed-up vs "
-              "fp32 |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {label} | {x['teacher']:.2%} | {x['pruned']:.2%} | {x['fine_tuned']:.2%} |"
+        )
+    lines += [
+        "",
+        "### int8 against fp32, per backend (the KD student)",
+        "",
+        "| file | accuracy | drop vs fp32 (points) | bytes | latency ms (IQR) | speed-up vs fp32 |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, f in r["files"].items():
         lat = f["latency"]
-        lines.append(f"| {label} | {f['accuracy']:.2%} | {f['drop_points']:+.2f} | "
-                     f"{f['bytes']:,} | {lat['median_ms']:.3f} ({lat['q1_ms']:.3f}-"
-                     f"{lat['q3_ms']:.3f}) | {f['speedup_vs_fp32']:.2f}x |")
+        lines.append(
+            f"| {label} | {f['accuracy']:.2%} | {f['drop_points']:+.2f} | "
+            f"{f['bytes']:,} | {lat['median_ms']:.3f} ({lat['q1_ms']:.3f}-"
+            f"{lat['q3_ms']:.3f}) | {f['speedup_vs_fp32']:.2f}x |"
+        )
     et = r["files"]["executorch-xnnpack int8"]
     ok = et["drop_points"] <= 1 and et["speedup_vs_fp32"] >= 1.3
-    lines += ["", f"ExecuTorch int8 (PTQ): drop {et['drop_points']:+.2f} points, speed-up "
-              f"{et['speedup_vs_fp32']:.2f}x (goal: drop <= 1 point and >= 1.3x: "
-              f"{'met' if ok else 'NOT met'}).", "",
-              "Core ML (.mlpackage, weight compression; prediction needs macOS, so no accuracy "
-              "or latency here; sizes counted, weights checked against the model):", "",
-              "| scheme | bytes | weights check | max weight rel diff |", "|---|---|---|---|"]
+    lines += [
+        "",
+        (
+            f"ExecuTorch int8 (PTQ): drop {et['drop_points']:+.2f} points, speed-up "
+            f"{et['speedup_vs_fp32']:.2f}x (goal: drop <= 1 point and >= 1.3x: "
+            f"{'met' if ok else 'NOT met'})."
+        ),
+        "",
+        (
+            "Core ML (.mlpackage, weight compression; prediction needs macOS, so no accuracy "
+            "or latency here; sizes counted, weights checked against the model):"
+        ),
+        "",
+        "| scheme | bytes | weights check | max weight rel diff |",
+        "|---|---|---|---|",
+    ]
     for p, x in r["coreml"].items():
-        lines.append(f"| {p} | {x['bytes']:,} | {'ok' if x['weights_ok'] else 'FAILED'} | "
-                     f"{x['max_weight_rel_diff']:.3g} |")
+        lines.append(
+            f"| {p} | {x['bytes']:,} | {'ok' if x['weights_ok'] else 'FAILED'} | "
+            f"{x['max_weight_rel_diff']:.3g} |"
+        )
     return "\n".join(lines) + "\n"
 
 

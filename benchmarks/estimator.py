@@ -49,7 +49,7 @@ torch.set_num_threads(1)
 from pipeline import estimate as E
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from synthetic_models import build, is_synthetic, synthetic_names  # noqa: E402
+from synthetic_models import build, is_synthetic, synthetic_names
 
 BACKEND = "executorch-xnnpack"
 PRECISIONS = ("fp32", "int8")
@@ -100,11 +100,29 @@ def cpuinfo() -> dict:
     first = text.split("\n\n")[0]
     get = lambda k: (re.search(rf"^{k}\s*:\s*(.*)$", first, re.MULTILINE) or [None, ""])[1]
     flags = set(get("flags").split())
-    return {"model_name": E.this_cpu(), "mhz": float(get("cpu MHz") or 0),
-            "cores": os.cpu_count(), "flags": sorted(f for f in flags if f in (
-                "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-                "avx_vnni", "amx_int8", "hypervisor")),
-            "hypervisor": "hypervisor" in flags}
+    return {
+        "model_name": E.this_cpu(),
+        "mhz": float(get("cpu MHz") or 0),
+        "cores": os.cpu_count(),
+        "flags": sorted(
+            f
+            for f in flags
+            if f
+            in (
+                "avx",
+                "avx2",
+                "fma",
+                "avx512f",
+                "avx512bw",
+                "avx512vl",
+                "avx512_vnni",
+                "avx_vnni",
+                "amx_int8",
+                "hypervisor",
+            )
+        ),
+        "hypervisor": "hypervisor" in flags,
+    }
 
 
 def measure_peaks(work: Path) -> dict | None:
@@ -148,10 +166,12 @@ def cache_bytes_of(index: int = 2) -> int | None:
 
 
 def cache_figures() -> dict:
-    return {"l2_bytes": cache_bytes_of(2),
-            "l2_source": "/sys/devices/system/cpu/cpu0/cache/index2/size (per core)",
-            "llc_bytes": cache_bytes_of(3),
-            "llc_source": "/sys/devices/system/cpu/cpu0/cache/index3/size (the L3)"}
+    return {
+        "l2_bytes": cache_bytes_of(2),
+        "l2_source": "/sys/devices/system/cpu/cpu0/cache/index2/size (per core)",
+        "llc_bytes": cache_bytes_of(3),
+        "llc_source": "/sys/devices/system/cpu/cpu0/cache/index3/size (the L3)",
+    }
 
 
 def peak_figures(peaks: dict, clock: float) -> dict:
@@ -168,7 +188,9 @@ def peak_figures(peaks: dict, clock: float) -> dict:
             f"3000 bursts of 160k instructions) runs at {peaks['fp32']:.2f} and "
             f"{peaks['int8']:.2f} GMAC/s ({peaks['fp32'] / clock:.1f} and "
             f"{peaks['int8'] / clock:.1f} MAC per cycle of the nominal {clock:.3f} GHz; the "
-            f"clock the core ran at is not visible in this guest)")}
+            f"clock the core ran at is not visible in this guest)"
+        ),
+    }
 
 
 def host_figures(work: Path) -> dict:
@@ -176,20 +198,28 @@ def host_figures(work: Path) -> dict:
     clock = info["mhz"] / 1000
     peaks = measure_peaks(work)
     bw = measure_copy_bandwidth()
-    out = {"cpu": info["model_name"], "flags": info["flags"], "cores": info["cores"],
-           "clock_ghz": round(clock, 4),
-           "clock_source": "/proc/cpuinfo 'cpu MHz' (a KVM guest: the nominal clock; turbo is not visible)",
-           "dram_copy_gb_s": round(bw, 3),
-           **cache_figures(),
-           "dram_source": ("measured: numpy copyto of a 256 MiB float64 array, best of 15, "
-                           "counting read + write bytes (not the write-allocate read); one thread")}
+    out = {
+        "cpu": info["model_name"],
+        "flags": info["flags"],
+        "cores": info["cores"],
+        "clock_ghz": round(clock, 4),
+        "clock_source": "/proc/cpuinfo 'cpu MHz' (a KVM guest: the nominal clock; turbo is not visible)",
+        "dram_copy_gb_s": round(bw, 3),
+        **cache_figures(),
+        "dram_source": (
+            "measured: numpy copyto of a 256 MiB float64 array, best of 15, "
+            "counting read + write bytes (not the write-allocate read); one thread"
+        ),
+    }
     if peaks:
         out.update(peak_figures(peaks, clock))
     else:  # no gcc / no AVX-512: from flags x clock, stated as derived
         lanes = 16 if "avx512f" in info["flags"] else 8
         out["peak_gmac_s"] = {"fp32": 2 * lanes * clock, "int8": 2 * lanes * 4 * clock}
-        out["peak_source"] = ("derived: 2 FMA units (assumed) x fp32 lanes x clock; int8 4x "
-                              "(VNNI-style 4-way dot product)")
+        out["peak_source"] = (
+            "derived: 2 FMA units (assumed) x fp32 lanes x clock; int8 4x "
+            "(VNNI-style 4-way dot product)"
+        )
     return out
 
 
@@ -222,16 +252,19 @@ def export_zoo(models_: list[str], work: Path) -> dict:
                 t = time.time()
                 try:
                     with tempfile.TemporaryDirectory(dir=work) as tmp:
-                        e = be.export(ExportRequest(build(name), torch.randn(*INPUT), prec, calib,
-                                                    Path(tmp)))
+                        e = be.export(
+                            ExportRequest(build(name), torch.randn(*INPUT), prec, calib, Path(tmp))
+                        )
                         shutil.move(e.path, dst)
                         (work / f"{name}_{prec}.json").write_text(json.dumps(e.preflight))
                 except Exception as ex:  # a random network the backend rejects is left out
                     if not is_synthetic(name):
                         raise
                     failed.write_text(f"{type(ex).__name__}: {ex}\n")
-                    print(f"  {name} {prec}: export failed, left out: {str(ex).splitlines()[0]}",
-                          flush=True)
+                    print(
+                        f"  {name} {prec}: export failed, left out: {str(ex).splitlines()[0]}",
+                        flush=True,
+                    )
                     continue
                 print(f"  exported {dst.name} in {time.time() - t:.0f} s", flush=True)
             files[(name, prec)] = dst
@@ -319,8 +352,9 @@ def breakdowns(files: dict, rounds: int, runs: int = 10, warmup: int = 3) -> dic
         for key in keys:
             _wait_quiet()
             with tempfile.TemporaryDirectory() as tmp:
-                prog = Runtime.get().load_program(files[key], enable_etdump=True,
-                                                  debug_buffer_size=0)
+                prog = Runtime.get().load_program(
+                    files[key], enable_etdump=True, debug_buffer_size=0
+                )
                 meth = prog.load_method("forward")
                 for _ in range(warmup + runs):
                     meth.execute([xt])
@@ -328,8 +362,13 @@ def breakdowns(files: dict, rounds: int, runs: int = 10, warmup: int = 3) -> dic
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     ins = Inspector(etdump_path=f"{tmp}/e.etdp")
-            evs = [(e.name, list(e.perf_data.raw)[warmup:]) for blk in ins.event_blocks
-                   if blk.name == "Execute" for e in blk.events if e.perf_data is not None]
+            evs = [
+                (e.name, list(e.perf_data.raw)[warmup:])
+                for blk in ins.event_blocks
+                if blk.name == "Execute"
+                for e in blk.events
+                if e.perf_data is not None
+            ]
             if events[key] is None:
                 events[key] = [{"name": n, "samples": t} for n, t in evs]
             elif [e["name"] for e in events[key]] == [n for n, _ in evs]:
@@ -342,44 +381,112 @@ def breakdowns(files: dict, rounds: int, runs: int = 10, warmup: int = 3) -> dic
 
 def stat(ts: list[float]) -> dict:
     t = np.asarray(ts)
-    return {"p10": float(np.percentile(t, 10)), "p50": float(np.percentile(t, 50)),
-            "p90": float(np.percentile(t, 90)), "min": float(t.min()), "n": len(t)}
+    return {
+        "p10": float(np.percentile(t, 10)),
+        "p50": float(np.percentile(t, 50)),
+        "p90": float(np.percentile(t, 90)),
+        "min": float(t.min()),
+        "n": len(t),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # 4. fit
 
 # theta, per precision (logs keep the positive ones positive)
-PARAMS = ("log_eff_conv", "log_eff_dwconv", "log_eff_linear", "log_eff_other", "log_overhead_ms",
-          "log_call_overhead_ms", "parallel_eff", "log_bw_eff", "log_m0", "log_n0", "log_k0",
-          "log_sync_ms", "log_eff_portable", "log_portable_ms", "parallel_eff_portable")
+PARAMS = (
+    "log_eff_conv",
+    "log_eff_dwconv",
+    "log_eff_linear",
+    "log_eff_other",
+    "log_overhead_ms",
+    "log_call_overhead_ms",
+    "parallel_eff",
+    "log_bw_eff",
+    "log_m0",
+    "log_n0",
+    "log_k0",
+    "log_sync_ms",
+    "log_eff_portable",
+    "log_portable_ms",
+    "parallel_eff_portable",
+)
 _EFF_IDX = [0, 1, 2, 3, 12]  # theta index of each E.EFF_CLASSES efficiency
 _PAR_CLS = [E.EFF_CLASSES.index(c) for c in E.PARALLEL_CLASSES]
-_LO = [np.log(1e-4)] * 4 + [np.log(1e-7), np.log(1e-6), 0.0, -1e-9, np.log(1e-3),
-                            np.log(1e-3), np.log(1e-3), np.log(1e-7), np.log(1e-5),
-                            np.log(1e-6), 0.0]
-_HI = [0.0] * 4 + [np.log(0.1), np.log(1.0), 1.0, 0.0, np.log(1e4), np.log(1e4), np.log(1e4),
-                   np.log(0.1), 0.0, np.log(0.2), 1.0]  # efficiencies and bw_eff <= 1
+_LO = [np.log(1e-4)] * 4 + [
+    np.log(1e-7),
+    np.log(1e-6),
+    0.0,
+    -1e-9,
+    np.log(1e-3),
+    np.log(1e-3),
+    np.log(1e-3),
+    np.log(1e-7),
+    np.log(1e-5),
+    np.log(1e-6),
+    0.0,
+]
+_HI = [0.0] * 4 + [
+    np.log(0.1),
+    np.log(1.0),
+    1.0,
+    0.0,
+    np.log(1e4),
+    np.log(1e4),
+    np.log(1e4),
+    np.log(0.1),
+    0.0,
+    np.log(0.2),
+    1.0,
+]  # efficiencies and bw_eff <= 1
 # bw_eff is held at 1: on a host whose last-level cache holds every model's weights (32 MiB
 # L3 here) nothing in these models streams from DRAM, so the host cannot measure it; left free,
 # it ran to its lower bound and made the phones' memory terms 1000x too slow
 # sync_ms: the extra per-layer cost with > 1 thread (up to 0.1 ms); parallel_eff_portable in
 # [0, 1]: the portable kernels' gain from a second thread
 _STARTS = (
-    [np.log(0.5)] * 4 + [np.log(1e-3), np.log(1e-2), 0.6, -5e-10, np.log(10.0),
-                         np.log(10.0), np.log(4.0), np.log(1e-7) + 5e-10, np.log(0.05),
-                         np.log(5e-3), 0.3],
-    [np.log(0.2)] * 4 + [np.log(3e-3), np.log(5e-2), 0.3, -5e-10, np.log(50.0),
-                         np.log(30.0), np.log(1.0), np.log(1e-7) + 5e-10, np.log(0.01),
-                         np.log(2e-2), 0.1],
+    [np.log(0.5)] * 4
+    + [
+        np.log(1e-3),
+        np.log(1e-2),
+        0.6,
+        -5e-10,
+        np.log(10.0),
+        np.log(10.0),
+        np.log(4.0),
+        np.log(1e-7) + 5e-10,
+        np.log(0.05),
+        np.log(5e-3),
+        0.3,
+    ],
+    [np.log(0.2)] * 4
+    + [
+        np.log(3e-3),
+        np.log(5e-2),
+        0.3,
+        -5e-10,
+        np.log(50.0),
+        np.log(30.0),
+        np.log(1.0),
+        np.log(1e-7) + 5e-10,
+        np.log(0.01),
+        np.log(2e-2),
+        0.1,
+    ],
 )
 ET_MIN_MS = 0.003  # ETDump operator times are whole microseconds: fit layers >= 3 us only
 
 
 def host_machine(host: dict) -> E.Machine:
-    return E.Machine("host", host["clock_ghz"], host["cores"], host["peak_gmac_s"],
-                     host["dram_copy_gb_s"], cache_bytes=host.get("l2_bytes"),
-                     llc_bytes=host.get("llc_bytes"))
+    return E.Machine(
+        "host",
+        host["clock_ghz"],
+        host["cores"],
+        host["peak_gmac_s"],
+        host["dram_copy_gb_s"],
+        cache_bytes=host.get("l2_bytes"),
+        llc_bytes=host.get("llc_bytes"),
+    )
 
 
 def features(names: list[str], host: dict) -> dict:
@@ -416,9 +523,16 @@ _NOT_OPS = ("Method::execute", "DELEGATE_CALL", "OPERATOR_CALL")
 
 def et_rows(events: list[dict]) -> list[dict]:
     """ETDump events -> rows with p5 / p50 (ms) over every timed sample."""
-    return [{"name": e["name"], "p5_ms": float(np.percentile(e["samples"], 5)),
-             "p50_ms": float(np.median(e["samples"])), "samples": len(e["samples"])}
-            for e in events if e["samples"]]
+    return [
+        {
+            "name": e["name"],
+            "p5_ms": float(np.percentile(e["samples"], 5)),
+            "p50_ms": float(np.median(e["samples"])),
+            "samples": len(e["samples"]),
+        }
+        for e in events
+        if e["samples"]
+    ]
 
 
 def align(rows: list[dict], feat: dict) -> list[tuple[int, float]]:
@@ -450,18 +564,24 @@ def _layer_ms(th, feat, peak_gmac_s, bw_gb_s, threads, cores):
     compute = feat["work"] / (peak_gmac_s * 1e9 * ncores * eff * shape) * 1e3
     memory = feat["bytes"] / (bw_gb_s * 1e9 * np.exp(th[7])) * 1e3
     portable = np.where(cls == E.EFF_CLASSES.index("portable"), np.exp(th[13]), 0.0)
-    return (np.maximum(compute, memory) + np.exp(th[4]) + (np.exp(th[11]) if used > 1 else 0.0)
-            + portable)
+    return (
+        np.maximum(compute, memory)
+        + np.exp(th[4])
+        + (np.exp(th[11]) if used > 1 else 0.0)
+        + portable
+    )
 
 
 def predict_ms(th, feat, host, prec, threads) -> float:
-    t = _layer_ms(th, feat, host["peak_gmac_s"][prec], host["dram_copy_gb_s"], threads,
-                  host["cores"])
+    t = _layer_ms(
+        th, feat, host["peak_gmac_s"][prec], host["dram_copy_gb_s"], threads, host["cores"]
+    )
     return float(t.sum() + np.exp(th[5]))
 
 
-def fit(train: list[dict], feats: dict, layer_data: dict, host: dict, prec: str,
-        w_layer: float) -> np.ndarray:
+def fit(
+    train: list[dict], feats: dict, layer_data: dict, host: dict, prec: str, w_layer: float
+) -> np.ndarray:
     """Least squares on log time, one precision: the measured latency of every training case
     (weight 1), plus each training model's conv / dwconv / linear layers against their ETDump
     times at 1 thread (weight w_layer / sqrt(layers), so each model weighs about the same)."""
@@ -471,8 +591,11 @@ def fit(train: list[dict], feats: dict, layer_data: dict, host: dict, prec: str,
     peak, bw, cores = host["peak_gmac_s"][prec], host["dram_copy_gb_s"], host["cores"]
 
     def residuals(th):
-        r = [np.log(predict_ms(th, feats[(c["model"], prec)], host, prec, c["threads"]))
-             - np.log(c["ms"]) for c in train]
+        r = [
+            np.log(predict_ms(th, feats[(c["model"], prec)], host, prec, c["threads"]))
+            - np.log(c["ms"])
+            for c in train
+        ]
         if w_layer:
             for m in models_:
                 pairs = layer_data.get((m, prec)) or []
@@ -495,20 +618,30 @@ def fit(train: list[dict], feats: dict, layer_data: dict, host: dict, prec: str,
 
 def theta_dict(th) -> dict:
     e = np.exp(np.asarray(th, dtype=float))
-    return {"eff": {c: float(e[i]) for c, i in zip(E.EFF_CLASSES, _EFF_IDX)},
-            "overhead_ms": float(e[4]), "call_overhead_ms": float(e[5]),
-            "parallel_eff": float(th[6]), "parallel_eff_portable": float(th[14]),
-            "bw_eff": float(e[7]), "shape_m0": float(e[8]),
-            "shape_n0": float(e[9]), "shape_k0": float(e[10]), "sync_ms": float(e[11]),
-            "portable_ms": float(e[13])}
+    return {
+        "eff": {c: float(e[i]) for c, i in zip(E.EFF_CLASSES, _EFF_IDX)},
+        "overhead_ms": float(e[4]),
+        "call_overhead_ms": float(e[5]),
+        "parallel_eff": float(th[6]),
+        "parallel_eff_portable": float(th[14]),
+        "bw_eff": float(e[7]),
+        "shape_m0": float(e[8]),
+        "shape_n0": float(e[9]),
+        "shape_k0": float(e[10]),
+        "sync_ms": float(e[11]),
+        "portable_ms": float(e[13]),
+    }
 
 
 def summarise(errors: list[float]) -> dict:
     e = np.abs(np.asarray(errors))
-    return {"cases": len(e), "median_abs_error": round(float(np.median(e)), 4),
-            "p90_abs_error": round(float(np.percentile(e, 90)), 4),
-            "max_abs_error": round(float(e.max()), 4),
-            "within_15pct": round(float(np.mean(e <= 0.15)), 4)}
+    return {
+        "cases": len(e),
+        "median_abs_error": round(float(np.median(e)), 4),
+        "p90_abs_error": round(float(np.percentile(e, 90)), 4),
+        "max_abs_error": round(float(e.max()), 4),
+        "within_15pct": round(float(np.mean(e <= 0.15)), 4),
+    }
 
 
 def validate(data: dict, w_layer: float, q: float) -> dict:
@@ -521,8 +654,15 @@ def validate(data: dict, w_layer: float, q: float) -> dict:
     feats = features(every, host)
     rows_et = {(b["model"], b["precision"]): et_rows(b["events"]) for b in data["breakdowns"]}
     layer_data = {k: align(r, feats[k]) for k, r in rows_et.items()}
-    cases = [{"model": c["model"], "precision": c["precision"], "threads": c["threads"],
-              "ms": quiet_latency(c["batches"], q)} for c in data["cases"]]
+    cases = [
+        {
+            "model": c["model"],
+            "precision": c["precision"],
+            "threads": c["threads"],
+            "ms": quiet_latency(c["batches"], q),
+        }
+        for c in data["cases"]
+    ]
     # the measurement's own repeatability: the same statistic on odd vs even rounds
     split = []
     for c in data["cases"]:
@@ -538,20 +678,41 @@ def validate(data: dict, w_layer: float, q: float) -> dict:
             th = fit([c for c in pc if c["model"] != held], feats, layer_data, host, prec, w_layer)
             for c in (c for c in pc if c["model"] == held):
                 pred = predict_ms(th, feats[(held, prec)], host, prec, c["threads"])
-                rows.append({**c, "predicted_ms": round(pred, 4), "ms": round(c["ms"], 4),
-                             "error": round(pred / c["ms"] - 1, 4)})
+                rows.append(
+                    {
+                        **c,
+                        "predicted_ms": round(pred, 4),
+                        "ms": round(c["ms"], 4),
+                        "error": round(pred / c["ms"] - 1, 4),
+                    }
+                )
         for c in (c for c in pc if is_synthetic(c["model"])):  # in the fit: residuals only
             pred = predict_ms(final[prec], feats[(c["model"], prec)], host, prec, c["threads"])
-            fit_rows.append({**c, "predicted_ms": round(pred, 4), "ms": round(c["ms"], 4),
-                             "error": round(pred / c["ms"] - 1, 4)})
+            fit_rows.append(
+                {
+                    **c,
+                    "predicted_ms": round(pred, 4),
+                    "ms": round(c["ms"], 4),
+                    "error": round(pred / c["ms"] - 1, 4),
+                }
+            )
         print(f"  {prec}: fitted {json.dumps(theta_dict(final[prec]))}", flush=True)
-    return {"rows": rows, "final": final, "feats": feats, "et": rows_et,
-            "synthetic_fit": summarise([r["error"] for r in fit_rows]) if fit_rows else None,
-            "synthetic": len({r["model"] for r in fit_rows}),
-            "layer_pairs": {f"{m}/{p}": len(v) for (m, p), v in layer_data.items()},
-            "repeatability": summarise(split) | {"what": (
+    return {
+        "rows": rows,
+        "final": final,
+        "feats": feats,
+        "et": rows_et,
+        "synthetic_fit": summarise([r["error"] for r in fit_rows]) if fit_rows else None,
+        "synthetic": len({r["model"] for r in fit_rows}),
+        "layer_pairs": {f"{m}/{p}": len(v) for (m, p), v in layer_data.items()},
+        "repeatability": summarise(split)
+        | {
+            "what": (
                 "the measured statistic on even vs odd rounds of the same case: how well the "
-                "measurement itself repeats on this shared host")}}
+                "measurement itself repeats on this shared host"
+            )
+        },
+    }
 
 
 def diagnostics(v: dict, data: dict, q: float, w_layer: float) -> dict:
@@ -572,8 +733,11 @@ def diagnostics(v: dict, data: dict, q: float, w_layer: float) -> dict:
         if n and p == "fp32":
             portable[m] = n
     out["portable_ops"] = portable
-    out["thread_speedup"] = {m: ms[(m, "fp32", 1)] / ms[(m, "fp32", 2)] for m in portable
-                             if (m, "fp32", 2) in ms and (m, "fp32", 1) in ms}
+    out["thread_speedup"] = {
+        m: ms[(m, "fp32", 1)] / ms[(m, "fp32", 2)]
+        for m in portable
+        if (m, "fp32", 2) in ms and (m, "fp32", 1) in ms
+    }
     short = []
     for (m, p), rows in v["et"].items():
         total = ms.get((m, p, 1))
@@ -582,13 +746,18 @@ def diagnostics(v: dict, data: dict, q: float, w_layer: float) -> dict:
             short.append((1 - summed / total, f"{m} {p}: {summed:.3f} of {total:.3f} ms"))
     if short:
         worst = max(short)
-        out["etdump_shortfall"] = {"max": worst[0], "where": worst[1], "w_layer": 0.3,
-                                   "within_15pct_with_layers": None}
+        out["etdump_shortfall"] = {
+            "max": worst[0],
+            "where": worst[1],
+            "w_layer": 0.3,
+            "within_15pct_with_layers": None,
+        }
         if not w_layer:  # the alternative the shipped fit was chosen against, measured here
             with contextlib.redirect_stdout(io.StringIO()):
                 alt = validate(data, 0.3, q)
             out["etdump_shortfall"]["within_15pct_with_layers"] = summarise(
-                [r["error"] for r in alt["rows"]])["within_15pct"]
+                [r["error"] for r in alt["rows"]]
+            )["within_15pct"]
     return out
 
 
@@ -596,19 +765,23 @@ def build_calibration(v: dict, host: dict, data: dict, q: float, w_layer: float)
     import executorch.version as etv
 
     errs = [r["error"] for r in v["rows"]]
-    on = (f"this host ({host['cpu']}, {host['cores']} vCPUs shared with other jobs), ExecuTorch "
-          f"XNNPACK .pte of {len({r['model'] for r in v['rows']})} zoo models at "
-          f"{'x'.join(map(str, INPUT[1:]))}, fp32 and int8, threads 1 and 2; each model predicted "
-          f"by a fit on the other zoo models plus {v['synthetic']} random networks "
-          f"(benchmarks/synthetic_models.py; leave-one-model-out); measured = p{q:g} of "
-          f"{data['rounds']} interleaved rounds x {data['runs']} runs per case")
+    on = (
+        f"this host ({host['cpu']}, {host['cores']} vCPUs shared with other jobs), ExecuTorch "
+        f"XNNPACK .pte of {len({r['model'] for r in v['rows']})} zoo models at "
+        f"{'x'.join(map(str, INPUT[1:]))}, fp32 and int8, threads 1 and 2; each model predicted "
+        f"by a fit on the other zoo models plus {v['synthetic']} random networks "
+        f"(benchmarks/synthetic_models.py; leave-one-model-out); measured = p{q:g} of "
+        f"{data['rounds']} interleaved rounds x {data['runs']} runs per case"
+    )
     validation = {
         "on": on,
         "all": summarise(errs),
-        "by_precision": {p: summarise([r["error"] for r in v["rows"] if r["precision"] == p])
-                         for p in PRECISIONS},
-        "by_threads": {str(t): summarise([r["error"] for r in v["rows"] if r["threads"] == t])
-                       for t in THREADS},
+        "by_precision": {
+            p: summarise([r["error"] for r in v["rows"] if r["precision"] == p]) for p in PRECISIONS
+        },
+        "by_threads": {
+            str(t): summarise([r["error"] for r in v["rows"] if r["threads"] == t]) for t in THREADS
+        },
         "repeatability": v["repeatability"],
         "synthetic_networks": v["synthetic"],
         "synthetic_fit": v["synthetic_fit"],
@@ -618,10 +791,12 @@ def build_calibration(v: dict, host: dict, data: dict, q: float, w_layer: float)
     return {
         "schema": 2,
         "eff": {p: {k: round(x, 5) for k, x in fitted[p]["eff"].items()} for p in PRECISIONS},
-        "shape_m0": per_p("shape_m0", 4), "shape_n0": per_p("shape_n0", 4),
+        "shape_m0": per_p("shape_m0", 4),
+        "shape_n0": per_p("shape_n0", 4),
         "shape_k0": per_p("shape_k0", 4),
         "bw_eff": per_p("bw_eff", 5),
-        "overhead_ms": per_p("overhead_ms"), "sync_ms": per_p("sync_ms"),
+        "overhead_ms": per_p("overhead_ms"),
+        "sync_ms": per_p("sync_ms"),
         "portable_ms": per_p("portable_ms"),
         "call_overhead_ms": per_p("call_overhead_ms"),
         "parallel_eff": per_p("parallel_eff", 5),
@@ -629,18 +804,28 @@ def build_calibration(v: dict, host: dict, data: dict, q: float, w_layer: float)
         "host_clock_ghz": host["clock_ghz"],
         "meta": {
             "created": dt.date.today().isoformat(),
-            "host_cpu": host["cpu"], "host_cores": host["cores"],
-            "host_peak_gmac_s": host["peak_gmac_s"], "host_peak_source": host["peak_source"],
-            "host_dram_gb_s": host["dram_copy_gb_s"], "host_dram_source": host["dram_source"],
-            "host_l2_bytes": host.get("l2_bytes"), "host_llc_bytes": host.get("llc_bytes"),
-            "backend": BACKEND, "input": list(INPUT),
-            "versions": {"torch": torch.__version__, "executorch": etv.__version__,
-                         "python": platform.python_version()},
-            "fit": (f"scipy least_squares on log time, per precision: the measured latency of "
-                    f"every (model, threads) case, plus each model's conv / dwconv / linear "
-                    f"layers against their ETDump times at 1 thread (weight {w_layer}/sqrt(n)); "
-                    f"efficiencies bounded to (0, 1]; bw_eff held at 1 (not measurable on a host whose L3 "
-                    f"holds the models' weights)"),
+            "host_cpu": host["cpu"],
+            "host_cores": host["cores"],
+            "host_peak_gmac_s": host["peak_gmac_s"],
+            "host_peak_source": host["peak_source"],
+            "host_dram_gb_s": host["dram_copy_gb_s"],
+            "host_dram_source": host["dram_source"],
+            "host_l2_bytes": host.get("l2_bytes"),
+            "host_llc_bytes": host.get("llc_bytes"),
+            "backend": BACKEND,
+            "input": list(INPUT),
+            "versions": {
+                "torch": torch.__version__,
+                "executorch": etv.__version__,
+                "python": platform.python_version(),
+            },
+            "fit": (
+                f"scipy least_squares on log time, per precision: the measured latency of "
+                f"every (model, threads) case, plus each model's conv / dwconv / linear "
+                f"layers against their ETDump times at 1 thread (weight {w_layer}/sqrt(n)); "
+                f"efficiencies bounded to (0, 1]; bw_eff held at 1 (not measurable on a host whose L3 "
+                f"holds the models' weights)"
+            ),
             "written_by": "benchmarks/estimator.py",
         },
         "validation": validation,
@@ -656,7 +841,10 @@ def check_consistency(cal_dict: dict, v: dict, host: dict) -> float:
         layers = E.count_layers(build(name), torch.zeros(INPUT), prec)
         th = v["final"][prec]
         for t in THREADS:
-            a_, b_ = E.roofline_ms(layers, machine, prec, t, cal), predict_ms(th, feat, host, prec, t)
+            a_, b_ = (
+                E.roofline_ms(layers, machine, prec, t, cal),
+                predict_ms(th, feat, host, prec, t),
+            )
             worst = max(worst, abs(a_ / b_ - 1))
     assert worst < 2e-3, worst  # the JSON rounds the fitted numbers
     return worst
@@ -675,135 +863,234 @@ def results_markdown(cal: dict, v: dict, data: dict, examples: dict) -> str:
     val = cal["validation"]
     a = val["all"]
     goal = a["within_15pct"] >= 0.9
-    lines = [SECTION, "",
-             f"Written by `benchmarks/estimator.py` on {cal['meta']['created']} "
-             f"(torch {cal['meta']['versions']['torch']}, executorch "
-             f"{cal['meta']['versions']['executorch']}). Calibration: "
-             "`targets/host_calibration.json`; every case: `benchmarks/estimator_results.json`.", "",
-             "### Host", "",
-             f"- CPU: {host['cpu']}, {host['cores']} vCPUs (KVM guest, shared with other jobs), "
-             f"{host['clock_ghz']} GHz ({host['clock_source']}).",
-             f"- Peak per core: fp32 {host['peak_gmac_s']['fp32']} GMAC/s, int8 "
-             f"{host['peak_gmac_s']['int8']} GMAC/s. {host['peak_source']}.",
-             f"- DRAM: {host['dram_copy_gb_s']} GB/s, {host['dram_source']}.",
-             f"- Caches: L2 {_mib(host.get('l2_bytes'))} per core, last level (L3) "
-             f"{_mib(host.get('llc_bytes'))} (sysfs); a model whose weights all fit the last "
-             "level is charged no DRAM bytes for them (back-to-back inferences read them from "
-             "there); activations larger than the L2 are charged as DRAM traffic.", "",
-             "### Estimator error, leave-one-model-out (measured on this host)", "",
-             f"{val['on']}.", "",
-             "| cases | median abs error | p90 abs error | within ±15% |",
-             "|---|---|---|---|",
-             f"| all ({a['cases']}) | {a['median_abs_error']:.1%} | {a['p90_abs_error']:.1%} | "
-             f"{a['within_15pct']:.0%} |"]
-    for k, s in [(f"{p}", val["by_precision"][p]) for p in PRECISIONS] + \
-            [(f"{t} thread(s)", val["by_threads"][str(t)]) for t in THREADS]:
-        lines.append(f"| {k} ({s['cases']}) | {s['median_abs_error']:.1%} | "
-                     f"{s['p90_abs_error']:.1%} | {s['within_15pct']:.0%} |")
+    lines = [
+        SECTION,
+        "",
+        (
+            f"Written by `benchmarks/estimator.py` on {cal['meta']['created']} "
+            f"(torch {cal['meta']['versions']['torch']}, executorch "
+            f"{cal['meta']['versions']['executorch']}). Calibration: "
+            "`targets/host_calibration.json`; every case: `benchmarks/estimator_results.json`."
+        ),
+        "",
+        "### Host",
+        "",
+        (
+            f"- CPU: {host['cpu']}, {host['cores']} vCPUs (KVM guest, shared with other jobs), "
+            f"{host['clock_ghz']} GHz ({host['clock_source']})."
+        ),
+        (
+            f"- Peak per core: fp32 {host['peak_gmac_s']['fp32']} GMAC/s, int8 "
+            f"{host['peak_gmac_s']['int8']} GMAC/s. {host['peak_source']}."
+        ),
+        f"- DRAM: {host['dram_copy_gb_s']} GB/s, {host['dram_source']}.",
+        (
+            f"- Caches: L2 {_mib(host.get('l2_bytes'))} per core, last level (L3) "
+            f"{_mib(host.get('llc_bytes'))} (sysfs); a model whose weights all fit the last "
+            "level is charged no DRAM bytes for them (back-to-back inferences read them from "
+            "there); activations larger than the L2 are charged as DRAM traffic."
+        ),
+        "",
+        "### Estimator error, leave-one-model-out (measured on this host)",
+        "",
+        f"{val['on']}.",
+        "",
+        "| cases | median abs error | p90 abs error | within ±15% |",
+        "|---|---|---|---|",
+        (
+            f"| all ({a['cases']}) | {a['median_abs_error']:.1%} | {a['p90_abs_error']:.1%} | "
+            f"{a['within_15pct']:.0%} |"
+        ),
+    ]
+    for k, s in [(f"{p}", val["by_precision"][p]) for p in PRECISIONS] + [
+        (f"{t} thread(s)", val["by_threads"][str(t)]) for t in THREADS
+    ]:
+        lines.append(
+            f"| {k} ({s['cases']}) | {s['median_abs_error']:.1%} | "
+            f"{s['p90_abs_error']:.1%} | {s['within_15pct']:.0%} |"
+        )
     rep = val["repeatability"]
-    lines += ["",
-              f"**Goal (≥ 90% of cases within ±15%): {'met' if goal else 'NOT met'}** "
-              f"({a['within_15pct']:.0%}).", "",
-              f"How well the measurement itself repeats (same statistic, even vs odd rounds): "
-              f"median {rep['median_abs_error']:.1%}, p90 {rep['p90_abs_error']:.1%}, "
-              f"{rep['within_15pct']:.0%} of cases within ±15%.", ""]
-    outside = sorted((r for r in v["rows"] if abs(r["error"]) > 0.15),
-                     key=lambda r: -abs(r["error"]))
+    lines += [
+        "",
+        (
+            f"**Goal (≥ 90% of cases within ±15%): {'met' if goal else 'NOT met'}** "
+            f"({a['within_15pct']:.0%})."
+        ),
+        "",
+        (
+            f"How well the measurement itself repeats (same statistic, even vs odd rounds): "
+            f"median {rep['median_abs_error']:.1%}, p90 {rep['p90_abs_error']:.1%}, "
+            f"{rep['within_15pct']:.0%} of cases within ±15%."
+        ),
+        "",
+    ]
+    outside = sorted(
+        (r for r in v["rows"] if abs(r["error"]) > 0.15), key=lambda r: -abs(r["error"])
+    )
     if not goal:
         dg = v.get("diagnostics") or {}
         why = []
         if "contention" in dg:
             c = dg["contention"]
-            why.append(f"- Contention: per case, the median run is {c['min']:.2f}-{c['max']:.2f}x "
-                       f"the p{c['q']:g} the estimator is fitted to and judged against; that "
-                       f"statistic repeats to {rep['median_abs_error']:.1%} (median) between "
-                       "halves of the rounds, so "
-                       + ("the measurement is not what limits the error on this run."
-                          if rep["within_15pct"] >= 0.95 else
-                          "the measurement itself limits how close any estimate can get."))
+            why.append(
+                f"- Contention: per case, the median run is {c['min']:.2f}-{c['max']:.2f}x "
+                f"the p{c['q']:g} the estimator is fitted to and judged against; that "
+                f"statistic repeats to {rep['median_abs_error']:.1%} (median) between "
+                "halves of the rounds, so "
+                + (
+                    "the measurement is not what limits the error on this run."
+                    if rep["within_15pct"] >= 0.95
+                    else "the measurement itself limits how close any estimate can get."
+                )
+            )
         worst = outside[0] if outside else None
         sf = val.get("synthetic_fit")
-        why.append(f"- The form of the model, not only the data: the fit has "
-                   f"{len(PARAMS) - 1} constants per precision and "
-                   f"{len({r['model'] for r in v['rows']}) - 1} zoo models plus "
-                   f"{val.get('synthetic_networks', 0)} random networks to fit them on"
-                   + (f"; even on the random networks it was fitted on it is within ±15% for "
-                      f"only {sf['within_15pct']:.0%} of cases (median error "
-                      f"{sf['median_abs_error']:.1%})" if sf else "")
-                   + (f". The worst held-out case: {worst['model']} {worst['precision']} "
-                      f"T{worst['threads']} {_fmt_pct(worst['error'])}" if worst else "") + ".")
+        why.append(
+            f"- The form of the model, not only the data: the fit has "
+            f"{len(PARAMS) - 1} constants per precision and "
+            f"{len({r['model'] for r in v['rows']}) - 1} zoo models plus "
+            f"{val.get('synthetic_networks', 0)} random networks to fit them on"
+            + (
+                f"; even on the random networks it was fitted on it is within ±15% for "
+                f"only {sf['within_15pct']:.0%} of cases (median error "
+                f"{sf['median_abs_error']:.1%})"
+                if sf
+                else ""
+            )
+            + (
+                f". The worst held-out case: {worst['model']} {worst['precision']} "
+                f"T{worst['threads']} {_fmt_pct(worst['error'])}"
+                if worst
+                else ""
+            )
+            + "."
+        )
         for m, n in sorted(dg.get("portable_ops", {}).items()):
             t12 = dg.get("thread_speedup", {}).get(m)
-            why.append(f"- {m}: {n} operator(s) outside XNNPACK (portable kernels, measured in "
-                       "ETDump), each splitting the delegate; the estimator sees only the PyTorch "
-                       "model, not what the partitioner leaves out"
-                       + (f"; 2 threads run it {t12:.2f}x faster than 1" if t12 else "") + ".")
+            why.append(
+                f"- {m}: {n} operator(s) outside XNNPACK (portable kernels, measured in "
+                "ETDump), each splitting the delegate; the estimator sees only the PyTorch "
+                "model, not what the partitioner leaves out"
+                + (f"; 2 threads run it {t12:.2f}x faster than 1" if t12 else "")
+                + "."
+            )
         if "etdump_shortfall" in dg:
             e = dg["etdump_shortfall"]
-            why.append(f"- Per-operator ETDump times: summed, they fall short of the whole "
-                       f"call's p{val['on'].split('measured = p')[1].split(' ')[0]} by up to "
-                       f"{e['max']:.0%} ({e['where']}): time between operator events. Fitting "
-                       f"them as extra data (weight {e['w_layer']:g}) gives "
-                       f"{e['within_15pct_with_layers']:.0%} within ±15% against "
-                       f"{a['within_15pct']:.0%} without, so the shipped fit uses the "
-                       "whole-program latencies only." if e.get("within_15pct_with_layers")
-                       is not None else "")
-        lines += ["Why not, as far as this run shows:", "", *[w for w in why if w], "",
-                  "Cases outside ±15%: " + ", ".join(
-                      f"{r['model']} {r['precision']} T{r['threads']} {_fmt_pct(r['error'])}"
-                      for r in outside) + ".", ""]
-    lines += ["| model | precision | threads | measured ms | predicted ms | error |",
-              "|---|---|---|---|---|---|"]
+            why.append(
+                f"- Per-operator ETDump times: summed, they fall short of the whole "
+                f"call's p{val['on'].split('measured = p')[1].split(' ')[0]} by up to "
+                f"{e['max']:.0%} ({e['where']}): time between operator events. Fitting "
+                f"them as extra data (weight {e['w_layer']:g}) gives "
+                f"{e['within_15pct_with_layers']:.0%} within ±15% against "
+                f"{a['within_15pct']:.0%} without, so the shipped fit uses the "
+                "whole-program latencies only."
+                if e.get("within_15pct_with_layers") is not None
+                else ""
+            )
+        lines += [
+            "Why not, as far as this run shows:",
+            "",
+            *[w for w in why if w],
+            "",
+            "Cases outside ±15%: "
+            + ", ".join(
+                f"{r['model']} {r['precision']} T{r['threads']} {_fmt_pct(r['error'])}"
+                for r in outside
+            )
+            + ".",
+            "",
+        ]
+    lines += [
+        "| model | precision | threads | measured ms | predicted ms | error |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in sorted(v["rows"], key=lambda r: (r["precision"], r["model"], r["threads"])):
-        lines.append(f"| {r['model']} | {r['precision']} | {r['threads']} | {r['ms']:.3f} | "
-                     f"{r['predicted_ms']:.3f} | {_fmt_pct(r['error'])} |")
-    lines += ["", "### Fitted calibration (all models)", "",
-              "| precision | conv | dwconv | linear (GEMM, 1x1 conv) | other | portable | m0 | n0 | "
-              "k0 | bw_eff | per-layer ms | +sync ms (T>1) | +ms per portable layer | per-call ms "
-              "| parallel eff | parallel eff, portable |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['threads']} | {r['ms']:.3f} | "
+            f"{r['predicted_ms']:.3f} | {_fmt_pct(r['error'])} |"
+        )
+    lines += [
+        "",
+        "### Fitted calibration (all models)",
+        "",
+        (
+            "| precision | conv | dwconv | linear (GEMM, 1x1 conv) | other | portable | m0 | n0 | "
+            "k0 | bw_eff | per-layer ms | +sync ms (T>1) | +ms per portable layer | per-call ms "
+            "| parallel eff | parallel eff, portable |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for p in PRECISIONS:
         e = cal["eff"][p]
-        lines.append(f"| {p} | {e['conv']:.3f} | {e['dwconv']:.3f} | {e['linear']:.3f} | "
-                     f"{e['other']:.4f} | {e['portable']:.4f} | {cal['shape_m0'][p]:.1f} | "
-                     f"{cal['shape_n0'][p]:.1f} | "
-                     f"{cal['shape_k0'][p]:.1f} | {cal['bw_eff'][p]:.3f} | "
-                     f"{cal['overhead_ms'][p]:.4f} | {cal['sync_ms'][p]:.4f} | "
-                     f"{cal['portable_ms'][p]:.4f} | "
-                     f"{cal['call_overhead_ms'][p]:.4f} | {cal['parallel_eff'][p]:.3f} | "
-                     f"{cal['parallel_eff_portable'][p]:.3f} |")
-    lines += ["", "Efficiency of a conv/linear layer = eff[class] x M/(M+m0) x N/(N+n0) x "
-              "K/(K+k0) (M output pixels or tokens, N output channels, K MACs per output), as a "
-              "fraction of the per-core peak above; `other` counts one elementwise/pooling op as "
-              "one MAC. Per-layer time = max(compute, bytes / (DRAM bandwidth x bw_eff)) + "
-              "overhead; with T threads, compute is divided by 1 + (T - 1) x parallel eff "
-              "(`portable` layers: parallel eff, portable). bw_eff is held at 1, not fitted: "
-              f"this host's last-level cache ({_mib(host.get('llc_bytes'))}) holds every "
-              "model's weights, so nothing here streams from DRAM and the phones' memory terms "
-              "use their DRAM bandwidth figure as it is.", ""]
-    bound = [f"{p} {k} eff {cal['eff'][p][k]:.3f}" for p in PRECISIONS for k in E.EFF_CLASSES
-             if cal["eff"][p][k] >= 0.999]
-    bound += [f"{p} {k} {cal[k][p]:.3g}" for p in PRECISIONS
-              for k in ("shape_m0", "shape_n0", "shape_k0") if cal[k][p] <= 0.0011]
+        lines.append(
+            f"| {p} | {e['conv']:.3f} | {e['dwconv']:.3f} | {e['linear']:.3f} | "
+            f"{e['other']:.4f} | {e['portable']:.4f} | {cal['shape_m0'][p]:.1f} | "
+            f"{cal['shape_n0'][p]:.1f} | "
+            f"{cal['shape_k0'][p]:.1f} | {cal['bw_eff'][p]:.3f} | "
+            f"{cal['overhead_ms'][p]:.4f} | {cal['sync_ms'][p]:.4f} | "
+            f"{cal['portable_ms'][p]:.4f} | "
+            f"{cal['call_overhead_ms'][p]:.4f} | {cal['parallel_eff'][p]:.3f} | "
+            f"{cal['parallel_eff_portable'][p]:.3f} |"
+        )
+    lines += [
+        "",
+        (
+            "Efficiency of a conv/linear layer = eff[class] x M/(M+m0) x N/(N+n0) x "
+            "K/(K+k0) (M output pixels or tokens, N output channels, K MACs per output), as a "
+            "fraction of the per-core peak above; `other` counts one elementwise/pooling op as "
+            "one MAC. Per-layer time = max(compute, bytes / (DRAM bandwidth x bw_eff)) + "
+            "overhead; with T threads, compute is divided by 1 + (T - 1) x parallel eff "
+            "(`portable` layers: parallel eff, portable). bw_eff is held at 1, not fitted: "
+            f"this host's last-level cache ({_mib(host.get('llc_bytes'))}) holds every "
+            "model's weights, so nothing here streams from DRAM and the phones' memory terms "
+            "use their DRAM bandwidth figure as it is."
+        ),
+        "",
+    ]
+    bound = [
+        f"{p} {k} eff {cal['eff'][p][k]:.3f}"
+        for p in PRECISIONS
+        for k in E.EFF_CLASSES
+        if cal["eff"][p][k] >= 0.999
+    ]
+    bound += [
+        f"{p} {k} {cal[k][p]:.3g}"
+        for p in PRECISIONS
+        for k in ("shape_m0", "shape_n0", "shape_k0")
+        if cal[k][p] <= 0.0011
+    ]
     if bound:
-        lines += ["At a bound of the fit, i.e. not identified by these models' total latencies: "
-                  + ", ".join(bound) + ". The fit would have gone past these bounds, so how the time "
-                  "is split between layer classes, GEMM shapes and the fixed per-layer overhead is "
-                  "not pinned down by this data; the splits scale differently to a device with "
-                  "another clock and peak, so device estimates are uncertain beyond the host "
-                  "error above. parallel_eff is fitted on 2 vCPUs of a shared "
-                  "KVM guest; a quiet multi-core phone may scale differently.", ""]
+        lines += [
+            "At a bound of the fit, i.e. not identified by these models' total latencies: "
+            + ", ".join(bound)
+            + ". The fit would have gone past these bounds, so how the time "
+            "is split between layer classes, GEMM shapes and the fixed per-layer overhead is "
+            "not pinned down by this data; the splits scale differently to a device with "
+            "another clock and peak, so device estimates are uncertain beyond the host "
+            "error above. parallel_eff is fitted on 2 vCPUs of a shared "
+            "KVM guest; a quiet multi-core phone may scale differently.",
+            "",
+        ]
     if examples:
-        lines += ["### Example device estimates (int8, 1 thread)", "",
-                  "| model | " + " | ".join(examples["devices"]) + " |",
-                  "|---|" + "---|" * len(examples["devices"])]
+        lines += [
+            "### Example device estimates (int8, 1 thread)",
+            "",
+            "| model | " + " | ".join(examples["devices"]) + " |",
+            "|---|" + "---|" * len(examples["devices"]),
+        ]
         for m, per in examples["rows"].items():
             lines.append(f"| {m} | " + " | ".join(per) + " |")
-        lines += ["", "ms (estimated) / mJ (estimated, Horowitz 45 nm proxy); `*` = no public "
-                  "DRAM bandwidth, memory term missing (compute + overhead only). Every profile uses "
-                  "the same energy model, so energy differs between devices only where the L2 "
-                  "size is public (raspberry-pi-5: activations that fit stay on chip); elsewhere "
-                  "all activations are charged as DRAM traffic.", ""]
+        lines += [
+            "",
+            (
+                "ms (estimated) / mJ (estimated, Horowitz 45 nm proxy); `*` = no public "
+                "DRAM bandwidth, memory term missing (compute + overhead only). Every profile uses "
+                "the same energy model, so energy differs between devices only where the L2 "
+                "size is public (raspberry-pi-5: activations that fit stay on chip); elsewhere "
+                "all activations are charged as DRAM traffic."
+            ),
+            "",
+        ]
     lines += examples.get("notes", [])
     return "\n".join(lines) + "\n"
 
@@ -813,7 +1100,7 @@ def write_section(path: Path, text: str) -> None:
     if SECTION in old:
         start = old.index(SECTION)
         nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[nxt + 1:] if nxt >= 0 else "")
+        new = old[:start] + text + (old[nxt + 1 :] if nxt >= 0 else "")
     else:
         new = old.rstrip("\n") + "\n\n" + text
     path.write_text(new)
@@ -821,31 +1108,44 @@ def write_section(path: Path, text: str) -> None:
 
 def etdump_notes(bds: dict) -> list[str]:
     """What ExecuTorch's profiler reported for these XNNPACK programs, from the ETDumps."""
-    out = ["### What ETDump gives for XNNPACK programs", "",
-           "`op_breakdown` loads the .pte with `enable_etdump=True`, runs it, writes the ETDump and "
-           "reads it with `executorch.devtools.Inspector(etdump_path=...)` (no ETRecord needed). "
-           "Besides `Method::execute` and one `DELEGATE_CALL` per delegate call, the installed "
-           "runtime logs **one event per XNNPACK operator** inside the delegate (XNNPACK's own "
-           "profiler, whole microseconds), and one `native_call_<op>` event per portable "
-           "(non-delegated) operator. Slowest operator events, 1 thread, p5 over all rounds:", ""]
+    out = [
+        "### What ETDump gives for XNNPACK programs",
+        "",
+        (
+            "`op_breakdown` loads the .pte with `enable_etdump=True`, runs it, writes the ETDump and "
+            "reads it with `executorch.devtools.Inspector(etdump_path=...)` (no ETRecord needed). "
+            "Besides `Method::execute` and one `DELEGATE_CALL` per delegate call, the installed "
+            "runtime logs **one event per XNNPACK operator** inside the delegate (XNNPACK's own "
+            "profiler, whole microseconds), and one `native_call_<op>` event per portable "
+            "(non-delegated) operator. Slowest operator events, 1 thread, p5 over all rounds:"
+        ),
+        "",
+    ]
     for key in (("small_cnn", "fp32"), ("mobilenetv2", "int8"), ("vit_tiny", "fp32")):
         rows = bds.get(key)
         if not rows:
             continue
         total = next((r["p5_ms"] for r in rows if r["name"] == "Method::execute"), None)
         ops = sorted((r for r in rows if r["name"] not in _NOT_OPS), key=lambda r: -r["p5_ms"])[:4]
-        out.append(f"- {key[0]} {key[1]} (Method::execute {total:.3f} ms, {len(rows)} events): "
-                   + "; ".join(f"`{r['name']}` {r['p5_ms']:.3f} ms" for r in ops))
+        out.append(
+            f"- {key[0]} {key[1]} (Method::execute {total:.3f} ms, {len(rows)} events): "
+            + "; ".join(f"`{r['name']}` {r['p5_ms']:.3f} ms" for r in ops)
+        )
     names = {r["name"].split(" #")[0] for rows in bds.values() for r in rows}
     portable = sorted(n for n in names if n.startswith("native_call_"))
-    out += ["",
+    out += [
+        "",
+        (
             "Seen in the events and used by the estimator: 1x1 stride-1 convolutions run as "
             "`Fully Connected` (GEMM) operators, so they are in the `linear` class; depthwise "
             "convolutions appear as `Convolution (NHWC, ...) DWConv`; BatchNorm and ReLU/ReLU6 after a "
             "conv are folded away, but a ReLU after a residual add is its own `Clamp (NC)`; "
             "int8 programs add `Convert (NC)` at the delegate boundary. "
             f"Portable operators seen: {', '.join(f'`{n}`' for n in portable) or 'none'} "
-            "(ViT's layer norm is not delegated by this XNNPACK partitioner).", ""]
+            "(ViT's layer norm is not delegated by this XNNPACK partitioner)."
+        ),
+        "",
+    ]
     return out
 
 
@@ -872,23 +1172,44 @@ def device_examples(names: list[str], cal_path: Path) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path(os.environ.get(
-        "XDG_CACHE_HOME", Path.home() / ".cache")) / "slimship" / "estimator")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "slimship"
+        / "estimator",
+    )
     ap.add_argument("--models", nargs="*", default=None)
-    ap.add_argument("--synthetic", type=int, default=48,
-                    help="random networks (benchmarks/synthetic_models.py) added to the fit as "
-                         "data; never held out or judged (default 48)")
+    ap.add_argument(
+        "--synthetic",
+        type=int,
+        default=48,
+        help="random networks (benchmarks/synthetic_models.py) added to the fit as "
+        "data; never held out or judged (default 48)",
+    )
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--reuse", action="store_true", help="reuse measurements.json in --work")
-    ap.add_argument("--w-layer", type=float, default=0.0,
-                    help="weight of the ETDump per-layer residuals in the fit (default 0: "
-                         "totals only; see RESULTS.md for why)")
-    ap.add_argument("--frac", type=float, default=5.0,
-                    help="measured = this percentile of all timed runs of a case")
+    ap.add_argument(
+        "--w-layer",
+        type=float,
+        default=0.0,
+        help="weight of the ETDump per-layer residuals in the fit (default 0: "
+        "totals only; see RESULTS.md for why)",
+    )
+    ap.add_argument(
+        "--frac",
+        type=float,
+        default=5.0,
+        help="measured = this percentile of all timed runs of a case",
+    )
     ap.add_argument("--calibration", type=Path, default=E.CALIBRATION_PATH)
-    ap.add_argument("--results-json", type=Path, default=ROOT / "benchmarks" / "estimator_results.json")
+    ap.add_argument(
+        "--results-json", type=Path, default=ROOT / "benchmarks" / "estimator_results.json"
+    )
     ap.add_argument("--results-md", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -913,14 +1234,27 @@ def main() -> int:
         print("latency", flush=True)
         times = measure(files, a.rounds, a.runs)  # {case: [batch, ...]}
         print("ETDump breakdowns", flush=True)
-        bds = breakdowns({k: f for k, f in files.items() if not is_synthetic(k[0])},
-                         max(5, a.rounds // 2))
-        data = {"host": host, "rounds": a.rounds, "runs": a.runs,
-                "cases": [{"model": m, "precision": p, "threads": t, "batches": times[(m, p, t)],
-                           "bytes": files[(m, p)].stat().st_size}
-                          for (m, p, t) in times],
-                "breakdowns": [{"model": m, "precision": p, "events": evs}
-                               for (m, p), evs in bds.items()]}
+        bds = breakdowns(
+            {k: f for k, f in files.items() if not is_synthetic(k[0])}, max(5, a.rounds // 2)
+        )
+        data = {
+            "host": host,
+            "rounds": a.rounds,
+            "runs": a.runs,
+            "cases": [
+                {
+                    "model": m,
+                    "precision": p,
+                    "threads": t,
+                    "batches": times[(m, p, t)],
+                    "bytes": files[(m, p)].stat().st_size,
+                }
+                for (m, p, t) in times
+            ],
+            "breakdowns": [
+                {"model": m, "precision": p, "events": evs} for (m, p), evs in bds.items()
+            ],
+        }
         meas_path.write_text(json.dumps(data))
     print("fit + leave-one-model-out", flush=True)
     v = validate(data, a.w_layer, a.frac)
@@ -932,16 +1266,32 @@ def main() -> int:
     print(f"  wrote {a.calibration} (vectorised fit vs pipeline/estimate.py: {worst:.1e})")
     examples = device_examples(names, a.calibration)
     examples["notes"] = etdump_notes(v["et"])
-    err_fig = {k: {"value": cal["validation"]["all"][k], "unit": "fraction", "source": "measured",
-                   "on": cal["validation"]["on"]}
-               for k in ("median_abs_error", "p90_abs_error", "within_15pct")}
-    a.results_json.write_text(json.dumps({
-        "estimator_error": err_fig, "validation": cal["validation"], "host": data["host"],
-        "calibration": {k: cal[k] for k in E.Calibration._FIELDS},
-        "cases": v["rows"],
-        "etdump_layers_fitted": v["layer_pairs"],
-        "etdump": [{"model": m, "precision": p, "rows": r} for (m, p), r in v["et"].items()],
-    }, indent=1) + "\n")
+    err_fig = {
+        k: {
+            "value": cal["validation"]["all"][k],
+            "unit": "fraction",
+            "source": "measured",
+            "on": cal["validation"]["on"],
+        }
+        for k in ("median_abs_error", "p90_abs_error", "within_15pct")
+    }
+    a.results_json.write_text(
+        json.dumps(
+            {
+                "estimator_error": err_fig,
+                "validation": cal["validation"],
+                "host": data["host"],
+                "calibration": {k: cal[k] for k in E.Calibration._FIELDS},
+                "cases": v["rows"],
+                "etdump_layers_fitted": v["layer_pairs"],
+                "etdump": [
+                    {"model": m, "precision": p, "rows": r} for (m, p), r in v["et"].items()
+                ],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     write_section(a.results_md, results_markdown(cal, v, data, examples))
     print(json.dumps(cal["validation"]["all"]))
     return 0

@@ -77,8 +77,9 @@ def variants(name: str, round_to: int | None = None, compare_round_to: int | Non
             out.append((f"{label}{tag})", res.model, {"params": res.params_after}))
     for sparsity in (0.5, 0.9):
         m, info = prune_unstructured(dense, sparsity)
-        out.append((f"{sparsity:.0%} sparse (unstructured)", m,
-                    {"sparsity": round(info["sparsity"], 4)}))
+        out.append(
+            (f"{sparsity:.0%} sparse (unstructured)", m, {"sparsity": round(info["sparsity"], 4)})
+        )
     for _, m, extra in out:
         if m is not None:
             extra["activations"] = activations(m, x)
@@ -100,9 +101,12 @@ def export_and_load(model: nn.Module, x: torch.Tensor, folder: Path):
     if rel > 1e-3:
         raise RuntimeError(f"exported file disagrees with torch: max rel diff {rel:.2e}")
     pre = exported.preflight
-    return run, {"bytes": exported.path.stat().st_size, "rel_diff": rel,
-                 "non_delegated_ops": pre.get("non_delegated_ops", {}),
-                 "delegated_fraction": pre.get("delegated_fraction")}
+    return run, {
+        "bytes": exported.path.stat().st_size,
+        "rel_diff": rel,
+        "non_delegated_ops": pre.get("non_delegated_ops", {}),
+        "delegated_fraction": pre.get("delegated_fraction"),
+    }
 
 
 def measure(runners: dict, x: np.ndarray, rounds: int, warmup: int, seed: int = 0) -> dict:
@@ -122,16 +126,24 @@ def measure(runners: dict, x: np.ndarray, rounds: int, warmup: int, seed: int = 
     out = {}
     for k, ts in times.items():
         a = np.array(ts) * 1e3
-        out[k] = {"median_ms": float(np.median(a)), "q1_ms": float(np.percentile(a, 25)),
-                  "q3_ms": float(np.percentile(a, 75)), "runs": len(a)}
+        out[k] = {
+            "median_ms": float(np.median(a)),
+            "q1_ms": float(np.percentile(a, 25)),
+            "q3_ms": float(np.percentile(a, 75)),
+            "runs": len(a),
+        }
     return out
 
 
 def conv_widths(model: nn.Module) -> list[int]:
     """Output widths of the GEMM-shaped layers (convolutions other than depthwise, linear
     layers other than the classifier), in order."""
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-              and not (isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels)]
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+        and not (isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels)
+    ]
     if layers and isinstance(layers[-1], nn.Linear):
         layers = layers[:-1]
     return [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for m in layers]
@@ -154,8 +166,11 @@ def activations(model: nn.Module, x: torch.Tensor) -> int:
         nonlocal total
         total += out.numel()
 
-    hs = [m.register_forward_hook(hook) for m in model.modules()
-          if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hs = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     with torch.no_grad():
         model(x)
     for h in hs:
@@ -168,8 +183,11 @@ def depthwise_share(model: nn.Module, x: torch.Tensor) -> float:
     import torch_pruning as tp
 
     macs, _, per, _ = tp.utils.count_ops_and_params(model, x, layer_wise=True)
-    dw = sum(per.get(m) or 0 for m in model.modules()
-             if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels)
+    dw = sum(
+        per.get(m) or 0
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+    )
     return dw / macs if macs else 0.0
 
 
@@ -181,8 +199,14 @@ def call_floor(x: torch.Tensor, rounds: int, folder: Path) -> float:
     return measure({"floor": run}, x.numpy(), rounds, 10)["floor"]["median_ms"]
 
 
-def bench_model(name: str, rounds: int, warmup: int, work: Path,
-                round_to: int | None = None, compare_round_to: int | None = None) -> dict:
+def bench_model(
+    name: str,
+    rounds: int,
+    warmup: int,
+    work: Path,
+    round_to: int | None = None,
+    compare_round_to: int | None = None,
+) -> dict:
     log(f"{name}: pruning")
     x, vs = variants(name, round_to, compare_round_to)
     macs = {label: count(m, x)[0] for label, m, _ in vs if m is not None}
@@ -204,67 +228,104 @@ def bench_model(name: str, rounds: int, warmup: int, work: Path,
         t = timing[label]
         speedup = timing["dense"]["median_ms"] / t["median_ms"]
         reduction = macs["dense"] / macs[label]
-        rows.append({"variant": label, "macs": macs[label], "mac_reduction": reduction,
-                     "activation_reduction": vs[0][2]["activations"] / extra["activations"],
-                     **t, "speedup": speedup, "efficiency": speedup / reduction,
-                     "file": files[label], **extra})
-    return {"model": name, "input": list(x.shape[1:]), "rows": rows, "floor_ms": floor,
-            "depthwise_mac_share": depthwise_share(dense, x)}
+        rows.append(
+            {
+                "variant": label,
+                "macs": macs[label],
+                "mac_reduction": reduction,
+                "activation_reduction": vs[0][2]["activations"] / extra["activations"],
+                **t,
+                "speedup": speedup,
+                "efficiency": speedup / reduction,
+                "file": files[label],
+                **extra,
+            }
+        )
+    return {
+        "model": name,
+        "input": list(x.shape[1:]),
+        "rows": rows,
+        "floor_ms": floor,
+        "depthwise_mac_share": depthwise_share(dense, x),
+    }
 
 
 def why(result: dict) -> str:
     """Measured reasons a structured 2x row falls below the goal (for the note)."""
     rows = {r["variant"]: r for r in result["rows"]}
     r2 = rows[PRIMARY]
-    reasons = [(f"activations (conv/linear outputs, the bytes each layer writes and the next "
-               f"reads) fall only {r2['activation_reduction']:.2f}x while the MACs fall "
-               f"{r2['mac_reduction']:.2f}x: time spent moving activations, in pooling, "
-               f"padding and per-operator work shrinks with the width, not its square")]
+    reasons = [
+        (
+            f"activations (conv/linear outputs, the bytes each layer writes and the next "
+            f"reads) fall only {r2['activation_reduction']:.2f}x while the MACs fall "
+            f"{r2['mac_reduction']:.2f}x: time spent moving activations, in pooling, "
+            f"padding and per-operator work shrinks with the width, not its square"
+        )
+    ]
     tile = result.get("tile", host_tile())
     widths = r2.get("conv_widths")
     if tile and widths:
         odd = [w for w in widths if w % tile]
-        compare = [x for x in result["rows"] if x["variant"].startswith("2x") and
-                   "round_to" in x["variant"] and "efficiency" in x]
+        compare = [
+            x
+            for x in result["rows"]
+            if x["variant"].startswith("2x") and "round_to" in x["variant"] and "efficiency" in x
+        ]
         if odd:
-            text = (f"{len(odd)} of its {len(widths)} conv/linear layers come out with widths that "
-                    f"are not a multiple of {tile} (e.g. {', '.join(map(str, sorted(set(odd))[:4]))}"
-                    f"), which fill XNNPACK's {tile}-wide AVX-512 tiles of this host only "
-                    f"partly (on 8-wide ARM tiles they would not)")
+            text = (
+                f"{len(odd)} of its {len(widths)} conv/linear layers come out with widths that "
+                f"are not a multiple of {tile} (e.g. {', '.join(map(str, sorted(set(odd))[:4]))}"
+                f"), which fill XNNPACK's {tile}-wide AVX-512 tiles of this host only "
+                f"partly (on 8-wide ARM tiles they would not)"
+            )
             if compare:
-                text += (f"; pruned with {compare[0]['variant'].split(', ')[-1].rstrip(')')} "
-                         f"it reaches {compare[0]['efficiency']:.2f}")
+                text += (
+                    f"; pruned with {compare[0]['variant'].split(', ')[-1].rstrip(')')} "
+                    f"it reaches {compare[0]['efficiency']:.2f}"
+                )
             reasons.append(text)
     floor_share = result["floor_ms"] / r2["median_ms"]
     if floor_share > 0.1:
-        reasons.append(f"a per-call cost of {result['floor_ms'] * 1e3:.0f} us (a near-empty "
-                       f"program at this input) is {floor_share:.0%} of the pruned latency and "
-                       f"does not shrink")
+        reasons.append(
+            f"a per-call cost of {result['floor_ms'] * 1e3:.0f} us (a near-empty "
+            f"program at this input) is {floor_share:.0%} of the pruned latency and "
+            f"does not shrink"
+        )
     if result["depthwise_mac_share"] > 0.02:
-        reasons.append(f"{result['depthwise_mac_share']:.0%} of the MACs are depthwise convs, "
-                       f"memory-bound: their time follows bytes moved (activations), not MACs, "
-                       f"and 1x1 convs on few channels run below peak too")
+        reasons.append(
+            f"{result['depthwise_mac_share']:.0%} of the MACs are depthwise convs, "
+            f"memory-bound: their time follows bytes moved (activations), not MACs, "
+            f"and 1x1 convs on few channels run below peak too"
+        )
     left = r2["file"]["non_delegated_ops"]
     if left:
         ops = ", ".join(f"{k} x{v}" for k, v in sorted(left.items()))
-        reasons.append(f"ops outside XNNPACK on portable kernels ({ops}) do not speed up with "
-                       f"fewer channels")
+        reasons.append(
+            f"ops outside XNNPACK on portable kernels ({ops}) do not speed up with fewer channels"
+        )
     if result["model"].startswith("vit"):
-        reasons.append("attention (softmax, bmm over 65 tokens) is not in the counted MACs and "
-                       "is cut only by the heads removed")
+        reasons.append(
+            "attention (softmax, bmm over 65 tokens) is not in the counted MACs and "
+            "is cut only by the heads removed"
+        )
     return "; ".join(reasons)
 
 
 def table(results: list[dict]) -> list[str]:
-    lines = [("| model | input | variant | MACs (M) | MAC reduction | latency ms, median "
-             "(IQR) | speed-up | speed-up / MAC reduction |"),
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        (
+            "| model | input | variant | MACs (M) | MAC reduction | latency ms, median "
+            "(IQR) | speed-up | speed-up / MAC reduction |"
+        ),
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for res in results:
         shape = "x".join(map(str, res["input"]))
         for r in res["rows"]:
             if "unreachable" in r:
-                lines.append(f"| {res['model']} | {shape} | {r['variant']} | – | not reachable"
-                             f" | – | – | – |")
+                lines.append(
+                    f"| {res['model']} | {shape} | {r['variant']} | – | not reachable | – | – | – |"
+                )
                 continue
             asked = {"2x": 2.0, "4x": 4.0}.get(r["variant"][:2])
             missed = asked and r["mac_reduction"] < 0.9 * asked
@@ -279,7 +340,8 @@ def table(results: list[dict]) -> list[str]:
             lines.append(
                 f"| {res['model']} | {shape} | {r['variant']}{extra} | {r['macs'] / 1e6:.2f} | "
                 f"{r['mac_reduction']:.2f}x | {r['median_ms']:.3f} ({r['q1_ms']:.3f}-"
-                f"{r['q3_ms']:.3f}) | {spd} | {eff} |")
+                f"{r['q3_ms']:.3f}) | {spd} | {eff} |"
+            )
     return lines
 
 
@@ -298,70 +360,123 @@ def environment() -> dict:
         except PackageNotFoundError:
             return "?"
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "executorch": v("executorch"),
-            "torch-pruning": v("torch-pruning"), "os": platform.platform(),
-            "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "executorch": v("executorch"),
+        "torch-pruning": v("torch-pruning"),
+        "os": platform.platform(),
+        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
 
 
-def section(results: list[dict], env: dict, env_end: dict, rounds: int, warmup: int,
-            quick: bool, minutes: float, round_to: int | None = None) -> str:
-    below = [r for r in results if any(
-        x["variant"] == PRIMARY and x["efficiency"] < GOAL for x in r["rows"])]
+def section(
+    results: list[dict],
+    env: dict,
+    env_end: dict,
+    rounds: int,
+    warmup: int,
+    quick: bool,
+    minutes: float,
+    round_to: int | None = None,
+) -> str:
+    below = [
+        r
+        for r in results
+        if any(x["variant"] == PRIMARY and x["efficiency"] < GOAL for x in r["rows"])
+    ]
     goal_models = {"resnet20", "resnet56", "vgg_small", "mobilenetv2", "mobilenetv2_100"}
-    out = [HEADING, "",
-           "Produced by `benchmarks/prune_speedup.py`" + (" --quick" if quick else "") +
-           (f" --round-to {round_to}" if round_to else "") +
-           f" ({minutes:.1f} min). Latency of ExecuTorch XNNPACK `.pte` files, fp32, 1 thread, "
-           "batch 1, through the project's backend (`targets.get_backend(\"executorch-xnnpack\")`, "
-           "`load(path, threads=1)`), each file checked against torch first. Speed-up = dense "
-           "median / variant median; MAC reduction = dense MACs / variant MACs (counted by "
-           "torch-pruning's op counter, which leaves out the ViT's attention matmuls); the last "
-           "column is their ratio, 1.0 meaning the latency fell as much as the MACs. Structured "
-           "rows: `prune_to_macs(..., 0.5 | 0.25, \"l2\", round_to)` (channels removed, widths "
-           f"multiples of {round_to or 8}); unstructured rows: `prune_unstructured(model, 0.5 | 0.9)` (global "
-           "magnitude, real zeros, same shapes). Random weights.",
-           "",
-           f"- Hardware: {env['cpu']}, {env['cores']} cores visible; {env['os']}.",
-           (f"- Versions: Python {env['python']}, torch {env['torch']}, executorch "
-           f"{env['executorch']}, torch-pruning {env['torch-pruning']}."),
-           (f"- Date: {env['date']}. Timing: {warmup} warm-up runs per file, then {rounds} "
-           "interleaved rounds (every variant of a model once per round, shuffled order); "
-           "median and interquartile range."),
-           (f"- **This machine is shared with other agents' jobs** (load average "
-           f"{_load(env)} at the start, {_load(env_end)} at the end, on "
-           f"{env['cores']} cores). Interleaving spreads that load over all variants of a model "
-           "alike, so the ratios are fairer than the absolute milliseconds, but both carry "
-           "noise; compare rows within one model."),
-           "", *table(results), ""]
+    out = [
+        HEADING,
+        "",
+        "Produced by `benchmarks/prune_speedup.py`"
+        + (" --quick" if quick else "")
+        + (f" --round-to {round_to}" if round_to else "")
+        + f" ({minutes:.1f} min). Latency of ExecuTorch XNNPACK `.pte` files, fp32, 1 thread, "
+        'batch 1, through the project\'s backend (`targets.get_backend("executorch-xnnpack")`, '
+        "`load(path, threads=1)`), each file checked against torch first. Speed-up = dense "
+        "median / variant median; MAC reduction = dense MACs / variant MACs (counted by "
+        "torch-pruning's op counter, which leaves out the ViT's attention matmuls); the last "
+        "column is their ratio, 1.0 meaning the latency fell as much as the MACs. Structured "
+        'rows: `prune_to_macs(..., 0.5 | 0.25, "l2", round_to)` (channels removed, widths '
+        f"multiples of {round_to or 8}); unstructured rows: `prune_unstructured(model, 0.5 | 0.9)` (global "
+        "magnitude, real zeros, same shapes). Random weights.",
+        "",
+        f"- Hardware: {env['cpu']}, {env['cores']} cores visible; {env['os']}.",
+        (
+            f"- Versions: Python {env['python']}, torch {env['torch']}, executorch "
+            f"{env['executorch']}, torch-pruning {env['torch-pruning']}."
+        ),
+        (
+            f"- Date: {env['date']}. Timing: {warmup} warm-up runs per file, then {rounds} "
+            "interleaved rounds (every variant of a model once per round, shuffled order); "
+            "median and interquartile range."
+        ),
+        (
+            f"- **This machine is shared with other agents' jobs** (load average "
+            f"{_load(env)} at the start, {_load(env_end)} at the end, on "
+            f"{env['cores']} cores). Interleaving spreads that load over all variants of a model "
+            "alike, so the ratios are fairer than the absolute milliseconds, but both carry "
+            "noise; compare rows within one model."
+        ),
+        "",
+        *table(results),
+        "",
+    ]
     missed = [r["model"] for r in below if r["model"] in goal_models]
     measured = [r["model"] for r in results if r["model"] in goal_models]
-    goal_line = ("Goal of issue 3 (speed-up / MAC reduction >= 0.8 at 2x for the ResNets, VGG "
-                 "and MobileNetV2): " + (
-                     "not measured in this run." if not measured else
-                     f"met for {', '.join(measured)}." if not missed else
-                     f"**not met** for {', '.join(missed)}" + (
-                         f"; met for {', '.join(m for m in measured if m not in missed)}."
-                         if len(missed) < len(measured) else ".")))
-    close = [r["model"] for r in results if r["model"] in goal_models and any(
-        x["variant"] == PRIMARY and abs(x["efficiency"] - GOAL) < 0.05 for x in r["rows"])]
+    goal_line = (
+        "Goal of issue 3 (speed-up / MAC reduction >= 0.8 at 2x for the ResNets, VGG "
+        "and MobileNetV2): "
+        + (
+            "not measured in this run."
+            if not measured
+            else f"met for {', '.join(measured)}."
+            if not missed
+            else f"**not met** for {', '.join(missed)}"
+            + (
+                f"; met for {', '.join(m for m in measured if m not in missed)}."
+                if len(missed) < len(measured)
+                else "."
+            )
+        )
+    )
+    close = [
+        r["model"]
+        for r in results
+        if r["model"] in goal_models
+        and any(x["variant"] == PRIMARY and abs(x["efficiency"] - GOAL) < 0.05 for x in r["rows"])
+    ]
     if close:
-        goal_line += (f" Borderline (within 0.05 of {GOAL}, about the run-to-run difference "
-                      f"seen on this shared machine): {', '.join(close)}.")
+        goal_line += (
+            f" Borderline (within 0.05 of {GOAL}, about the run-to-run difference "
+            f"seen on this shared machine): {', '.join(close)}."
+        )
     out += [goal_line, ""]
     if any("round_to" in x["variant"] for r in results for x in r["rows"]):
-        out += [(
-            "Rows marked `round_to N` prune the same model with widths that are multiples of N "
-            "instead. On this x86 host with AVX-512F, XNNPACK's fp32 GEMM/IGEMM kernels compute "
-            "16 output channels per tile (`f32_igemm_minmax_ukernel_7x16__avx512f_broadcast`); "
-            "on ARM64 phones they are 8 wide (6x8 NEON), see `src/configs/gemm-config.c` in "
-            "google/XNNPACK. A width that is a multiple of 8 but not of 16 leaves half of the "
-            "last tile idle here, which is why round_to is configurable per target (the zoo and "
-            "the phone targets use 8)."), ""]
-    out += [("Unstructured sparsity keeps every shape: XNNPACK's fp32 kernels multiply the "
-             "zeros like any other weight, so its speed-up stays near 1x whatever the sparsity "
-             "(the zeros help only file compression)."), ""]
+        out += [
+            (
+                "Rows marked `round_to N` prune the same model with widths that are multiples of N "
+                "instead. On this x86 host with AVX-512F, XNNPACK's fp32 GEMM/IGEMM kernels compute "
+                "16 output channels per tile (`f32_igemm_minmax_ukernel_7x16__avx512f_broadcast`); "
+                "on ARM64 phones they are 8 wide (6x8 NEON), see `src/configs/gemm-config.c` in "
+                "google/XNNPACK. A width that is a multiple of 8 but not of 16 leaves half of the "
+                "last tile idle here, which is why round_to is configurable per target (the zoo and "
+                "the phone targets use 8)."
+            ),
+            "",
+        ]
+    out += [
+        (
+            "Unstructured sparsity keeps every shape: XNNPACK's fp32 kernels multiply the "
+            "zeros like any other weight, so its speed-up stays near 1x whatever the sparsity "
+            "(the zeros help only file compression)."
+        ),
+        "",
+    ]
     if below:
         out += ["Notes, models below 0.8 at 2x (measured causes):", ""]
         for r in below:
@@ -380,8 +495,11 @@ def write_section(text: str, path: Path = RESULTS) -> None:
     """Replace this script's section in RESULTS.md (other sections are left as they are)."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
     pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    new = pattern.sub(lambda _: text.rstrip() + "\n\n", old) if pattern.search(old) else \
-        old.rstrip() + "\n\n" + text.rstrip() + "\n"
+    new = (
+        pattern.sub(lambda _: text.rstrip() + "\n\n", old)
+        if pattern.search(old)
+        else old.rstrip() + "\n\n" + text.rstrip() + "\n"
+    )
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(new)
     tmp.replace(path)
@@ -399,9 +517,16 @@ def render(path: Path, out: Path) -> int:
                 x = torch.randn(1, c, h, w)
                 rt = meta.get("round_to") or models.get_model_entry(res["model"]).round_to
                 r["conv_widths"] = conv_widths(prune_to_macs(dense, x, 0.5, "l2", rt).model)
-    text = section(saved["results"], saved["env"], saved.get("env_end", saved["env"]),
-                   meta.get("rounds", 100), meta.get("warmup", 10), meta.get("quick", False),
-                   meta.get("minutes", 0.0), meta.get("round_to"))
+    text = section(
+        saved["results"],
+        saved["env"],
+        saved.get("env_end", saved["env"]),
+        meta.get("rounds", 100),
+        meta.get("warmup", 10),
+        meta.get("quick", False),
+        meta.get("minutes", 0.0),
+        meta.get("round_to"),
+    )
     write_section(text, out)
     log(f"wrote {out} from {path}")
     return 0
@@ -414,21 +539,30 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, help="interleaved timing rounds (default 100; quick 30)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--round-to", type=int, help="channel multiple (default: the zoo entry's, 8)")
-    ap.add_argument("--compare-round-to", type=int,
-                    help="also prune with this channel multiple (e.g. 16: the fp32 tile width of "
-                         "XNNPACK's AVX-512 kernels) and add those rows")
+    ap.add_argument(
+        "--compare-round-to",
+        type=int,
+        help="also prune with this channel multiple (e.g. 16: the fp32 tile width of "
+        "XNNPACK's AVX-512 kernels) and add those rows",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS, help="markdown file to update")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
-    ap.add_argument("--render", type=Path,
-                    help="rewrite the section from a --json file of an earlier run, measuring "
-                         "nothing (pruned conv widths missing from it are recomputed: pruning "
-                         "is deterministic)")
+    ap.add_argument(
+        "--render",
+        type=Path,
+        help="rewrite the section from a --json file of an earlier run, measuring "
+        "nothing (pruned conv widths missing from it are recomputed: pruning "
+        "is deterministic)",
+    )
     args = ap.parse_args(argv)
     if args.render:
         return render(args.render, args.out)
     torch.set_num_threads(1)
-    names = args.models.split(",") if args.models else (
-        QUICK_MODELS if args.quick else models.list_models())
+    names = (
+        args.models.split(",")
+        if args.models
+        else (QUICK_MODELS if args.quick else models.list_models())
+    )
     rounds = args.rounds or (30 if args.quick else 100)
     if not args.quick and not args.models and rounds < 50:
         ap.error("use at least 50 rounds for a full run")
@@ -437,25 +571,39 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="prune_speedup_") as work:
         for name in names:
-            results.append(bench_model(name, rounds, args.warmup, Path(work), args.round_to,
-                                       args.compare_round_to))
+            results.append(
+                bench_model(
+                    name, rounds, args.warmup, Path(work), args.round_to, args.compare_round_to
+                )
+            )
             for r in results[-1]["rows"]:
                 if "unreachable" in r:
                     log(f"  {name:18s} {r['variant']:40s} not reachable: {r['unreachable']}")
                     continue
-                log(f"  {name:18s} {r['variant']:40s} {r['median_ms']:8.3f} ms  speed-up "
+                log(
+                    f"  {name:18s} {r['variant']:40s} {r['median_ms']:8.3f} ms  speed-up "
                     f"{r['speedup']:.2f}x  / MAC reduction {r['mac_reduction']:.2f}x = "
-                    f"{r['efficiency']:.2f}")
+                    f"{r['efficiency']:.2f}"
+                )
     env_end, minutes = environment(), (time.time() - t0) / 60
-    text = section(results, env, env_end, rounds, args.warmup, args.quick, minutes,
-                   args.round_to)
+    text = section(results, env, env_end, rounds, args.warmup, args.quick, minutes, args.round_to)
     write_section(text, args.out)
     if args.json:
-        meta = {"rounds": rounds, "warmup": args.warmup, "quick": args.quick,
-                "minutes": minutes, "round_to": args.round_to,
-                "compare_round_to": args.compare_round_to}
-        args.json.write_text(json.dumps({"env": env, "env_end": env_end, "meta": meta,
-                                         "results": results}, indent=1, default=str))
+        meta = {
+            "rounds": rounds,
+            "warmup": args.warmup,
+            "quick": args.quick,
+            "minutes": minutes,
+            "round_to": args.round_to,
+            "compare_round_to": args.compare_round_to,
+        }
+        args.json.write_text(
+            json.dumps(
+                {"env": env, "env_end": env_end, "meta": meta, "results": results},
+                indent=1,
+                default=str,
+            )
+        )
     log(f"wrote {args.out}")
     return 0
 

@@ -25,8 +25,10 @@ ACTS = (nn.ReLU, nn.ReLU6, nn.Hardswish)
 
 
 def _cba(cin, cout, k=3, stride=1, groups=1, act=nn.ReLU):
-    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-              nn.BatchNorm2d(cout)]
+    layers = [
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
     if act is not None:
         layers.append(act())
     return nn.Sequential(*layers)
@@ -64,8 +66,9 @@ class _Basic(nn.Module):
         super().__init__()
         self.a = _cba(cin, cout, 3, stride)
         self.b = _cba(cout, cout, 3, act=None)
-        self.short = (nn.Identity() if stride == 1 and cin == cout
-                      else _cba(cin, cout, 1, stride, act=None))
+        self.short = (
+            nn.Identity() if stride == 1 and cin == cout else _cba(cin, cout, 1, stride, act=None)
+        )
         self.relu = nn.ReLU()
 
     def forward(self, x):
@@ -87,13 +90,24 @@ class _ConvNet(nn.Module):
             if kind == "conv":
                 blocks.append(_cba(c, cout, rng.choice((1, 3, 3, 5)), stride, act=act))
             elif kind == "dwsep":
-                blocks += [_cba(c, c, rng.choice((3, 5)), stride, groups=c, act=act),
-                           _cba(c, cout, 1, act=act)]
+                blocks += [
+                    _cba(c, c, rng.choice((3, 5)), stride, groups=c, act=act),
+                    _cba(c, cout, 1, act=act),
+                ]
             elif kind == "invres":
                 if stride == 1 and rng.random() < 0.5:
                     cout = c
-                blocks.append(_InvRes(c, cout, rng.choice((1, 2, 4, 6)), rng.choice((3, 5)),
-                                      stride, act, rng.random() < 0.4))
+                blocks.append(
+                    _InvRes(
+                        c,
+                        cout,
+                        rng.choice((1, 2, 4, 6)),
+                        rng.choice((3, 5)),
+                        stride,
+                        act,
+                        rng.random() < 0.4,
+                    )
+                )
             elif kind == "basic":
                 blocks.append(_Basic(c, cout, stride))
             else:
@@ -142,8 +156,9 @@ class _Transformer(nn.Module):
         d = heads * rng.choice((16, 32, 48))
         p = rng.choice((2, 4, 8))
         self.embed = nn.Conv2d(3, d, p, p)
-        self.blocks = nn.Sequential(*[_Block(d, heads, rng.choice((2, 4)))
-                                      for _ in range(rng.randint(1, 4))])
+        self.blocks = nn.Sequential(
+            *[_Block(d, heads, rng.choice((2, 4))) for _ in range(rng.randint(1, 4))]
+        )
         self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, 10)
 
     def forward(self, x):  # x: (1, 3, 32, 32)

@@ -10,5 +10,11 @@ from models._registry import (
     register_model,
 )
 
-__all__ = ["create_from_spec", "create_model", "example_input", "get_model_entry", "list_models",
-           "register_model"]
+__all__ = [
+    "create_from_spec",
+    "create_model",
+    "example_input",
+    "get_model_entry",
+    "list_models",
+    "register_model",
+]

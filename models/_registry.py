@@ -6,11 +6,11 @@ the weights: an app team needs the input shape and layout as much as the weights
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ground.errors import unknown
 
@@ -64,8 +64,9 @@ def create_model(name: str, in_channels: int, num_classes: int, input_size: int)
 
 def create_from_spec(spec: dict) -> nn.Module:
     """The model a spec (name, in_channels, num_classes, input_size) describes, in eval mode."""
-    return create_model(spec["name"], spec["in_channels"], spec["num_classes"],
-                        spec["input_size"]).eval()
+    return create_model(
+        spec["name"], spec["in_channels"], spec["num_classes"], spec["input_size"]
+    ).eval()
 
 
 def example_input(spec: dict) -> torch.Tensor:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ground.errors import UsageError
 
@@ -34,8 +34,10 @@ def user_factory(name: str):
     sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)  # the user's own code: running it is the point
-    except Exception as e:
-        raise UsageError(f"--model {name}: importing {path} failed: {type(e).__name__}: {e}") from None
+    except Exception as e:  # noqa: BLE001  (whatever the user's module raises)
+        raise UsageError(
+            f"--model {name}: importing {path} failed: {type(e).__name__}: {e}"
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UsageError(f"--model {name}: {path} has no callable {attr!r}")
@@ -50,8 +52,9 @@ def create_user_model(name: str, in_channels: int, num_classes: int, input_size:
     takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
     model = factory(**{k: v for k, v in offered.items() if takes_all or k in params})
     if not isinstance(model, nn.Module):
-        raise UsageError(f"--model {name}: the factory returned {type(model).__name__}, "
-                         "not a torch.nn.Module")
+        raise UsageError(
+            f"--model {name}: the factory returned {type(model).__name__}, not a torch.nn.Module"
+        )
     return model
 
 
@@ -65,25 +68,28 @@ def load_weights(path: str | Path, trust_pickle: bool = False) -> tuple[dict, st
 
         try:
             return load_file(str(p)), "safetensors"
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (safetensors raises several types)
             raise UsageError(f"--weights {path}: not a readable safetensors file ({e})") from None
     if p.suffix in (".pt", ".pth"):
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
             how = "torch.load(weights_only=True)"
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (the unpickler raises several types)
             if not trust_pickle:
                 raise UsageError(
                     f"--weights {path}: refused: it holds objects beyond tensors that only "
                     f"unpickling would create ({type(e).__name__}); convert it to safetensors, "
-                    "or pass --trust-pickle if you trust its author") from None
+                    "or pass --trust-pickle if you trust its author"
+                ) from None
             state, how = _unpickle(p), "torch.load(weights_only=False) under --trust-pickle"
     elif trust_pickle:
         state, how = _unpickle(p), "torch.load(weights_only=False) under --trust-pickle"
     else:
-        raise UsageError(f"--weights {path}: refused: {p.suffix or 'no suffix'} is not "
-                         f"{', '.join(SAFE_SUFFIXES)}; loading it means unpickling, which can run "
-                         "code: convert it to safetensors, or pass --trust-pickle")
+        raise UsageError(
+            f"--weights {path}: refused: {p.suffix or 'no suffix'} is not "
+            f"{', '.join(SAFE_SUFFIXES)}; loading it means unpickling, which can run "
+            "code: convert it to safetensors, or pass --trust-pickle"
+        )
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

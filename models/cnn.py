@@ -1,6 +1,6 @@
 """Small plain CNNs: the default model for the bundled digits data."""
 
-import torch.nn as nn
+from torch import nn
 
 from models._registry import register_model
 

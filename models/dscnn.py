@@ -6,7 +6,7 @@ global average pool and a linear head; 64 channels throughout. The layers are pa
 (C, T, F) works, square images included.
 """
 
-import torch.nn as nn
+from torch import nn
 
 from models._registry import register_model
 
@@ -14,9 +14,11 @@ from models._registry import register_model
 def _ds_block(c: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(c, c, 3, padding=1, groups=c, bias=False),  # depthwise
-        nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+        nn.BatchNorm2d(c),
+        nn.ReLU(inplace=True),
         nn.Conv2d(c, c, 1, bias=False),  # pointwise
-        nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+        nn.BatchNorm2d(c),
+        nn.ReLU(inplace=True),
     )
 
 
@@ -25,7 +27,8 @@ class DSCNN(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, (10, 4), stride=2, padding=(5, 1), bias=False),
-            nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
         )
         self.blocks = nn.Sequential(*[_ds_block(width) for _ in range(blocks)])
         self.pool = nn.AdaptiveAvgPool2d(1)

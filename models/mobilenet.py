@@ -5,7 +5,7 @@ downsamples 8x (32 -> 4) instead of 32x, as CIFAR ports of both do. Channels are
 width multiplier and rounded with `_make_divisible(v, 8)`, so every width is a multiple of 8.
 """
 
-import torch.nn as nn
+from torch import nn
 
 from models._registry import register_model
 
@@ -17,8 +17,10 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
 
 
 def _conv_bn_act(cin, cout, k=3, stride=1, groups=1, act=nn.ReLU6) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-              nn.BatchNorm2d(cout)]
+    layers = [
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
     return nn.Sequential(*layers, act(inplace=True)) if act else nn.Sequential(*layers)
 
 
@@ -63,8 +65,15 @@ class SqueezeExcite(nn.Module):
 
 
 # MobileNetV2: (expansion t, channels c, repeats n, stride s); stage-2 stride 2 -> 1 for CIFAR
-_V2 = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-       (6, 160, 3, 2), (6, 320, 1, 1)]
+_V2 = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 class MobileNetV2(nn.Module):
@@ -89,12 +98,19 @@ class MobileNetV2(nn.Module):
 
 
 # MobileNetV3-Small: (kernel, expanded, out, SE, hard-swish, stride); first stride 2 -> 1 for CIFAR
-_V3_SMALL = [(3, 16, 16, True, False, 1), (3, 72, 24, False, False, 2),
-             (3, 88, 24, False, False, 1), (5, 96, 40, True, True, 2),
-             (5, 240, 40, True, True, 1), (5, 240, 40, True, True, 1),
-             (5, 120, 48, True, True, 1), (5, 144, 48, True, True, 1),
-             (5, 288, 96, True, True, 2), (5, 576, 96, True, True, 1),
-             (5, 576, 96, True, True, 1)]
+_V3_SMALL = [
+    (3, 16, 16, True, False, 1),
+    (3, 72, 24, False, False, 2),
+    (3, 88, 24, False, False, 1),
+    (5, 96, 40, True, True, 2),
+    (5, 240, 40, True, True, 1),
+    (5, 240, 40, True, True, 1),
+    (5, 120, 48, True, True, 1),
+    (5, 144, 48, True, True, 1),
+    (5, 288, 96, True, True, 2),
+    (5, 576, 96, True, True, 1),
+    (5, 576, 96, True, True, 1),
+]
 
 
 class MobileNetV3Small(nn.Module):
@@ -103,14 +119,19 @@ class MobileNetV3Small(nn.Module):
         layers = [_conv_bn_act(in_channels, 16, 3, stride=1, act=nn.Hardswish)]  # stride 2 -> 1
         cin = 16
         for k, exp, cout, se, hs, s in _V3_SMALL:
-            layers.append(InvertedResidual(cin, exp, cout, k, s, se,
-                                           act=nn.Hardswish if hs else nn.ReLU))
+            layers.append(
+                InvertedResidual(cin, exp, cout, k, s, se, act=nn.Hardswish if hs else nn.ReLU)
+            )
             cin = cout
         layers.append(_conv_bn_act(cin, 576, 1, act=nn.Hardswish))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Linear(576, hidden), nn.Hardswish(inplace=True),
-                                        nn.Dropout(0.2), nn.Linear(hidden, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(576, hidden),
+            nn.Hardswish(inplace=True),
+            nn.Dropout(0.2),
+            nn.Linear(hidden, num_classes),
+        )
 
     def forward(self, x):  # x: (B, C, H, W)
         x = self.pool(self.features(x))  # (B, 576, 1, 1)

@@ -5,7 +5,7 @@ identity, or option B (1x1 conv + BN) where the shape changes; the paper's optio
 strided identity) has no weights for structured pruning to follow and is not used here.
 """
 
-import torch.nn as nn
+from torch import nn
 
 from models._registry import register_model
 
@@ -20,8 +20,9 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:  # option B
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x):  # x: (B, cin, H, W)
         out = self.relu(self.bn1(self.conv1(x)))  # (B, cout, H/s, W/s)
@@ -32,8 +33,11 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, n: int, widths=(16, 32, 64)):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
         blocks, cin = [], widths[0]
         for i, w in enumerate(widths):
             for j in range(n):

@@ -5,7 +5,7 @@ linear layer instead of the three 4096-wide fully connected layers, as CIFAR var
 max-pool is skipped once the feature map is 1x1, so small inputs (8x8 digits) work too.
 """
 
-import torch.nn as nn
+from torch import nn
 
 from models._registry import register_model
 
@@ -22,8 +22,11 @@ class VGG(nn.Module):
                     layers.append(nn.MaxPool2d(2))
                     size //= 2
                 continue
-            layers += [nn.Conv2d(cin, v, 3, padding=1, bias=False), nn.BatchNorm2d(v),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(cin, v, 3, padding=1, bias=False),
+                nn.BatchNorm2d(v),
+                nn.ReLU(inplace=True),
+            ]
             cin = v
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -8,8 +8,8 @@ flattens heads with `reshape(B, N, -1)`, so torch-pruning can remove whole heads
 """
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from models._registry import register_model
 
@@ -29,8 +29,13 @@ class Attention(nn.Module):
         qkv = self.qkv(x)  # (B, N, 3*h*d), laid out (3, h, d)
         # split by slicing the feature dim and batch the heads into 3-D bmm: XNNPACK takes
         # slices and bmm, while unbind (squeeze) and 4-D matmul (expand) stay outside it
-        q, k, v = (qkv[..., i * h * d : (i + 1) * h * d].reshape(B, N, h, d).transpose(1, 2)
-                   .reshape(B * h, N, d) for i in range(3))  # each (B*h, N, d)
+        q, k, v = (
+            qkv[..., i * h * d : (i + 1) * h * d]
+            .reshape(B, N, h, d)
+            .transpose(1, 2)
+            .reshape(B * h, N, d)
+            for i in range(3)
+        )  # each (B*h, N, d)
         attn = torch.bmm(q * self.scale, k.transpose(1, 2))  # (B*h, N, N)
         x = torch.bmm(attn.softmax(dim=-1), v)  # (B*h, N, d)
         x = x.reshape(B, h, N, d).transpose(1, 2).reshape(B, N, -1)  # (B, N, h*d), not D
@@ -43,8 +48,9 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(),
-                                 nn.Linear(dim * mlp_ratio, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim)
+        )
 
     def forward(self, x):  # x: (B, N, D)
         x = x + self.attn(self.norm1(x))
@@ -53,13 +59,15 @@ class Block(nn.Module):
 
 def _patch_size(input_size: int, max_grid: int = 8) -> int:
     """The smallest patch that divides the image and gives at most max_grid patches a side."""
-    return next(p for p in range(1, input_size + 1)
-                if input_size % p == 0 and input_size // p <= max_grid)
+    return next(
+        p for p in range(1, input_size + 1) if input_size % p == 0 and input_size // p <= max_grid
+    )
 
 
 class ViT(nn.Module):
-    def __init__(self, in_channels, num_classes, input_size, dim=64, depth=4, num_heads=4,
-                 mlp_ratio=4):
+    def __init__(
+        self, in_channels, num_classes, input_size, dim=64, depth=4, num_heads=4, mlp_ratio=4
+    ):
         super().__init__()
         patch = _patch_size(input_size)
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)

@@ -71,39 +71,60 @@ def _assemble(folder: Path, report: dict, backends: dict, data: Dataset, spec: d
             "precision": r["precision"],
             "io": rb["io"],
             "golden_key": golden_key(name) if golden_key(name) in golden else None,
-            "parity": {"state": rb["parity"]["state"],
-                       **{k: rb["parity"]["test_split"][k]["value"]
-                          for k in ("sqnr_db", "top1_agreement", "max_abs_diff")
-                          if "test_split" in rb["parity"]}},
+            "parity": {
+                "state": rb["parity"]["state"],
+                **{
+                    k: rb["parity"]["test_split"][k]["value"]
+                    for k in ("sqnr_db", "top1_agreement", "max_abs_diff")
+                    if "test_split" in rb["parity"]
+                },
+            },
         }
     c, h, w = spec["input_shape"]
     model_json = {
         "model": spec["name"],
         "inputs": [{"name": "x", "shape": [1, c, h, w], "dtype": "float32", "layout": "NCHW"}],
-        "outputs": [{"name": "logits", "shape": [1, len(data.labels)], "dtype": "float32",
-                     "meaning": "unnormalised class scores; softmax gives probabilities"}],
+        "outputs": [
+            {
+                "name": "logits",
+                "shape": [1, len(data.labels)],
+                "dtype": "float32",
+                "meaning": "unnormalised class scores; softmax gives probabilities",
+            }
+        ],
         "preprocessing": data.preprocessing.describe(),
         "labels": data.labels,
-        "temperature": {k: report["stages"]["temperature"][k] for k in
-                        ("temperature_applied", "temperature_fitted", "folded", "decision")}
-        if "temperature" in report["stages"] else None,
+        "temperature": {
+            k: report["stages"]["temperature"][k]
+            for k in ("temperature_applied", "temperature_fitted", "folded", "decision")
+        }
+        if "temperature" in report["stages"]
+        else None,
         "backends": entries,
-        "golden": {"file": "golden.npz", "inputs_key": "x", "labels_key": "y",
-                   "count": len(golden["y"]), "note": "x is already preprocessed model input"},
+        "golden": {
+            "file": "golden.npz",
+            "inputs_key": "x",
+            "labels_key": "y",
+            "count": len(golden["y"]),
+            "note": "x is already preprocessed model input",
+        },
         "ok": report["ok"],
     }
     write_json(folder / "model.json", model_json)
     write_bytes(folder / "README.md", bundle_readme.render(model_json).encode())
-    with atomic_path(folder / "golden.npz") as t:
-        with open(t, "wb") as f:
-            np.savez(f, **golden)
+    with atomic_path(folder / "golden.npz") as t, open(t, "wb") as f:
+        np.savez(f, **golden)
     write_json(folder / "report.json", report)
     write_bytes(folder / "report.html", report_html.render(report).encode())
     files = [file_record(p, folder) for p in list_files(folder)]
-    write_json(folder / "manifest.json", {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "target": report["target"], "files": files,
-    })
+    write_json(
+        folder / "manifest.json",
+        {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "target": report["target"],
+            "files": files,
+        },
+    )
 
 
 def _swap_into_place(tmp: Path, dest: Path) -> None:

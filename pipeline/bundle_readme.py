@@ -17,16 +17,21 @@ def render(model_json: dict) -> str:
         "",
         f"Input `{inp['name']}`: float32 {shape} ({inp['layout']}). Output `logits`: float32 "
         f"{model_json['outputs'][0]['shape']}, classes {', '.join(model_json['labels'][:12])}"
-        + ("…" if len(model_json["labels"]) > 12 else "") + ".",
+        + ("…" if len(model_json["labels"]) > 12 else "")
+        + ".",
         "",
         "## Preprocessing (raw data to model input)",
         "",
         f"Raw data: {pre['raw']}.",
-        f"`x = ((raw * {pre['scale']:.8g}) - mean[c]) / std[c]`, mean = {list(pre['mean'])}, "
-        f"std = {list(pre['std'])}, then HWC to CHW.",
+        (
+            f"`x = ((raw * {pre['scale']:.8g}) - mean[c]) / std[c]`, mean = {list(pre['mean'])}, "
+            f"std = {list(pre['std'])}, then HWC to CHW."
+        ),
         "",
-        "`golden.npz` holds preprocessed inputs (`x`) and each file's outputs for them: run them "
-        "in the app and compare, before anything else.",
+        (
+            "`golden.npz` holds preprocessed inputs (`x`) and each file's outputs for them: run them "
+            "in the app and compare, before anything else."
+        ),
         "",
         "## Files",
         "",
@@ -36,8 +41,11 @@ def render(model_json: dict) -> str:
     for name, b in model_json["backends"].items():
         p = b["parity"]
         figures = ", ".join(f"{k} {v:.4g}" for k, v in p.items() if k != "state")
-        lines.append(f"| `{b['file']}` | {name} | {b['precision']} | {p['state']}"
-                     + (f" ({figures})" if figures else "") + " |")
+        lines.append(
+            f"| `{b['file']}` | {name} | {b['precision']} | {p['state']}"
+            + (f" ({figures})" if figures else "")
+            + " |"
+        )
     lines.append("")
     for name, b in model_json["backends"].items():
         snippet = _SNIPPETS.get(name)
@@ -71,9 +79,11 @@ def _executorch(b, shape):
         "import org.pytorch.executorch.Module",
         "import org.pytorch.executorch.Tensor",
         "",
-        f"val module = Module.load(\"/data/local/tmp/{b['file']}\")",
-        f"val input = Tensor.fromBlob(pixels /* FloatArray({_numel(shape)}), preprocessed */, "
-        f"longArrayOf({_long_array(shape)}))",
+        f'val module = Module.load("/data/local/tmp/{b["file"]}")',
+        (
+            f"val input = Tensor.fromBlob(pixels /* FloatArray({_numel(shape)}), preprocessed */, "
+            f"longArrayOf({_long_array(shape)}))"
+        ),
         "val logits = module.forward(EValue.from(input))[0].toTensor().dataAsFloatArray",
         "```",
         "",
@@ -82,7 +92,7 @@ def _executorch(b, shape):
         "```swift",
         "import ExecuTorch",
         "",
-        "let module = Module(filePath: Bundle.main.path(forResource: \"model\", ofType: \"pte\")!)",
+        'let module = Module(filePath: Bundle.main.path(forResource: "model", ofType: "pte")!)',
         f"let input = Tensor<Float>(pixels /* [Float], preprocessed */, shape: [{dims}])",
         "let output: Tensor<Float> = try module.forward(input)[0].tensor()!",
         "let logits = output.scalars()",
@@ -98,15 +108,19 @@ def _tflite(b, shape):
     if "quantization" in i:
         qi, qo = i["quantization"], o["quantization"]
         lines += [
-            f"Input and output tensors are int8. Quantize the preprocessed input: "
-            f"`q = clamp(round(x / {qi['scale']:.8g}) + {qi['zero_point']}, -128, 127)`; "
-            f"dequantize the output: `logit = (q - {qo['zero_point']}) * {qo['scale']:.8g}`.",
+            (
+                f"Input and output tensors are int8. Quantize the preprocessed input: "
+                f"`q = clamp(round(x / {qi['scale']:.8g}) + {qi['zero_point']}, -128, 127)`; "
+                f"dequantize the output: `logit = (q - {qo['zero_point']}) * {qo['scale']:.8g}`."
+            ),
             "",
         ]
     dtype = "Byte" if "quantization" in i else "Float"
     lines += [
-        f"Input layout {i.get('layout', 'NCHW')}, shape {i['shape']}; signature "
-        f"`{io['signature']}`, input `{i['name']}`, output `{o['name']}`.",
+        (
+            f"Input layout {i.get('layout', 'NCHW')}, shape {i['shape']}; signature "
+            f"`{io['signature']}`, input `{i['name']}`, output `{o['name']}`."
+        ),
         "",
         "Android (Kotlin, `com.google.ai.edge.litert:litert`):",
         "",
@@ -115,12 +129,14 @@ def _tflite(b, shape):
         "import java.nio.ByteBuffer",
         "import java.nio.ByteOrder",
         "",
-        "val interpreter = Interpreter(loadModelFile(\"model.tflite\"))  // a MappedByteBuffer",
+        'val interpreter = Interpreter(loadModelFile("model.tflite"))  // a MappedByteBuffer',
         f"val input = ByteBuffer.allocateDirect({_numel(i['shape'])}"
-        + (" * 4" if dtype == "Float" else "") + ").order(ByteOrder.nativeOrder())",
+        + (" * 4" if dtype == "Float" else "")
+        + ").order(ByteOrder.nativeOrder())",
         f"// fill `input` with the {'quantized int8' if dtype == 'Byte' else 'float32'} input",
         f"val output = ByteBuffer.allocateDirect({_numel(o['shape'])}"
-        + (" * 4" if dtype == "Float" else "") + ").order(ByteOrder.nativeOrder())",
+        + (" * 4" if dtype == "Float" else "")
+        + ").order(ByteOrder.nativeOrder())",
         "interpreter.run(input, output)",
         "```",
         "",
@@ -141,12 +157,14 @@ def _coreml(b, shape):
         "let model = try MLModel(contentsOf: compiled)",
         f"let x = try MLMultiArray(shape: {[int(s) for s in shape]}, dataType: .float32)",
         "// fill x with the preprocessed input",
-        "let out = try model.prediction(from: MLDictionaryFeatureProvider(dictionary: [\"x\": x]))",
-        "let logits = out.featureValue(for: \"logits\")!.multiArrayValue!",
+        'let out = try model.prediction(from: MLDictionaryFeatureProvider(dictionary: ["x": x]))',
+        'let logits = out.featureValue(for: "logits")!.multiArrayValue!',
         "```",
         "",
-        "Core ML prediction runs only on Apple platforms: on Linux this file was checked "
-        "structurally (spec, names, shapes, ops), not run.",
+        (
+            "Core ML prediction runs only on Apple platforms: on Linux this file was checked "
+            "structurally (spec, names, shapes, ops), not run."
+        ),
         "",
     ]
 
@@ -162,11 +180,10 @@ def _onnx(b, shape):
         "val env = OrtEnvironment.getEnvironment()",
         "val session = env.createSession(modelBytes, OrtSession.SessionOptions())",
         f"val x = OnnxTensor.createTensor(env, FloatBuffer.wrap(pixels), longArrayOf({_long_array(shape)}))",
-        "val logits = session.run(mapOf(\"x\" to x))[0].value as Array<FloatArray>",
+        'val logits = session.run(mapOf("x" to x))[0].value as Array<FloatArray>',
         "```",
         "",
     ]
 
 
-_SNIPPETS = {"executorch-xnnpack": _executorch, "tflite": _tflite, "coreml": _coreml,
-             "onnx": _onnx}
+_SNIPPETS = {"executorch-xnnpack": _executorch, "tflite": _tflite, "coreml": _coreml, "onnx": _onnx}

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 DEFAULT_BINS = 15
 T_BOUNDS = (0.05, 20.0)
@@ -45,11 +45,15 @@ def _check(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     logits = np.asarray(logits)
     labels = np.asarray(labels).astype(np.int64).reshape(-1)
     if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
-        raise ValueError(f"calibration: logits must be (N, K) with one label each, got logits "
-                         f"{tuple(logits.shape)} and {len(labels)} labels")
+        raise ValueError(
+            f"calibration: logits must be (N, K) with one label each, got logits "
+            f"{tuple(logits.shape)} and {len(labels)} labels"
+        )
     if labels.min() < 0 or labels.max() >= logits.shape[1]:
-        raise ValueError(f"calibration: labels must be in [0, {logits.shape[1]}), got "
-                         f"[{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"calibration: labels must be in [0, {logits.shape[1]}), got "
+            f"[{labels.min()}, {labels.max()}]"
+        )
     if not np.isfinite(logits).all():
         raise ValueError("calibration: logits contain NaN or inf")
     return logits, labels
@@ -89,14 +93,23 @@ def metrics(logits: np.ndarray, labels: np.ndarray, bins: int = DEFAULT_BINS) ->
     onehot = np.zeros_like(p)
     onehot[np.arange(n), labels] = 1.0
     brier = float(((p - onehot) ** 2).sum(axis=1).mean())
-    as_list = lambda a: [None if not np.isfinite(v) else float(v) for v in a]  # noqa: E731
+    as_list = lambda a: [None if not np.isfinite(v) else float(v) for v in a]
     return {
-        "ece": ece, "mce": mce, "nll": nll, "brier": brier,
-        "accuracy": float(correct.mean()), "mean_confidence": float(conf.mean()),
-        "count": int(n), "classes": int(k), "bins": int(bins),
-        "reliability": {"edges": [float(e) for e in np.linspace(0.0, 1.0, bins + 1)],
-                        "count": [int(c) for c in count],
-                        "confidence": as_list(mean_conf), "accuracy": as_list(acc)},
+        "ece": ece,
+        "mce": mce,
+        "nll": nll,
+        "brier": brier,
+        "accuracy": float(correct.mean()),
+        "mean_confidence": float(conf.mean()),
+        "count": int(n),
+        "classes": int(k),
+        "bins": int(bins),
+        "reliability": {
+            "edges": [float(e) for e in np.linspace(0.0, 1.0, bins + 1)],
+            "count": [int(c) for c in count],
+            "confidence": as_list(mean_conf),
+            "accuracy": as_list(acc),
+        },
     }
 
 
@@ -129,8 +142,12 @@ def _nll_and_grad(beta: float, z: np.ndarray, labels: np.ndarray) -> tuple[float
     return float(-logp[np.arange(n), labels].mean()), float(((p * z).sum(1) - zy).mean())
 
 
-def fit_temperature_info(val_logits: np.ndarray, val_labels: np.ndarray,
-                         bounds: tuple[float, float] = T_BOUNDS, cv_folds: int = 5) -> dict:
+def fit_temperature_info(
+    val_logits: np.ndarray,
+    val_labels: np.ndarray,
+    bounds: tuple[float, float] = T_BOUNDS,
+    cv_folds: int = 5,
+) -> dict:
     """Fit T minimising the NLL of softmax(logits / T) on a held-out split, with the evidence.
 
     With beta = 1/T, NLL(beta) = mean(logsumexp(beta z) - beta z_y) is convex, so its derivative
@@ -150,18 +167,28 @@ def fit_temperature_info(val_logits: np.ndarray, val_labels: np.ndarray,
     z = z.astype(np.float64)
     t_lo, t_hi = bounds
     if not 0 < t_lo < 1 < t_hi:
-        raise ValueError(f"calibration: temperature bounds must satisfy 0 < lo < 1 < hi, "
-                         f"got {bounds}")
+        raise ValueError(
+            f"calibration: temperature bounds must satisfy 0 < lo < 1 < hi, got {bounds}"
+        )
     nll1, _ = _nll_and_grad(1.0, z, y)
-    out = {"val_count": int(len(y)), "nll_val_before": nll1, "bounds": list(bounds),
-           "identifiable": True, "at_bound": None}
+    out = {
+        "val_count": len(y),
+        "nll_val_before": nll1,
+        "bounds": list(bounds),
+        "identifiable": True,
+        "at_bound": None,
+    }
     others = z.copy()
     others[np.arange(len(y)), y] = -np.inf
     if (z[np.arange(len(y)), y] > others.max(1)).all():
-        out.update(temperature=1.0, nll_val_after=nll1, identifiable=False,
-                   recommended_temperature=1.0,
-                   why="every held-out image is classified correctly: NLL falls without bound "
-                       "as T -> 0, so T is not identifiable from this split; not scaled")
+        out.update(
+            temperature=1.0,
+            nll_val_after=nll1,
+            identifiable=False,
+            recommended_temperature=1.0,
+            why="every held-out image is classified correctly: NLL falls without bound "
+            "as T -> 0, so T is not identifiable from this split; not scaled",
+        )
         return out
     lo, hi = math.log(1 / t_hi), math.log(1 / t_lo)  # log beta
     if _nll_and_grad(math.exp(lo), z, y)[1] >= 0:
@@ -199,8 +226,13 @@ def _cross_validate(z, y, bounds, k) -> dict:
         temps.append(t)
         scaled += _nll_and_grad(1.0 / t, z[held], y[held])[0] * held.sum()
         unscaled += _nll_and_grad(1.0, z[held], y[held])[0] * held.sum()
-    return {"folds": k, "temperatures": temps, "nll_scaled": scaled / len(y),
-            "nll_unscaled": unscaled / len(y), "scaling_helps": bool(scaled < unscaled)}
+    return {
+        "folds": k,
+        "temperatures": temps,
+        "nll_scaled": scaled / len(y),
+        "nll_unscaled": unscaled / len(y),
+        "scaling_helps": bool(scaled < unscaled),
+    }
 
 
 def fit_temperature(val_logits: np.ndarray, val_labels: np.ndarray) -> float:
@@ -217,11 +249,16 @@ def evaluate(val_logits, val_labels, test_logits, test_labels, bins: int = DEFAU
     idx = np.arange(len(y))
     # per-image change of -log p(label): its mean is the NLL change, its spread the noise
     d = _log_softmax(z)[idx, y] - _log_softmax(z / t)[idx, y]
-    return {"temperature": t, "fit": fit,
-            "before": metrics(z, y, bins), "after": metrics(z / t, y, bins),
-            "nll_change": {"mean": float(d.mean()),
-                           "standard_error": float(d.std(ddof=1) / math.sqrt(len(d)))
-                           if len(d) > 1 else None}}
+    return {
+        "temperature": t,
+        "fit": fit,
+        "before": metrics(z, y, bins),
+        "after": metrics(z / t, y, bins),
+        "nll_change": {
+            "mean": float(d.mean()),
+            "standard_error": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else None,
+        },
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,8 +268,10 @@ def evaluate(val_logits, val_labels, test_logits, test_labels, bins: int = DEFAU
 def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not found:
-        raise ValueError(f"fold_temperature: {type(model).__name__} has no nn.Linear; temperature "
-                         "folding needs a model whose output is a linear classifier's output")
+        raise ValueError(
+            f"fold_temperature: {type(model).__name__} has no nn.Linear; temperature "
+            "folding needs a model whose output is a linear classifier's output"
+        )
     return found[-1]
 
 
@@ -259,8 +298,11 @@ def fold_temperature(model: nn.Module, T: float, example: torch.Tensor | None = 
 
 
 def _check_fold(model, folded, name, T, example):
-    x = torch.randn(tuple(example.shape), generator=torch.Generator().manual_seed(0),
-                    dtype=example.dtype if example.is_floating_point() else torch.float32)
+    x = torch.randn(
+        tuple(example.shape),
+        generator=torch.Generator().manual_seed(0),
+        dtype=example.dtype if example.is_floating_point() else torch.float32,
+    )
     seen = {}
     lin = dict(model.named_modules())[name]
     handle = lin.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o.detach().clone()))
@@ -273,17 +315,25 @@ def _check_fold(model, folded, name, T, example):
     finally:
         handle.remove()
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or "out" not in seen or seen["out"].shape != out.shape \
-            or not torch.equal(seen["out"], out):
-        raise ValueError(f"fold_temperature: the model's output is not the output of its last "
-                         f"nn.Linear ({name!r}); something runs after it (or it is not the "
-                         "classifier), so dividing its weights by T would not scale the logits. "
-                         "Temperature folding needs a model that ends in a Linear.")
+    if (
+        not isinstance(out, torch.Tensor)
+        or "out" not in seen
+        or seen["out"].shape != out.shape
+        or not torch.equal(seen["out"], out)
+    ):
+        raise ValueError(
+            f"fold_temperature: the model's output is not the output of its last "
+            f"nn.Linear ({name!r}); something runs after it (or it is not the "
+            "classifier), so dividing its weights by T would not scale the logits. "
+            "Temperature folding needs a model that ends in a Linear."
+        )
     ref = out.double() / T
     err = (out_folded.double() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-12)
     if err > 1e-5:
-        raise ValueError(f"fold_temperature: folded output departs from output / T by "
-                         f"{err:.2e} (relative); is {name!r} used more than once?")
+        raise ValueError(
+            f"fold_temperature: folded output departs from output / T by "
+            f"{err:.2e} (relative); is {name!r} used more than once?"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,12 +366,28 @@ def reliability_figure(per_stage: dict[str, dict], title: str | None = None):
             if label == "after" and "temperature" in m:
                 text += f" (T={m['temperature']:.2f})"
             if label == "after":
-                ax.bar(edges[:-1][keep], acc[keep], width[keep], align="edge", fill=False,
-                       edgecolor="tab:orange", lw=1.2, label=f"after: {text}")
+                ax.bar(
+                    edges[:-1][keep],
+                    acc[keep],
+                    width[keep],
+                    align="edge",
+                    fill=False,
+                    edgecolor="tab:orange",
+                    lw=1.2,
+                    label=f"after: {text}",
+                )
             else:
-                ax.bar(edges[:-1][keep], acc[keep], width[keep], align="edge", color="tab:blue",
-                       alpha=0.6, edgecolor="white", lw=0.5,
-                       label=f"{label + ': ' if label else ''}{text}")
+                ax.bar(
+                    edges[:-1][keep],
+                    acc[keep],
+                    width[keep],
+                    align="edge",
+                    color="tab:blue",
+                    alpha=0.6,
+                    edgecolor="white",
+                    lw=0.5,
+                    label=f"{label + ': ' if label else ''}{text}",
+                )
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_title(stage, fontsize=9)

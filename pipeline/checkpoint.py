@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from safetensors.torch import load_file, save
+from torch import nn
 
-from models import create_from_spec, example_input
 from ground.errors import SlimshipError
+from models import create_from_spec, example_input
 from pipeline.prune import apply_plan
 from pipeline.rundir import write_bytes, write_json
 
@@ -31,8 +31,10 @@ def save_weights(path: Path, model: nn.Module) -> None:
     """Weights alone (safetensors), e.g. the initial weights a lottery ticket rewinds to, under
     the plain module's names (a parametrized weight, e.g. while dropout training, is saved as
     `weight`, its unparametrized original)."""
-    state = {k.replace(".parametrizations.weight.original", ".weight"): v.detach().contiguous().clone()
-             for k, v in model.state_dict().items()}
+    state = {
+        k.replace(".parametrizations.weight.original", ".weight"): v.detach().contiguous().clone()
+        for k, v in model.state_dict().items()
+    }
     write_bytes(path, save(state))
 
 
@@ -45,8 +47,10 @@ def check_finite(model: nn.Module, where: str) -> None:
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
-            raise SlimshipError(f"{where}: tensor {name} has {bad} NaN/Inf values of {t.numel()}; "
-                                "nothing after this stage was run")
+            raise SlimshipError(
+                f"{where}: tensor {name} has {bad} NaN/Inf values of {t.numel()}; "
+                "nothing after this stage was run"
+            )
 
 
 def build_model(spec: dict, plan: dict | None) -> nn.Module:
@@ -62,4 +66,3 @@ def load_model(folder: Path) -> tuple[nn.Module, dict, dict | None]:
     model = build_model(desc["spec"], desc["plan"])
     model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
     return model.eval(), desc["spec"], desc["plan"]
-

@@ -46,14 +46,19 @@ class TrainConfig:
                 raise UsageError(f"recipe key train.{key} must be >= 0, got {getattr(self, key)}")
         for key in ("targeted_dropout", "dropout"):
             if not 0 <= getattr(self, key) < 1:
-                raise UsageError(f"recipe key train.{key} must be in [0, 1), "
-                                 f"got {getattr(self, key)}")
+                raise UsageError(
+                    f"recipe key train.{key} must be in [0, 1), got {getattr(self, key)}"
+                )
         if not 0 < self.targeted_fraction <= 1:
-            raise UsageError(f"recipe key train.targeted_fraction must be in (0, 1], "
-                             f"got {self.targeted_fraction}")
+            raise UsageError(
+                f"recipe key train.targeted_fraction must be in (0, 1], "
+                f"got {self.targeted_fraction}"
+            )
         if self.targeted_dropout and self.dropout:
-            raise UsageError("recipe keys train.targeted_dropout and train.dropout: choose one "
-                             "(dropout is the untargeted control)")
+            raise UsageError(
+                "recipe keys train.targeted_dropout and train.dropout: choose one "
+                "(dropout is the untargeted control)"
+            )
 
 
 @dataclass(frozen=True)
@@ -88,28 +93,38 @@ class PruneConfig:
 
     def check(self):
         if not 0 < self.macs_fraction <= 1:
-            raise UsageError(f"recipe key prune.macs_fraction must be in (0, 1], "
-                             f"got {self.macs_fraction}")
+            raise UsageError(
+                f"recipe key prune.macs_fraction must be in (0, 1], got {self.macs_fraction}"
+            )
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise UsageError(f"recipe key prune.fraction must be in (0, 1], got {self.fraction}")
         if self.importance not in IMPORTANCES:
-            raise UsageError(f"recipe key prune.importance: unknown {self.importance!r}; "
-                             f"available: {', '.join(IMPORTANCES)}")
+            raise UsageError(
+                f"recipe key prune.importance: unknown {self.importance!r}; "
+                f"available: {', '.join(IMPORTANCES)}"
+            )
         if self.target not in PRUNE_TARGETS:
-            raise UsageError(f"recipe key prune.target: unknown {self.target!r}; "
-                             f"available: {', '.join(PRUNE_TARGETS)}")
+            raise UsageError(
+                f"recipe key prune.target: unknown {self.target!r}; "
+                f"available: {', '.join(PRUNE_TARGETS)}"
+            )
         if self.scope not in PRUNE_SCOPES:
-            raise UsageError(f"recipe key prune.scope: unknown {self.scope!r}; "
-                             f"available: {', '.join(PRUNE_SCOPES)}")
+            raise UsageError(
+                f"recipe key prune.scope: unknown {self.scope!r}; "
+                f"available: {', '.join(PRUNE_SCOPES)}"
+            )
         if self.round_to is not None:
             _positive("prune.round_to", self.round_to)
         if self.head_pruning_ratio is not None and not 0 <= self.head_pruning_ratio < 1:
-            raise UsageError(f"recipe key prune.head_pruning_ratio must be in [0, 1), "
-                             f"got {self.head_pruning_ratio}")
+            raise UsageError(
+                f"recipe key prune.head_pruning_ratio must be in [0, 1), "
+                f"got {self.head_pruning_ratio}"
+            )
         _positive("prune.iterative_steps", self.iterative_steps)
         if self.finetune_epochs < 0:
-            raise UsageError(f"recipe key prune.finetune_epochs must be >= 0, "
-                             f"got {self.finetune_epochs}")
+            raise UsageError(
+                f"recipe key prune.finetune_epochs must be >= 0, got {self.finetune_epochs}"
+            )
         if self.rewind_epoch is not None and self.rewind_epoch < 0:
             raise UsageError(f"recipe key prune.rewind_epoch must be >= 0, got {self.rewind_epoch}")
         if not 0 <= self.sparsity < 1:
@@ -146,15 +161,20 @@ class DistillConfig:
         if not 0 <= self.alpha <= 1:
             raise UsageError(f"recipe key distill.alpha must be in [0, 1], got {self.alpha}")
         if (self.teacher_model is None) != (self.teacher_weights is None):
-            raise UsageError("recipe keys distill.teacher_model and distill.teacher_weights go "
-                             "together: a zoo teacher needs its trained weights")
+            raise UsageError(
+                "recipe keys distill.teacher_model and distill.teacher_weights go "
+                "together: a zoo teacher needs its trained weights"
+            )
         if self.feature_weight < 0:
-            raise UsageError(f"recipe key distill.feature_weight must be >= 0, "
-                             f"got {self.feature_weight}")
+            raise UsageError(
+                f"recipe key distill.feature_weight must be >= 0, got {self.feature_weight}"
+            )
         for spec in self.feature_layers:
             if not spec or spec.count(":") > 1 or any(not p for p in spec.split(":")):
-                raise UsageError(f"recipe key distill.feature_layers: {spec!r} is not "
-                                 "'student_layer' or 'student_layer:teacher_layer'")
+                raise UsageError(
+                    f"recipe key distill.feature_layers: {spec!r} is not "
+                    "'student_layer' or 'student_layer:teacher_layer'"
+                )
 
 
 @dataclass(frozen=True)
@@ -187,8 +207,9 @@ class CalibrateConfig:
 
     def check(self):
         if self.apply not in ("fitted", "always"):
-            raise UsageError(f"recipe key calibrate.apply must be always or fitted, "
-                             f"got {self.apply!r}")
+            raise UsageError(
+                f"recipe key calibrate.apply must be always or fitted, got {self.apply!r}"
+            )
         _positive("calibrate.bins", self.bins)
 
 
@@ -215,22 +236,28 @@ class Recipe:
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
 
-    def check(self) -> "Recipe":
+    def check(self) -> Recipe:
         for f in dataclasses.fields(self):
             getattr(self, f.name).check()
         if self.distill.student_model is not None:
             p = self.prune
-            for key, on in (("iterative_steps", p.iterative_steps != 1),
-                            ("rewind_epoch", p.rewind_epoch is not None),
-                            ("sparsity", p.sparsity != 0)):
+            for key, on in (
+                ("iterative_steps", p.iterative_steps != 1),
+                ("rewind_epoch", p.rewind_epoch is not None),
+                ("sparsity", p.sparsity != 0),
+            ):
                 if on:
-                    raise UsageError(f"recipe key prune.{key}: the student is another "
-                                     "architecture (distill.student_model), which is not "
-                                     "pruned; drop one of the two")
+                    raise UsageError(
+                        f"recipe key prune.{key}: the student is another "
+                        "architecture (distill.student_model), which is not "
+                        "pruned; drop one of the two"
+                    )
         k = self.prune.rewind_epoch
         if k is not None and k > self.train.epochs:
-            raise UsageError(f"recipe key prune.rewind_epoch is {k}, after the last training "
-                             f"epoch (train.epochs {self.train.epochs}); use 0..{self.train.epochs}")
+            raise UsageError(
+                f"recipe key prune.rewind_epoch is {k}, after the last training "
+                f"epoch (train.epochs {self.train.epochs}); use 0..{self.train.epochs}"
+            )
         return self
 
     def to_dict(self) -> dict:
@@ -266,7 +293,9 @@ def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recip
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise UsageError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise UsageError(
+                f"--config {path}: not valid YAML ({str(e).splitlines()[0]})"
+            ) from None
         if not isinstance(data, dict):
             raise UsageError(f"--config {path}: the recipe must be a mapping of sections")
     for dotted, value in (overrides or {}).items():
@@ -283,14 +312,17 @@ def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recip
 def from_dict(cls, data, prefix: str, what: str = "recipe"):
     """Build a frozen dataclass from plain data; unknown keys and wrong types name the key."""
     if not isinstance(data, dict):
-        raise UsageError(f"{what} key {prefix.rstrip('.') or '<root>'} must be a mapping, "
-                         f"got {type(data).__name__}")
+        raise UsageError(
+            f"{what} key {prefix.rstrip('.') or '<root>'} must be a mapping, "
+            f"got {type(data).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise UsageError(f"{what} key {prefix}{key} is unknown; "
-                             f"known: {', '.join(sorted(names))}")
+            raise UsageError(
+                f"{what} key {prefix}{key} is unknown; known: {', '.join(sorted(names))}"
+            )
     kwargs = {}
     for key, value in data.items():
         kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}", what)
@@ -305,13 +337,15 @@ def _coerce(tp, value, key, what="recipe"):
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)][0]
+        inner = next(a for a in args if a is not type(None))
         return _coerce(inner, value, key, what)
     if origin is dict:
         if not isinstance(value, dict):
             raise UsageError(f"{what} key {key} must be a mapping, got {type(value).__name__}")
-        return {_coerce(args[0], k, f"{key}.{k}", what): _coerce(args[1], v, f"{key}.{k}", what)
-                for k, v in value.items()}
+        return {
+            _coerce(args[0], k, f"{key}.{k}", what): _coerce(args[1], v, f"{key}.{k}", what)
+            for k, v in value.items()
+        }
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise UsageError(f"{what} key {key} must be a list, got {type(value).__name__}")

@@ -82,8 +82,10 @@ def load_dataset(spec: str, limit_train: int | None = None) -> Dataset:
         return _digits()
     path = Path(spec)
     if not path.exists():
-        raise UsageError(f"--data {spec}: no such file or directory (use 'digits', an .npz, "
-                         "or a directory with train.npz and test.npz)")
+        raise UsageError(
+            f"--data {spec}: no such file or directory (use 'digits', an .npz, "
+            "or a directory with train.npz and test.npz)"
+        )
     if path.is_dir():
         train, test = path / "train.npz", path / "test.npz"
         if not (train.is_file() and test.is_file()):
@@ -96,8 +98,16 @@ def load_dataset(spec: str, limit_train: int | None = None) -> Dataset:
     if limit_train:
         xtr, ytr = xtr[:limit_train], ytr[:limit_train]
     labels = _labels_for(path, int(max(ytr.max(), yte.max())) + 1)
-    return _build(path.name, xtr, ytr, xte, yte, labels, scale=1 / 255,
-                  raw=f"uint8 images (H, W, C), values 0..255, from {path.name}")
+    return _build(
+        path.name,
+        xtr,
+        ytr,
+        xte,
+        yte,
+        labels,
+        scale=1 / 255,
+        raw=f"uint8 images (H, W, C), values 0..255, from {path.name}",
+    )
 
 
 def _digits() -> Dataset:
@@ -106,8 +116,16 @@ def _digits() -> Dataset:
     d = load_digits()
     x = d.images[..., None]  # (1797, 8, 8, 1), values 0..16
     xtr, ytr, xte, yte = _split(x, d.target, TEST_FRACTION)
-    return _build("digits", xtr, ytr, xte, yte, [str(i) for i in range(10)], scale=1 / 16,
-                  raw="8x8 grayscale (H, W, 1), integer values 0..16 (sklearn load_digits)")
+    return _build(
+        "digits",
+        xtr,
+        ytr,
+        xte,
+        yte,
+        [str(i) for i in range(10)],
+        scale=1 / 16,
+        raw="8x8 grayscale (H, W, 1), integer values 0..16 (sklearn load_digits)",
+    )
 
 
 def _build(name, xtr, ytr, xte, yte, labels, scale, raw) -> Dataset:
@@ -117,17 +135,25 @@ def _build(name, xtr, ytr, xte, yte, labels, scale, raw) -> Dataset:
     mean = tuple(round(float(m), 6) for m in scaled.mean(axis=axes))
     std = tuple(round(max(float(s), 1e-6), 6) for s in scaled.std(axis=axes))
     pre = Preprocessing(raw=raw, scale=scale, mean=mean, std=std)
-    as_int = lambda y: np.asarray(y, dtype=np.int64)  # noqa: E731
-    return Dataset(name, pre.apply(xtr), as_int(ytr), pre.apply(xval), as_int(yval),
-                   pre.apply(xte), as_int(yte), labels, pre)
+    as_int = lambda y: np.asarray(y, dtype=np.int64)
+    return Dataset(
+        name,
+        pre.apply(xtr),
+        as_int(ytr),
+        pre.apply(xval),
+        as_int(yval),
+        pre.apply(xte),
+        as_int(yte),
+        labels,
+        pre,
+    )
 
 
 def _split(x, y, fraction):
     """Stratified split with a fixed seed: (x_keep, y_keep, x_out, y_out)."""
     from sklearn.model_selection import train_test_split
 
-    xa, xb, ya, yb = train_test_split(x, y, test_size=fraction, random_state=SPLIT_SEED,
-                                      stratify=y)
+    xa, xb, ya, yb = train_test_split(x, y, test_size=fraction, random_state=SPLIT_SEED, stratify=y)
     return xa, ya, xb, yb
 
 
@@ -135,16 +161,19 @@ def _read_npz(path: Path):
     try:
         with np.load(path, allow_pickle=False) as d:
             if "x" not in d or "y" not in d:
-                raise UsageError(f"--data {path}: an .npz needs arrays 'x' and 'y', "
-                                 f"found {sorted(d.files)}")
+                raise UsageError(
+                    f"--data {path}: an .npz needs arrays 'x' and 'y', found {sorted(d.files)}"
+                )
             x, y = d["x"], d["y"]
     except (OSError, ValueError) as e:
         raise UsageError(f"--data {path}: not a readable .npz ({e})") from None
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or len(x) != len(y):
-        raise UsageError(f"--data {path}: x must be (N, H, W[, C]) with one label per image, "
-                         f"got x{tuple(x.shape)} y{tuple(y.shape)}")
+        raise UsageError(
+            f"--data {path}: x must be (N, H, W[, C]) with one label per image, "
+            f"got x{tuple(x.shape)} y{tuple(y.shape)}"
+        )
     return x, y
 
 
@@ -156,6 +185,16 @@ def _labels_for(path: Path, n: int) -> list[str]:
             if len(names) == n:
                 return names
     if n == 10 and "cifar" in str(path).lower():
-        return ["airplane", "automobile", "bird", "cat", "deer",
-                "dog", "frog", "horse", "ship", "truck"]
+        return [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ]
     return [str(i) for i in range(n)]

@@ -15,8 +15,12 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
     T^2 keeps the soft term's gradient scale independent of T (Hinton et al., section 2).
     """
     t = temperature
-    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                    reduction="batchmean", log_target=True)
+    soft = F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
     hard = F.cross_entropy(student_logits, labels)
     return alpha * t * t * soft + (1 - alpha) * hard
 
@@ -44,8 +48,10 @@ def kd_loss_fn(teacher: nn.Module, temperature: float, alpha: float):
 def last_conv(model: nn.Module) -> str:
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not names:
-        raise UsageError("recipe key distill.feature_layers: the student has no Conv2d layer; "
-                         "name the layers to match as 'student_layer:teacher_layer'")
+        raise UsageError(
+            "recipe key distill.feature_layers: the student has no Conv2d layer; "
+            "name the layers to match as 'student_layer:teacher_layer'"
+        )
     return names[-1]
 
 
@@ -61,8 +67,10 @@ def feature_pairs(student: nn.Module, teacher: nn.Module, specs: tuple[str, ...]
         for name, where in ((s, s_names), (t, t_names)):
             if name not in where:
                 who = "student" if where is s_names else "teacher"
-                raise UsageError(f"recipe key distill.feature_layers: no module {name!r} in the "
-                                 f"{who}; e.g. {', '.join(list(where)[1:5])}")
+                raise UsageError(
+                    f"recipe key distill.feature_layers: no module {name!r} in the "
+                    f"{who}; e.g. {', '.join(list(where)[1:5])}"
+                )
         pairs.append((s, t))
     return pairs
 
@@ -87,13 +95,17 @@ class FeatureHints(nn.Module):
         self.adapters = nn.ModuleList()
         for i in range(len(pairs)):
             fs, ft = self._s[i], self._t[i]
-            self.adapters.append(nn.Conv2d(fs.shape[1], ft.shape[1], 1) if fs.dim() == 4
-                                 else nn.Linear(fs.shape[-1], ft.shape[-1]))
+            self.adapters.append(
+                nn.Conv2d(fs.shape[1], ft.shape[1], 1)
+                if fs.dim() == 4
+                else nn.Linear(fs.shape[-1], ft.shape[-1])
+            )
 
     @staticmethod
     def _keep(store, i):
         def hook(_module, _inputs, output):
             store[i] = output[0] if isinstance(output, tuple) else output
+
         return hook
 
     def loss(self) -> torch.Tensor:
@@ -111,8 +123,9 @@ class FeatureHints(nn.Module):
         self._hooks = []
 
 
-def kd_feature_loss_fn(teacher: nn.Module, hints: FeatureHints, temperature: float,
-                       alpha: float, weight: float):
+def kd_feature_loss_fn(
+    teacher: nn.Module, hints: FeatureHints, temperature: float, alpha: float, weight: float
+):
     """Hinton's loss plus `weight` * the feature hints (the teacher's forward fills them)."""
     base = kd_loss_fn(teacher, temperature, alpha)
 

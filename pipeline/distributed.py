@@ -127,7 +127,8 @@ def wrap(model: nn.Module) -> nn.Module:
         return model
     dev = device()
     return nn.parallel.DistributedDataParallel(
-        model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        model, device_ids=[dev.index] if dev.type == "cuda" else None
+    )
 
 
 def sync_buffers(model: nn.Module) -> None:
@@ -204,8 +205,15 @@ def is_rank_loss(e: BaseException) -> bool:
         return True
     text = str(e)
     return isinstance(e, RuntimeError) and any(
-        s in text for s in ("Connection closed by peer", "Connection reset by peer",
-                            "gloo/transport", "NCCL communicator was aborted", "Broken pipe"))
+        s in text
+        for s in (
+            "Connection closed by peer",
+            "Connection reset by peer",
+            "gloo/transport",
+            "NCCL communicator was aborted",
+            "Broken pipe",
+        )
+    )
 
 
 @contextmanager
@@ -219,8 +227,10 @@ def lost_rank_is_an_error(where: str):
         # gloo's "[.../pair.cc:537] Read error [127.0.0.1]:909: Connection reset by peer. This
         # is typically caused by ...": keep what happened
         first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]
-        raise RankLost(f"lost contact with another rank during {where} ({first[:160]}); "
-                       f"the launcher's report names the rank that failed; {RESUME}") from None
+        raise RankLost(
+            f"lost contact with another rank during {where} ({first[:160]}); "
+            f"the launcher's report names the rank that failed; {RESUME}"
+        ) from None
 
 
 def fail(message: str, code: int, lost_rank: bool = False) -> None:
@@ -258,8 +268,10 @@ def launch(nproc: int, argv: list[str]) -> int:
     """Run `python argv...` in nproc workers through torch's elastic launcher (what torchrun
     uses) and return the exit code; a worker that died becomes one SlimshipError naming it."""
     if os.environ.get("WORLD_SIZE"):
-        raise UsageError("--nproc: already running under torchrun (WORLD_SIZE is set); "
-                         "leave --nproc at 1 and let torchrun start the workers")
+        raise UsageError(
+            "--nproc: already running under torchrun (WORLD_SIZE is set); "
+            "leave --nproc at 1 and let torchrun start the workers"
+        )
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -269,14 +281,25 @@ def launch(nproc: int, argv: list[str]) -> int:
     if not os.environ.get("OMP_NUM_THREADS"):  # else the user's choice stands, as in torchrun
         env = {"OMP_NUM_THREADS": str(max(1, cores // nproc)), CORES_ENV: str(cores)}
     threads = env.get("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS"))
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
-                          run_id=str(uuid.uuid4()), rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
-    log(f"starting {nproc} training processes on this machine (torch.distributed elastic "
-        f"launcher, {'nccl' if torch.cuda.is_available() else 'gloo'}, {threads} thread(s) each)")
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+    )
+    log(
+        f"starting {nproc} training processes on this machine (torch.distributed elastic "
+        f"launcher, {'nccl' if torch.cuda.is_available() else 'gloo'}, {threads} thread(s) each)"
+    )
     _quiet_launcher_logs()
-    with tempfile.TemporaryDirectory(prefix="slimship-ranks-") as status, \
-            _environ({**env, STATUS_ENV: status}):
+    with (
+        tempfile.TemporaryDirectory(prefix="slimship-ranks-") as status,
+        _environ({**env, STATUS_ENV: status}),
+    ):
         try:
             elastic_launch(config, sys.executable)(*argv)
         except ChildFailedError as e:
@@ -297,17 +320,21 @@ def explain_failure(failures: dict, status: dict[int, dict]) -> int:
     died.sort(key=lambda r: (failures[r].exitcode == -signal.SIGTERM, r))
     if died:
         r = died[0]
-        raise SlimshipError(f"rank {r} died (signal {_signal_name(-failures[r].exitcode)}) "
-                            f"during {status.get(r, {}).get('stage', 'start-up')}; {RESUME}")
+        raise SlimshipError(
+            f"rank {r} died (signal {_signal_name(-failures[r].exitcode)}) "
+            f"during {status.get(r, {}).get('stage', 'start-up')}; {RESUME}"
+        )
     if own:  # a worker's own error: rank 0 printed its own; another rank's is printed here
         r = 0 if 0 in own else min(own)
         if r != 0:
             print(f"error: rank {r}: {own[r]['error']}", file=sys.stderr, flush=True)
         return int(own[r].get("exit_code", 1))
     r = min(failures)
-    raise SlimshipError(f"rank {r} failed (exit code {failures[r].exitcode}) during "
-                        f"{status.get(r, {}).get('stage', 'start-up')}; its output above says why; "
-                        f"{RESUME}")
+    raise SlimshipError(
+        f"rank {r} failed (exit code {failures[r].exitcode}) during "
+        f"{status.get(r, {}).get('stage', 'start-up')}; its output above says why; "
+        f"{RESUME}"
+    )
 
 
 def _signal_name(num: int) -> str:

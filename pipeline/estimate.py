@@ -44,30 +44,89 @@ PARALLEL_CLASSES = ("conv", "dwconv", "linear", "other")
 # XNNPACK delegate runs as "Fully Connected" operators (seen in ETDump)
 # "portable": a layer norm / group norm, which this XNNPACK partitioner leaves to ExecuTorch's
 # portable kernels (ETDump shows `native_call_native_layer_norm.out`), splitting the delegate
-KIND_CLASS = {"conv": "conv", "dwconv": "dwconv", "pwconv": "linear", "linear": "linear",
-              "pool": "other", "add": "other", "other": "other", "portable": "portable"}
+KIND_CLASS = {
+    "conv": "conv",
+    "dwconv": "dwconv",
+    "pwconv": "linear",
+    "linear": "linear",
+    "pool": "other",
+    "add": "other",
+    "other": "other",
+    "portable": "portable",
+}
 _PORTABLE_NORMS = ("layer_norm", "group_norm")
 CALIBRATION_PATH = Path(__file__).resolve().parent.parent / "targets" / "host_calibration.json"
 
 # aten ops that only change a tensor's view or metadata: no arithmetic, no bytes
 _VIEW_OPS = {
-    "view", "_unsafe_view", "reshape", "flatten", "transpose", "t", "permute", "expand",
-    "unsqueeze", "squeeze", "slice", "select", "detach", "alias", "as_strided", "split",
-    "split_with_sizes", "unbind", "chunk", "narrow", "view_as", "expand_as", "lift_fresh",
-    "_reshape_alias", "contiguous", "dropout", "feature_dropout", "unflatten",
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "flatten",
+    "transpose",
+    "t",
+    "permute",
+    "expand",
+    "unsqueeze",
+    "squeeze",
+    "slice",
+    "select",
+    "detach",
+    "alias",
+    "as_strided",
+    "split",
+    "split_with_sizes",
+    "unbind",
+    "chunk",
+    "narrow",
+    "view_as",
+    "expand_as",
+    "lift_fresh",
+    "_reshape_alias",
+    "contiguous",
+    "dropout",
+    "feature_dropout",
+    "unflatten",
     # allocation and bookkeeping, no arithmetic
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "resize_",
-    "_local_scalar_dense", "lift_fresh_copy", "scalar_tensor", "item", "is_nonzero",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "resize_",
+    "_local_scalar_dense",
+    "lift_fresh_copy",
+    "scalar_tensor",
+    "item",
+    "is_nonzero",
 }
 _CONV_OPS = {"convolution", "_convolution", "conv2d", "conv1d", "mkldnn_convolution"}
 _MM_OPS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_mkldnn_linear"}
-_POOL_OPS = {"max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "adaptive_avg_pool2d",
-             "_adaptive_avg_pool2d", "adaptive_max_pool2d", "mean", "sum", "amax",
-             "max_pool1d", "avg_pool1d", "_adaptive_avg_pool1d"}
+_POOL_OPS = {
+    "max_pool2d",
+    "max_pool2d_with_indices",
+    "avg_pool2d",
+    "adaptive_avg_pool2d",
+    "_adaptive_avg_pool2d",
+    "adaptive_max_pool2d",
+    "mean",
+    "sum",
+    "amax",
+    "max_pool1d",
+    "avg_pool1d",
+    "_adaptive_avg_pool1d",
+}
 _ADD_OPS = {"add", "add_", "sub", "sub_"}
-_NORM_OPS = {"_native_batch_norm_legit_no_training", "native_batch_norm", "batch_norm",
-             "_native_batch_norm_legit", "native_layer_norm", "layer_norm", "group_norm",
-             "native_group_norm"}
+_NORM_OPS = {
+    "_native_batch_norm_legit_no_training",
+    "native_batch_norm",
+    "batch_norm",
+    "_native_batch_norm_legit",
+    "native_layer_norm",
+    "layer_norm",
+    "group_norm",
+    "native_group_norm",
+}
 # an eval BatchNorm right after a conv/linear, and a ReLU / ReLU6 / clamp right after a
 # conv/linear (or after such a folded BatchNorm), are folded into it by the XNNPACK lowering
 # (batch norm into the weights, the activation as the output clamp). A ReLU after a residual
@@ -105,7 +164,11 @@ class Layer:
     @property
     def bytes_moved(self) -> int:
         """Bytes the layer reads and writes at run time (0 when it is folded away)."""
-        return 0 if self.kind == "fused" else self.weight_bytes + self.act_in_bytes + self.act_out_bytes
+        return (
+            0
+            if self.kind == "fused"
+            else self.weight_bytes + self.act_in_bytes + self.act_out_bytes
+        )
 
     def row(self) -> dict:
         d = asdict(self)
@@ -161,8 +224,12 @@ def _op_cost(op: str, args, kwargs, out) -> tuple[str, int, int, tuple]:
         a = args[1] if op in ("addmm", "baddbmm") else args[0]
         k = a.shape[-1]  # (.., K) x (K, N), or (N, K)^T for linear
         macs = n_out * k
-        bias_ops = n_out if op in ("addmm", "baddbmm") or (op == "linear" and len(args) > 2
-                                                            and args[2] is not None) else 0
+        bias_ops = (
+            n_out
+            if op in ("addmm", "baddbmm")
+            or (op == "linear" and len(args) > 2 and args[2] is not None)
+            else 0
+        )
         n = outs[0].shape[-1]
         return "linear", macs, bias_ops, (n_out // n, n, k)
     if op in _POOL_OPS:
@@ -222,10 +289,18 @@ def count_layers(model: nn.Module, example: torch.Tensor, precision: str = "fp32
         layer = None
         if leaf:
             ins = [t for t in _tensors(inputs) if _ptr(t) not in params]
-            layer = Layer(names.get(mod, type(mod).__name__), "", type(mod).__name__, [], 0, 0,
-                          sum(w_bytes(p) for p in mod.parameters()),
-                          sum(t.numel() for t in ins) * eb, 0,
-                          _in_ptrs=tuple(_ptr(t) for t in ins))
+            layer = Layer(
+                names.get(mod, type(mod).__name__),
+                "",
+                type(mod).__name__,
+                [],
+                0,
+                0,
+                sum(w_bytes(p) for p in mod.parameters()),
+                sum(t.numel() for t in ins) * eb,
+                0,
+                _in_ptrs=tuple(_ptr(t) for t in ins),
+            )
         stack.append((names.get(mod, ""), mod, layer))
 
     def post(mod, inputs, output):
@@ -270,8 +345,9 @@ def count_layers(model: nn.Module, example: torch.Tensor, precision: str = "fp32
                 if host is not None and host.kind in _FUSE_ACT_INTO:
                     layer.kind, layer.fused_into = "fused", host.name
                     return
-        portable = layer.kind == "norm" and any(n in o for o in layer.ops_seen
-                                                for n in _PORTABLE_NORMS)
+        portable = layer.kind == "norm" and any(
+            n in o for o in layer.ops_seen for n in _PORTABLE_NORMS
+        )
         layer.kind = "portable" if portable else "other"
 
     def on_op(func, args, kwargs, out):
@@ -295,11 +371,19 @@ def count_layers(model: nn.Module, example: torch.Tensor, precision: str = "fp32
         wts = [t for t in tens if _ptr(t) in params]
         ins = [t for t in tens if _ptr(t) not in params]
         outs = list(_tensors(out))
-        layer = Layer(f"{key}#{counter[key]}", kind, "functional", [op], macs, ops,
-                      sum(w_bytes(t) for t in wts), sum(t.numel() for t in ins) * eb,
-                      sum(t.numel() for t in outs) * eb,
-                      _out_ptr=_ptr(outs[0]) if outs else 0,
-                      _in_ptrs=tuple(_ptr(t) for t in ins))
+        layer = Layer(
+            f"{key}#{counter[key]}",
+            kind,
+            "functional",
+            [op],
+            macs,
+            ops,
+            sum(w_bytes(t) for t in wts),
+            sum(t.numel() for t in ins) * eb,
+            sum(t.numel() for t in outs) * eb,
+            _out_ptr=_ptr(outs[0]) if outs else 0,
+            _in_ptrs=tuple(_ptr(t) for t in ins),
+        )
         if shape:
             layer.gemm_m, layer.gemm_n, layer.gemm_k = (int(v) for v in shape)
         _finish(layer)
@@ -326,41 +410,77 @@ def layer_table(model: nn.Module, example: torch.Tensor, precision: str = "fp32"
     bytes_moved, fused_into, gemm_m/n/k (the GEMM a conv/linear computes)."""
     layers = count_layers(model, example, precision)
     on = f"{type(model).__name__}, input {tuple(example.shape)}, {precision}, per layer"
-    cols = ["name", "kind", "module", "macs", "ops", "weight_bytes", "act_in_bytes",
-            "act_out_bytes", "bytes_moved", "fused_into", "gemm_m", "gemm_n", "gemm_k"]
+    cols = [
+        "name",
+        "kind",
+        "module",
+        "macs",
+        "ops",
+        "weight_bytes",
+        "act_in_bytes",
+        "act_out_bytes",
+        "bytes_moved",
+        "fused_into",
+        "gemm_m",
+        "gemm_n",
+        "gemm_k",
+    ]
     rows = [[l.row()[c] for c in cols] for l in layers]
     run = [l for l in layers if l.kind != "fused"]
     tot_on = f"{type(model).__name__}, input {tuple(example.shape)}, {precision}, sum over layers"
     totals = {
         "macs": fig(sum(l.macs for l in layers), "MAC", "counted", tot_on),
         "other_ops": fig(sum(l.ops for l in layers), "op", "counted", tot_on),
-        "weight_bytes": fig(sum(l.weight_bytes for l in run), "B", "counted",
-                            tot_on + " (weights of layers that run; folded BN parameters "
-                                     "are in the conv they fold into)"),
-        "activation_bytes": fig(sum(l.act_out_bytes for l in run), "B", "counted",
-                                tot_on + ", every layer output once"),
-        "bytes_moved": fig(sum(l.bytes_moved for l in run), "B", "counted",
-                           tot_on + ", weights + inputs + outputs of every layer that runs"),
+        "weight_bytes": fig(
+            sum(l.weight_bytes for l in run),
+            "B",
+            "counted",
+            tot_on + " (weights of layers that run; folded BN parameters "
+            "are in the conv they fold into)",
+        ),
+        "activation_bytes": fig(
+            sum(l.act_out_bytes for l in run), "B", "counted", tot_on + ", every layer output once"
+        ),
+        "bytes_moved": fig(
+            sum(l.bytes_moved for l in run),
+            "B",
+            "counted",
+            tot_on + ", weights + inputs + outputs of every layer that runs",
+        ),
         "layers": fig(len(run), "layers", "counted", tot_on + ", BN/ReLU folded away not counted"),
     }
     return {
         "source": "counted",
         "on": on,
-        "units": {"macs": "MAC", "ops": "op", "weight_bytes": "B", "act_in_bytes": "B",
-                  "act_out_bytes": "B", "bytes_moved": "B"},
+        "units": {
+            "macs": "MAC",
+            "ops": "op",
+            "weight_bytes": "B",
+            "act_in_bytes": "B",
+            "act_out_bytes": "B",
+            "bytes_moved": "B",
+        },
         "columns": cols,
         "rows": rows,
         "totals": totals,
         "notes": [
-            "MACs: conv, linear and matmul multiply-accumulates; ops: bias adds, batch/layer "
-            "norm (2 per element), activations and elementwise ops (1 per output element), "
-            "pooling and means (1 per input element), as torch-pruning counts them",
-            "kind 'fused': a BatchNorm or ReLU/ReLU6 that the XNNPACK lowering folds into the "
-            "conv/linear/add before it; it costs no time or bytes in the estimate",
-            "functional ops (residual adds, matmuls, multiplies in a container's forward) are "
-            "counted from the aten ops they dispatch; ops in custom C++/Triton kernels are not",
-            "activation bytes assume every element is stored at the precision's width; an int8 "
-            "program may keep some ops (softmax, layer norm) in fp32",
+            (
+                "MACs: conv, linear and matmul multiply-accumulates; ops: bias adds, batch/layer "
+                "norm (2 per element), activations and elementwise ops (1 per output element), "
+                "pooling and means (1 per input element), as torch-pruning counts them"
+            ),
+            (
+                "kind 'fused': a BatchNorm or ReLU/ReLU6 that the XNNPACK lowering folds into the "
+                "conv/linear/add before it; it costs no time or bytes in the estimate"
+            ),
+            (
+                "functional ops (residual adds, matmuls, multiplies in a container's forward) are "
+                "counted from the aten ops they dispatch; ops in custom C++/Triton kernels are not"
+            ),
+            (
+                "activation bytes assume every element is stored at the precision's width; an int8 "
+                "program may keep some ops (softmax, layer norm) in fp32"
+            ),
         ],
     }
 
@@ -406,19 +526,37 @@ class Calibration:
     meta: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
 
-    _FIELDS = ("eff", "bw_eff", "overhead_ms", "call_overhead_ms", "parallel_eff",
-               "shape_m0", "shape_n0", "shape_k0", "sync_ms", "portable_ms", "parallel_eff_portable")
+    _FIELDS = (
+        "eff",
+        "bw_eff",
+        "overhead_ms",
+        "call_overhead_ms",
+        "parallel_eff",
+        "shape_m0",
+        "shape_n0",
+        "shape_k0",
+        "sync_ms",
+        "portable_ms",
+        "parallel_eff_portable",
+    )
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
         kw = {k: d[k] for k in cls._FIELDS if k in d}
-        return cls(host_clock_ghz=float(d["host_clock_ghz"]), meta=d.get("meta", {}),
-                   validation=d.get("validation", {}), **kw)
+        return cls(
+            host_clock_ghz=float(d["host_clock_ghz"]),
+            meta=d.get("meta", {}),
+            validation=d.get("validation", {}),
+            **kw,
+        )
 
     def to_dict(self) -> dict:
-        return {**{k: getattr(self, k) for k in self._FIELDS},
-                "host_clock_ghz": self.host_clock_ghz, "meta": self.meta,
-                "validation": self.validation}
+        return {
+            **{k: getattr(self, k) for k in self._FIELDS},
+            "host_clock_ghz": self.host_clock_ghz,
+            "meta": self.meta,
+            "validation": self.validation,
+        }
 
 
 class CalibrationMissing(RuntimeError):
@@ -431,7 +569,8 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
     p = Path(path) if path is not None else CALIBRATION_PATH
     if not p.exists():
         raise CalibrationMissing(
-            f"{p} is missing: run `python benchmarks/estimator.py` to fit the estimator on this host")
+            f"{p} is missing: run `python benchmarks/estimator.py` to fit the estimator on this host"
+        )
     return Calibration.from_dict(json.loads(p.read_text()))
 
 
@@ -457,17 +596,26 @@ class Machine:
     @classmethod
     def of(cls, device) -> Machine:
         bw, l2 = device.dram_bandwidth_gb_s, device.l2_kib
-        return cls(device.key, device.clock_ghz.value, int(device.cores.value),
-                   {"fp32": device.peak_fp32_gmac_s.value, "int8": device.peak_int8_gmac_s.value},
-                   bw.value, "" if bw.known else f"dram_bandwidth_gb_s is null ({bw.basis}): {bw.source.rstrip('.')}",
-                   int(l2.value * 1024) if l2.known else None)
+        return cls(
+            device.key,
+            device.clock_ghz.value,
+            int(device.cores.value),
+            {"fp32": device.peak_fp32_gmac_s.value, "int8": device.peak_int8_gmac_s.value},
+            bw.value,
+            ""
+            if bw.known
+            else f"dram_bandwidth_gb_s is null ({bw.basis}): {bw.source.rstrip('.')}",
+            int(l2.value * 1024) if l2.known else None,
+        )
 
 
 def weights_resident(layers: list[Layer], machine: Machine) -> bool:
     """True when all of the model's weights fit in the machine's last-level cache, so that
     back-to-back inferences read them from there rather than from DRAM."""
-    return (machine.llc_bytes is not None
-            and sum(l.weight_bytes for l in layers if l.kind != "fused") <= machine.llc_bytes)
+    return (
+        machine.llc_bytes is not None
+        and sum(l.weight_bytes for l in layers if l.kind != "fused") <= machine.llc_bytes
+    )
 
 
 def dram_bytes(layer: Layer, machine: Machine, weights_cached: bool = False) -> int:
@@ -493,15 +641,19 @@ def shape_factor(layer: Layer, precision: str, cal: Calibration) -> float:
     if not layer.gemm_m:
         return 1.0
     f = 1.0
-    for v, c in ((layer.gemm_m, cal.shape_m0), (layer.gemm_n, cal.shape_n0),
-                 (layer.gemm_k, cal.shape_k0)):
+    for v, c in (
+        (layer.gemm_m, cal.shape_m0),
+        (layer.gemm_n, cal.shape_n0),
+        (layer.gemm_k, cal.shape_k0),
+    ):
         x0 = c.get(precision, 0.0)
         f *= v / (v + x0)
     return f
 
 
-def layer_times(layers: list[Layer], machine: Machine, precision: str, threads: int,
-                cal: Calibration) -> list[dict]:
+def layer_times(
+    layers: list[Layer], machine: Machine, precision: str, threads: int, cal: Calibration
+) -> list[dict]:
     """Per-layer roofline: compute and memory time (ms), the larger, and the overhead.
 
     compute = (MACs + ops) / (peak_per_core x effective cores x eff[class] x shape factor),
@@ -512,10 +664,13 @@ def layer_times(layers: list[Layer], machine: Machine, precision: str, threads: 
                x host clock / machine clock.
     """
     cores = effective_cores(machine, threads, cal.parallel_eff[precision])
-    portable_cores = effective_cores(machine, threads, (cal.parallel_eff_portable or cal.parallel_eff)[precision])
+    portable_cores = effective_cores(
+        machine, threads, (cal.parallel_eff_portable or cal.parallel_eff)[precision]
+    )
     peak = machine.peak_gmac_s[precision] * 1e9
-    per = cal.overhead_ms[precision] + (cal.sync_ms[precision] if min(threads, machine.cores) > 1
-                                        else 0.0)
+    per = cal.overhead_ms[precision] + (
+        cal.sync_ms[precision] if min(threads, machine.cores) > 1 else 0.0
+    )
     over = per * cal.host_clock_ghz / machine.clock_ghz
     cached = weights_resident(layers, machine)
     out = []
@@ -526,17 +681,33 @@ def layer_times(layers: list[Layer], machine: Machine, precision: str, threads: 
         effs = cal.eff[precision]
         # a calibration from before the portable class charges those layers as `other`
         eff = effs.get(cls, effs["other"]) * shape_factor(l, precision, cal)
-        extra = (cal.portable_ms[precision] * cal.host_clock_ghz / machine.clock_ghz
-                 if cls == "portable" else 0.0)
+        extra = (
+            cal.portable_ms[precision] * cal.host_clock_ghz / machine.clock_ghz
+            if cls == "portable"
+            else 0.0
+        )
         n = cores if cls in PARALLEL_CLASSES else portable_cores
         compute = (l.macs + l.ops) / (peak * n * eff) * 1e3
-        memory = (None if machine.bw_gb_s is None
-                  else dram_bytes(l, machine, cached) / (machine.bw_gb_s * 1e9 * cal.bw_eff[precision])
-                  * 1e3)
+        memory = (
+            None
+            if machine.bw_gb_s is None
+            else dram_bytes(l, machine, cached)
+            / (machine.bw_gb_s * 1e9 * cal.bw_eff[precision])
+            * 1e3
+        )
         t = compute if memory is None else max(compute, memory)
-        out.append({"name": l.name, "kind": l.kind, "class": cls, "compute_ms": compute,
-                    "memory_ms": memory, "overhead_ms": over + extra, "ms": t + over + extra,
-                    "bound": "compute" if memory is None or compute >= memory else "memory"})
+        out.append(
+            {
+                "name": l.name,
+                "kind": l.kind,
+                "class": cls,
+                "compute_ms": compute,
+                "memory_ms": memory,
+                "overhead_ms": over + extra,
+                "ms": t + over + extra,
+                "bound": "compute" if memory is None or compute >= memory else "memory",
+            }
+        )
     return out
 
 
@@ -544,33 +715,53 @@ def call_overhead_ms(machine: Machine, precision: str, cal: Calibration) -> floa
     return cal.call_overhead_ms[precision] * cal.host_clock_ghz / machine.clock_ghz
 
 
-def roofline_ms(layers: list[Layer], machine: Machine, precision: str, threads: int,
-                cal: Calibration) -> float:
+def roofline_ms(
+    layers: list[Layer], machine: Machine, precision: str, threads: int, cal: Calibration
+) -> float:
     """Estimated latency (ms): the per-layer roofline summed, plus the per-inference overhead."""
     rows = layer_times(layers, machine, precision, threads, cal)
     return sum(r["ms"] for r in rows) + call_overhead_ms(machine, precision, cal)
 
 
-def estimate_latency(layers: list[Layer], machine: Machine, precision: str, threads: int,
-                     cal: Calibration | None = None) -> dict:
+def estimate_latency(
+    layers: list[Layer],
+    machine: Machine,
+    precision: str,
+    threads: int,
+    cal: Calibration | None = None,
+) -> dict:
     """Estimated latency (ms) as a figure, with the split into compute- and memory-bound time."""
     cal = cal or load_calibration()
     rows = layer_times(layers, machine, precision, threads, cal)
     call = call_overhead_ms(machine, precision, cal)
     total = sum(r["ms"] for r in rows) + call
     used = min(threads, machine.cores)
-    on = (f"{machine.name}, {precision}, {threads} thread(s) -> {used} core(s), per-layer "
-          f"roofline with efficiencies fitted on {cal.meta.get('host_cpu', 'this host')}")
+    on = (
+        f"{machine.name}, {precision}, {threads} thread(s) -> {used} core(s), per-layer "
+        f"roofline with efficiencies fitted on {cal.meta.get('host_cpu', 'this host')}"
+    )
     out = {
         "latency": fig(total, "ms", "estimated", on),
         "compute_bound_layers": sum(r["bound"] == "compute" for r in rows),
         "memory_bound_layers": sum(r["bound"] == "memory" for r in rows),
-        "compute_bound_ms": fig(sum(r["ms"] - r["overhead_ms"] for r in rows
-                                    if r["bound"] == "compute"), "ms", "estimated", on),
-        "memory_bound_ms": fig(sum(r["ms"] - r["overhead_ms"] for r in rows
-                                   if r["bound"] == "memory"), "ms", "estimated", on),
-        "overhead": fig(sum(r["overhead_ms"] for r in rows) + call, "ms", "estimated",
-                        on + ": fixed per-layer and per-inference costs, scaled by clock"),
+        "compute_bound_ms": fig(
+            sum(r["ms"] - r["overhead_ms"] for r in rows if r["bound"] == "compute"),
+            "ms",
+            "estimated",
+            on,
+        ),
+        "memory_bound_ms": fig(
+            sum(r["ms"] - r["overhead_ms"] for r in rows if r["bound"] == "memory"),
+            "ms",
+            "estimated",
+            on,
+        ),
+        "overhead": fig(
+            sum(r["overhead_ms"] for r in rows) + call,
+            "ms",
+            "estimated",
+            on + ": fixed per-layer and per-inference costs, scaled by clock",
+        ),
         "memory_term": "included",
     }
     if machine.bw_gb_s is None:
@@ -578,11 +769,14 @@ def estimate_latency(layers: list[Layer], machine: Machine, precision: str, thre
         out["memory_term_missing"] = (
             f"no DRAM bandwidth for {machine.name}: {machine.bw_missing_reason}. The estimate "
             "has the compute term and overhead only, so it is a lower bound for memory-bound "
-            "layers")
+            "layers"
+        )
         out["latency"]["on"] += "; memory term missing (no public DRAM bandwidth)"
     elif machine.cache_bytes is None:
-        out["cache_note"] = (f"no public L2 size for {machine.name}: every layer's activations "
-                             "are counted as DRAM traffic (pessimistic for small models)")
+        out["cache_note"] = (
+            f"no public L2 size for {machine.name}: every layer's activations "
+            "are counted as DRAM traffic (pessimistic for small models)"
+        )
     return out
 
 
@@ -606,11 +800,16 @@ def estimate_energy(layers: list[Layer], device, precision: str) -> dict:
     e_mac = macs * pj_mac * 1e-9  # pJ -> mJ
     e_dram = dram * em.pj_per_dram_byte.value * 1e-9
     e_sram = sram * em.pj_per_sram_byte.value * 1e-9
-    cache = (f"L2 {device.l2_kib.value:g} KiB" if m.cache_bytes is not None
-             else "no public L2 size: all activations from DRAM")
-    on = (f"{device.key}, {precision}, energy model {em.key}: {macs:,} MAC x {pj_mac} pJ + "
-          f"{dram:,} B DRAM x {em.pj_per_dram_byte.value} pJ/B + {sram:,} B on chip x "
-          f"{em.pj_per_sram_byte.value} pJ/B ({cache}); 45 nm proxy, relative use only")
+    cache = (
+        f"L2 {device.l2_kib.value:g} KiB"
+        if m.cache_bytes is not None
+        else "no public L2 size: all activations from DRAM"
+    )
+    on = (
+        f"{device.key}, {precision}, energy model {em.key}: {macs:,} MAC x {pj_mac} pJ + "
+        f"{dram:,} B DRAM x {em.pj_per_dram_byte.value} pJ/B + {sram:,} B on chip x "
+        f"{em.pj_per_sram_byte.value} pJ/B ({cache}); 45 nm proxy, relative use only"
+    )
     return {
         "energy": fig(e_mac + e_dram + e_sram, "mJ", "estimated", on),
         "compute_energy": fig(e_mac, "mJ", "estimated", on),
@@ -628,8 +827,9 @@ def estimator_error(cal: Calibration | None = None, precision: str | None = None
         return None
     s = v.get("by_precision", {}).get(precision) if precision else None
     s = s or v["all"]
-    on = (f"{v['on']}; {s['cases']} held-out (model, precision, threads) cases"
-          + (f", {precision} only" if precision and v.get("by_precision", {}).get(precision) else ""))
+    on = f"{v['on']}; {s['cases']} held-out (model, precision, threads) cases" + (
+        f", {precision} only" if precision and v.get("by_precision", {}).get(precision) else ""
+    )
     return {
         "median_abs_error": fig(s["median_abs_error"], "fraction", "measured", on),
         "p90_abs_error": fig(s["p90_abs_error"], "fraction", "measured", on),
@@ -657,9 +857,14 @@ def fitted_elsewhere(cal: Calibration) -> str | None:
     return fitted if fitted and fitted != this_cpu() else None
 
 
-def estimate_for_devices(model: nn.Module, example: torch.Tensor, precision: str,
-                         devices: list[str], threads: int | list[int] = 1,
-                         cal: Calibration | None = None) -> dict:
+def estimate_for_devices(
+    model: nn.Module,
+    example: torch.Tensor,
+    precision: str,
+    devices: list[str],
+    threads: int | list[int] = 1,
+    cal: Calibration | None = None,
+) -> dict:
     """{device: {"threads": {T: latency block}, "energy": ..., "estimator_error": ...}}.
 
     Every number is a figure; latency is `estimated`, the error beside it `measured` (on this
@@ -672,24 +877,34 @@ def estimate_for_devices(model: nn.Module, example: torch.Tensor, precision: str
     layers = count_layers(model, example, precision)
     err = estimator_error(cal, precision)
     elsewhere = fitted_elsewhere(cal)
-    caveat = ("efficiency factors were fitted for XNNPACK on this host's x86 cores and applied "
-              "to the device's Arm peak figures; the error beside the estimate is this host's, "
-              "not the device's")
+    caveat = (
+        "efficiency factors were fitted for XNNPACK on this host's x86 cores and applied "
+        "to the device's Arm peak figures; the error beside the estimate is this host's, "
+        "not the device's"
+    )
     if elsewhere:
-        caveat = (f"efficiency factors were fitted for XNNPACK on another machine ({elsewhere}), "
-                  f"not this one ({this_cpu()}), and applied to the device's Arm peak figures; "
-                  "the error beside the estimate is that machine's, not the device's "
-                  "(`python benchmarks/estimator.py` refits on this machine)")
+        caveat = (
+            f"efficiency factors were fitted for XNNPACK on another machine ({elsewhere}), "
+            f"not this one ({this_cpu()}), and applied to the device's Arm peak figures; "
+            "the error beside the estimate is that machine's, not the device's "
+            "(`python benchmarks/estimator.py` refits on this machine)"
+        )
     out = {}
     for key in devices:
         dev = get_device(key)
         m = Machine.of(dev)
         per_t = {}
-        for t in ([threads] if isinstance(threads, int) else threads):
+        for t in [threads] if isinstance(threads, int) else threads:
             per_t[str(t)] = estimate_latency(layers, m, precision, t, cal)
-        out[key] = {"name": dev.name, "core": dev.core, "precision": precision,
-                    "latency": per_t, **estimate_energy(layers, dev, precision),
-                    "estimator_error": err, "caveat": caveat}
+        out[key] = {
+            "name": dev.name,
+            "core": dev.core,
+            "precision": precision,
+            "latency": per_t,
+            **estimate_energy(layers, dev, precision),
+            "estimator_error": err,
+            "caveat": caveat,
+        }
     return out
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import from_dict
 from ground.errors import UsageError
+from pipeline.config import from_dict
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,10 @@ def load_budgets(path: str | Path) -> Budgets:
         raise UsageError(f"--budget {path}: budget key budgets must list at least one budget")
     for i, line in enumerate(b.budgets):
         if line.latency_stat not in ("p50", "p90"):
-            raise UsageError(f"budget key budgets[{i}].latency_stat must be p50 or p90, "
-                             f"got {line.latency_stat!r}")
+            raise UsageError(
+                f"budget key budgets[{i}].latency_stat must be p50 or p90, "
+                f"got {line.latency_stat!r}"
+            )
         if not any(getattr(line, k) is not None for k in LIMITS):
             raise UsageError(f"budget key budgets[{i}] sets no limit; one of: {', '.join(LIMITS)}")
     return b
@@ -107,11 +109,17 @@ def figure(report: dict, backend: str, limit: str, line: Budget):
     if limit == "max_peak_rss_bytes":
         return f((b.get("memory") or {}).get("peak_rss"))
     if limit == "max_accuracy_drop_points":
-        acc, teacher = b.get("parity", {}).get("file_accuracy"), report["stages"]["teacher"]["accuracy"]
+        acc, teacher = (
+            b.get("parity", {}).get("file_accuracy"),
+            report["stages"]["teacher"]["accuracy"],
+        )
         if not acc:
             return None, None, None
-        return (round(100 * (teacher["value"] - acc["value"]), 4), "measured",
-                f"teacher ({teacher['on']}) minus {acc['on']}")
+        return (
+            round(100 * (teacher["value"] - acc["value"]), 4),
+            "measured",
+            f"teacher ({teacher['on']}) minus {acc['on']}",
+        )
     if limit == "min_top1_agreement":
         return f(par.get("top1_agreement"))
     if limit == "min_sqnr_db":
@@ -127,8 +135,10 @@ def figure(report: dict, backend: str, limit: str, line: Budget):
 def evaluate(report: dict, budgets: Budgets, baseline: dict | None = None) -> list[dict]:
     lines = []
     if budgets.target and budgets.target != report.get("target"):
-        raise UsageError(f"budget key target is {budgets.target!r} but the report is for "
-                         f"{report.get('target')!r}")
+        raise UsageError(
+            f"budget key target is {budgets.target!r} but the report is for "
+            f"{report.get('target')!r}"
+        )
     for i, line in enumerate(budgets.budgets):
         names = sorted(report["backends"]) if line.backend == "*" else [line.backend]
         for backend in names:
@@ -136,23 +146,43 @@ def evaluate(report: dict, budgets: Budgets, baseline: dict | None = None) -> li
                 bound = getattr(line, limit)
                 if bound is None:
                     continue
-                lines.append(_check(report, backend, limit, line, bound, baseline,
-                                    budgets.max_regression_percent, i))
+                lines.append(
+                    _check(
+                        report,
+                        backend,
+                        limit,
+                        line,
+                        bound,
+                        baseline,
+                        budgets.max_regression_percent,
+                        i,
+                    )
+                )
     return lines
 
 
 def _check(report, backend, limit, line, bound, baseline, max_reg, i) -> dict:
     value, source, on = figure(report, backend, limit, line)
     name = f"budgets[{i}] {backend} {limit}" + (
-        f" ({line.latency_stat} on {line.latency_on})" if limit == "max_latency_ms" else "")
-    out = {"name": name, "backend": backend, "limit_key": limit, "limit": bound,
-           "value": value, "source": source, "on": on}
+        f" ({line.latency_stat} on {line.latency_on})" if limit == "max_latency_ms" else ""
+    )
+    out = {
+        "name": name,
+        "backend": backend,
+        "limit_key": limit,
+        "limit": bound,
+        "value": value,
+        "source": source,
+        "on": on,
+    }
     if value is None:
         out.update(verdict="fail", why=f"the report has no figure for {limit} of {backend}")
         return out
     ok = value <= bound if limit.startswith("max_") else value >= bound
-    out.update(verdict="pass" if ok else "fail",
-               why="" if ok else f"{value:g} {'>' if limit.startswith('max_') else '<'} {bound:g}")
+    out.update(
+        verdict="pass" if ok else "fail",
+        why="" if ok else f"{value:g} {'>' if limit.startswith('max_') else '<'} {bound:g}",
+    )
     if baseline is not None and backend in baseline.get("backends", {}):
         old = figure(baseline, backend, limit, line)[0]
         if old not in (None, 0):
@@ -161,18 +191,24 @@ def _check(report, backend, limit, line, bound, baseline, max_reg, i) -> dict:
             worse = delta if limit.startswith("max_") else -delta
             if max_reg is not None and worse > max_reg:
                 out["verdict"] = "fail"
-                out["why"] = (out["why"] + "; " if out["why"] else "") + \
-                    f"regressed {worse:.1f}% against the baseline (allowed {max_reg:g}%)"
+                out["why"] = (
+                    out["why"] + "; " if out["why"] else ""
+                ) + f"regressed {worse:.1f}% against the baseline (allowed {max_reg:g}%)"
     return out
 
 
 def table(lines: list[dict]) -> str:
     rows = [("budget line", "value", "limit", "delta", "verdict")]
     for ln in lines:
-        rows.append((ln["name"], "-" if ln["value"] is None else f"{ln['value']:g}",
-                     f"{ln['limit']:g}",
-                     f"{ln['delta_percent']:+.1f}%" if "delta_percent" in ln else "",
-                     ln["verdict"].upper() + (f" ({ln['why']})" if ln["why"] else "")))
+        rows.append(
+            (
+                ln["name"],
+                "-" if ln["value"] is None else f"{ln['value']:g}",
+                f"{ln['limit']:g}",
+                f"{ln['delta_percent']:+.1f}%" if "delta_percent" in ln else "",
+                ln["verdict"].upper() + (f" ({ln['why']})" if ln["why"] else ""),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     text = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
     text.insert(1, "-" * len(text[0]))
@@ -181,12 +217,14 @@ def table(lines: list[dict]) -> str:
 
 def junit_xml(lines: list[dict]) -> bytes:
     fails = sum(ln["verdict"] == "fail" for ln in lines)
-    suite = ET.Element("testsuite", name="slimship budgets", tests=str(len(lines)),
-                       failures=str(fails), errors="0")
+    suite = ET.Element(
+        "testsuite", name="slimship budgets", tests=str(len(lines)), failures=str(fails), errors="0"
+    )
     for ln in lines:
-        case = ET.SubElement(suite, "testcase", classname=f"budget.{ln['backend']}",
-                             name=ln["name"])
+        case = ET.SubElement(
+            suite, "testcase", classname=f"budget.{ln['backend']}", name=ln["name"]
+        )
         if ln["verdict"] == "fail":
             fail = ET.SubElement(case, "failure", message=ln["why"])
-            fail.text = (f"value {ln['value']} ({ln['source']}, {ln['on']}), limit {ln['limit']}")
+            fail.text = f"value {ln['value']} ({ln['source']}, {ln['on']}), limit {ln['limit']}"
     return ET.tostring(suite, encoding="utf-8", xml_declaration=True)

@@ -11,11 +11,18 @@ import numpy as np
 
 
 def host() -> dict:
-    return {"machine": platform.machine(), "processor": platform.processor() or "unknown",
-            "cpus": os.cpu_count(), "system": platform.system(), "python": platform.python_version()}
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or "unknown",
+        "cpus": os.cpu_count(),
+        "system": platform.system(),
+        "python": platform.python_version(),
+    }
 
 
-def measure_latency(backend, path: Path, x: np.ndarray, threads: int, warmup: int, runs: int) -> dict:
+def measure_latency(
+    backend, path: Path, x: np.ndarray, threads: int, warmup: int, runs: int
+) -> dict:
     """Cold start (load + first inference) apart from steady state (after warm-up)."""
     t0 = time.perf_counter()
     runner = backend.load(path, threads=threads)
@@ -31,7 +38,7 @@ def measure_latency(backend, path: Path, x: np.ndarray, threads: int, warmup: in
         times.append((time.perf_counter() - s) * 1e3)
     t = np.asarray(times)
     on = f"{Path(path).name}, batch 1, {threads} thread(s), {runs} runs after {warmup} warm-up"
-    ms = lambda v: {"value": round(float(v), 4), "unit": "ms", "source": "measured", "on": on}  # noqa: E731
+    ms = lambda v: {"value": round(float(v), 4), "unit": "ms", "source": "measured", "on": on}
     return {
         "threads": threads,
         "runs": runs,
@@ -39,10 +46,18 @@ def measure_latency(backend, path: Path, x: np.ndarray, threads: int, warmup: in
         "p90": ms(np.percentile(t, 90)),
         "std": ms(t.std()),
         "min": ms(t.min()),
-        "load": {"value": round((t1 - t0) * 1e3, 3), "unit": "ms", "source": "measured",
-                 "on": f"{Path(path).name}, loading the file in this process"},
-        "first_inference": {"value": round((t2 - t1) * 1e3, 3), "unit": "ms", "source": "measured",
-                            "on": f"{Path(path).name}, first call after load"},
+        "load": {
+            "value": round((t1 - t0) * 1e3, 3),
+            "unit": "ms",
+            "source": "measured",
+            "on": f"{Path(path).name}, loading the file in this process",
+        },
+        "first_inference": {
+            "value": round((t2 - t1) * 1e3, 3),
+            "unit": "ms",
+            "source": "measured",
+            "on": f"{Path(path).name}, first call after load",
+        },
     }
 
 
@@ -84,8 +99,9 @@ print(json.dumps({{"import_peak": before["VmHWM"], "baseline": before["VmRSS"],
 """
 
 
-def peak_rss(backend_name: str, path: Path, input_shape, threads: int | None = 1,
-             timeout_s: float = 300) -> dict:
+def peak_rss(
+    backend_name: str, path: Path, input_shape, threads: int | None = 1, timeout_s: float = 300
+) -> dict:
     """Peak resident memory of a fresh Python process that imports the backend's runtime (and
     nothing of slimship's or torch's unless the runtime needs it: ExecuTorch's Python runtime
     does), loads `path`, and runs it once on a random float32 input of `input_shape`.
@@ -107,31 +123,61 @@ def peak_rss(backend_name: str, path: Path, input_shape, threads: int | None = 1
     from targets import get_backend
 
     root = str(Path(__file__).resolve().parent.parent)
-    code = _RSS_SCRIPT.format(standalone=str(Path(root) / "targets" / "_standalone.py"),
-                              runtime=get_backend(backend_name).runtime, backend=backend_name,
-                              shape=tuple(int(s) for s in input_shape),
-                              path=str(Path(path).resolve()), threads=threads)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout_s, cwd=root, check=False)
+    code = _RSS_SCRIPT.format(
+        standalone=str(Path(root) / "targets" / "_standalone.py"),
+        runtime=get_backend(backend_name).runtime,
+        backend=backend_name,
+        shape=tuple(int(s) for s in input_shape),
+        path=str(Path(path).resolve()),
+        threads=threads,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=root,
+        check=False,
+    )
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"peak_rss: {backend_name} on {Path(path).name} failed: {tail[0]}")
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    on = (f"{Path(path).name} via {backend_name}, fresh `python -c` process, {threads} "
-          f"thread(s), input {tuple(input_shape)}")
-    peak_on = on + (", load + one inference: VmHWM after resetting it at the baseline"
-                    if r["reset"] else ", whole process: VmHWM (clear_refs not permitted, the "
-                                       "import peak is included)")
+    on = (
+        f"{Path(path).name} via {backend_name}, fresh `python -c` process, {threads} "
+        f"thread(s), input {tuple(input_shape)}"
+    )
+    peak_on = on + (
+        ", load + one inference: VmHWM after resetting it at the baseline"
+        if r["reset"]
+        else ", whole process: VmHWM (clear_refs not permitted, the import peak is included)"
+    )
     return {
         "peak_rss": {"value": r["peak"], "unit": "B", "source": "measured", "on": peak_on},
-        "baseline_rss": {"value": r["baseline"], "unit": "B", "source": "measured",
-                         "on": on + ", after imports, before loading the file: VmRSS"},
-        "file_rss": {"value": r["peak"] - r["baseline"], "unit": "B", "source": "measured",
-                     "on": on + ", peak_rss - baseline_rss"},
-        "import_peak_rss": {"value": r["import_peak"], "unit": "B", "source": "measured",
-                            "on": on + ", VmHWM after the imports"},
-        "load_and_first_run": {"value": round(r["load_and_run_s"] * 1e3, 3), "unit": "ms",
-                               "source": "measured", "on": on + ", wall time of load + one run"},
+        "baseline_rss": {
+            "value": r["baseline"],
+            "unit": "B",
+            "source": "measured",
+            "on": on + ", after imports, before loading the file: VmRSS",
+        },
+        "file_rss": {
+            "value": r["peak"] - r["baseline"],
+            "unit": "B",
+            "source": "measured",
+            "on": on + ", peak_rss - baseline_rss",
+        },
+        "import_peak_rss": {
+            "value": r["import_peak"],
+            "unit": "B",
+            "source": "measured",
+            "on": on + ", VmHWM after the imports",
+        },
+        "load_and_first_run": {
+            "value": round(r["load_and_run_s"] * 1e3, 3),
+            "unit": "ms",
+            "source": "measured",
+            "on": on + ", wall time of load + one run",
+        },
     }
 
 
@@ -142,20 +188,31 @@ def planned_memory(pte_path: Path) -> dict:
     plans = _plan(Path(pte_path))
     name = "forward" if "forward" in plans else next(iter(plans))
     p = plans[name]
-    on = (f"{Path(pte_path).name}, method {name}: sum of the execution plan's "
-          f"non_const_buffer_sizes {p['buffer_sizes']}")
+    on = (
+        f"{Path(pte_path).name}, method {name}: sum of the execution plan's "
+        f"non_const_buffer_sizes {p['buffer_sizes']}"
+    )
     return {
         "planned_bytes": {"value": p["planned_bytes"], "unit": "B", "source": "counted", "on": on},
         "buffers": len([s for s in p["buffer_sizes"] if s]),
-        "note": ("the plan covers tensors passed between instructions (inputs, outputs, "
-                 "non-delegated intermediates); the XNNPACK delegate allocates the activations "
-                 "inside it itself at load time, outside the plan"
-                 if p["delegates"] else "no delegate: every activation is in the plan"),
+        "note": (
+            "the plan covers tensors passed between instructions (inputs, outputs, "
+            "non-delegated intermediates); the XNNPACK delegate allocates the activations "
+            "inside it itself at load time, outside the plan"
+            if p["delegates"]
+            else "no delegate: every activation is in the plan"
+        ),
     }
 
 
-def op_breakdown(pte_path: Path, x, runs: int = 20, warmup: int = 3, threads: int | None = 1,
-                 top: int | None = None) -> dict:
+def op_breakdown(
+    pte_path: Path,
+    x,
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int | None = 1,
+    top: int | None = None,
+) -> dict:
     """ExecuTorch's own profiler (ETDump + devtools Inspector) on a .pte: time per event.
 
     Returns {"rows": [{"name", "block", "delegated", "p50": fig, "mean": fig, "share"}...],
@@ -168,32 +225,60 @@ def op_breakdown(pte_path: Path, x, runs: int = 20, warmup: int = 3, threads: in
     if x.ndim == 3:
         x = x[None]
     r = _ob(Path(pte_path), x, runs=runs, warmup=warmup, threads=threads)
-    on = (f"{Path(pte_path).name}, ExecuTorch ETDump via devtools Inspector, {threads} thread(s), "
-          f"{runs} runs after {warmup} warm-up")
+    on = (
+        f"{Path(pte_path).name}, ExecuTorch ETDump via devtools Inspector, {threads} thread(s), "
+        f"{runs} runs after {warmup} warm-up"
+    )
     total = next((row for row in r["rows"] if row["name"] == "Method::execute"), None)
     tot = total["p50_ms"] if total else None
     rows = []
     for row in r["rows"]:
         o = on if row["block"] == "Execute" else f"{Path(pte_path).name}, load (once)"
-        rows.append({
-            "name": row["name"], "block": row["block"], "delegated": row["delegated"],
-            "p50": {"value": round(row["p50_ms"], 6), "unit": "ms", "source": "measured", "on": o},
-            "mean": {"value": round(row["mean_ms"], 6), "unit": "ms", "source": "measured", "on": o},
-            "samples": row["samples"],
-            "share": (round(row["p50_ms"] / tot, 4) if tot and row["block"] == "Execute" else None),
-        })
-    ops = [row for row in rows if row["block"] == "Execute"
-           and row["name"] not in ("Method::execute", "DELEGATE_CALL")]
+        rows.append(
+            {
+                "name": row["name"],
+                "block": row["block"],
+                "delegated": row["delegated"],
+                "p50": {
+                    "value": round(row["p50_ms"], 6),
+                    "unit": "ms",
+                    "source": "measured",
+                    "on": o,
+                },
+                "mean": {
+                    "value": round(row["mean_ms"], 6),
+                    "unit": "ms",
+                    "source": "measured",
+                    "on": o,
+                },
+                "samples": row["samples"],
+                "share": (
+                    round(row["p50_ms"] / tot, 4) if tot and row["block"] == "Execute" else None
+                ),
+            }
+        )
+    ops = [
+        row
+        for row in rows
+        if row["block"] == "Execute" and row["name"] not in ("Method::execute", "DELEGATE_CALL")
+    ]
     ops.sort(key=lambda row: -row["p50"]["value"])
-    return {"rows": rows,
-            "top": [row["name"] for row in ops[: top or 10]],
-            "total": (rows[[x["name"] for x in rows].index("Method::execute")]["p50"]
-                      if total else None),
-            "resolution": "XNNPACK operator events are timed in whole microseconds"}
+    return {
+        "rows": rows,
+        "top": [row["name"] for row in ops[: top or 10]],
+        "total": (
+            rows[[x["name"] for x in rows].index("Method::execute")]["p50"] if total else None
+        ),
+        "resolution": "XNNPACK operator events are timed in whole microseconds",
+    }
 
 
-SUFFIX_BACKEND = {".pte": "executorch-xnnpack", ".tflite": "tflite", ".onnx": "onnx",
-                  ".mlpackage": "coreml"}
+SUFFIX_BACKEND = {
+    ".pte": "executorch-xnnpack",
+    ".tflite": "tflite",
+    ".onnx": "onnx",
+    ".mlpackage": "coreml",
+}
 
 
 def file_input_shape(backend, path: Path) -> list[int]:
@@ -206,8 +291,13 @@ def file_input_shape(backend, path: Path) -> list[int]:
     return [int(s) for s in backend.describe(path)["inputs"][0]["shape"]]
 
 
-def profile_file(path: Path, threads: int = 1, runs: int = 50, warmup: int = 5,
-                 input_shape: list[int] | None = None) -> dict:
+def profile_file(
+    path: Path,
+    threads: int = 1,
+    runs: int = 50,
+    warmup: int = 5,
+    input_shape: list[int] | None = None,
+) -> dict:
     """`cli.py profile`: measure a .pte/.tflite/.onnx without the pipeline (random input of
     the file's own shape). A file that is not what its suffix says is a one-line error."""
     from ground.errors import UsageError
@@ -217,22 +307,35 @@ def profile_file(path: Path, threads: int = 1, runs: int = 50, warmup: int = 5,
     if not path.exists():
         raise UsageError(f"{path}: no such file")
     if path.suffix not in SUFFIX_BACKEND:
-        raise UsageError(f"{path}: unknown model file type {path.suffix or '(none)'}; "
-                         f"expected one of {', '.join(SUFFIX_BACKEND)}")
+        raise UsageError(
+            f"{path}: unknown model file type {path.suffix or '(none)'}; "
+            f"expected one of {', '.join(SUFFIX_BACKEND)}"
+        )
     b = get_backend(SUFFIX_BACKEND[path.suffix])
     try:
         desc = b.describe(path)
         shape = file_input_shape(b, path)
     except Exception as e:  # noqa: BLE001  (whatever the runtime raises on a bad file)
         first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UsageError(f"{path}: not a readable {path.suffix} file "
-                         f"({type(e).__name__}: {first})") from None
+        raise UsageError(
+            f"{path}: not a readable {path.suffix} file ({type(e).__name__}: {first})"
+        ) from None
     if input_shape is not None and list(input_shape) != shape:
-        raise UsageError(f"{path}: --input-shape {'x'.join(map(str, input_shape))} does not match "
-                         f"the file's input {'x'.join(map(str, shape))}")
-    out = {"file": str(path), "backend": b.name, "input_shape": shape,
-           "bytes": {"value": desc.get("bytes"), "unit": "bytes", "source": "counted",
-                     "on": path.name}}
+        raise UsageError(
+            f"{path}: --input-shape {'x'.join(map(str, input_shape))} does not match "
+            f"the file's input {'x'.join(map(str, shape))}"
+        )
+    out = {
+        "file": str(path),
+        "backend": b.name,
+        "input_shape": shape,
+        "bytes": {
+            "value": desc.get("bytes"),
+            "unit": "bytes",
+            "source": "counted",
+            "on": path.name,
+        },
+    }
     ok, why = b.can_run()
     if not ok:
         out["latency"] = None

@@ -42,9 +42,9 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from ground.errors import UsageError
 from models import create_from_spec, example_input
 from pipeline.config import PRUNE_SCOPES, PRUNE_TARGETS
-from ground.errors import UsageError
 
 IMPORTANCE_FACTORIES = {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
@@ -57,24 +57,106 @@ IMPORTANCE_FACTORIES = {
 TARGETS, SCOPES = PRUNE_TARGETS, PRUNE_SCOPES
 _ROOT_TYPES = [tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM]
 _REL_TOL = 1e-4
-_GRAPH_OPS = (tp.ops._ElementWiseOp, tp.ops._ConcatOp, tp.ops._SplitOp, tp.ops._ReshapeOp,
-              tp.ops._SliceOp, tp.ops._ExpandOp, tp.ops._UnbindOp, tp.ops._OutputOp)  # exactness check: max |diff| / max |reference|
+_GRAPH_OPS = (
+    tp.ops._ElementWiseOp,
+    tp.ops._ConcatOp,
+    tp.ops._SplitOp,
+    tp.ops._ReshapeOp,
+    tp.ops._SliceOp,
+    tp.ops._ExpandOp,
+    tp.ops._UnbindOp,
+    tp.ops._OutputOp,
+)  # exactness check: max |diff| / max |reference|
 
 # grad_fn names (lower case, without the "backward" suffix) of ops torch-pruning treats as
 # element-wise that are not: they move values across the channel dimension
-_CHANNEL_MIXING = ("roll", "flip", "rot90", "gather", "indexselect", "index", "take", "sort",
-                   "topk", "cumsum", "cumprod", "pixelshuffle", "pixelunshuffle",
-                   "channelshuffle", "scatter", "fft", "cross", "argsort")
+_CHANNEL_MIXING = (
+    "roll",
+    "flip",
+    "rot90",
+    "gather",
+    "indexselect",
+    "index",
+    "take",
+    "sort",
+    "topk",
+    "cumsum",
+    "cumprod",
+    "pixelshuffle",
+    "pixelunshuffle",
+    "channelshuffle",
+    "scatter",
+    "fft",
+    "cross",
+    "argsort",
+)
 # ops known to keep channels apart (everything else is listed as a suspect in an error)
-_CHANNEL_LOCAL = ("add", "sub", "mul", "div", "relu", "hardtanh", "hardswish", "hardsigmoid",
-                  "sigmoid", "tanh", "gelu", "silu", "elu", "leakyrelu", "clamp", "neg", "exp",
-                  "log", "pow", "sqrt", "rsqrt", "abs", "mean", "sum", "maxpool", "avgpool",
-                  "adaptiveavgpool", "adaptivemaxpool", "clone", "transpose", "permute",
-                  "unsqueeze", "squeeze", "t", "mm", "bmm", "addmm", "softmax", "logsoftmax",
-                  "dropout", "nativebatchnorm", "cudnnbatchnorm", "nativelayernorm",
-                  "convolution", "view", "reshape", "unsafeview", "expand", "slice", "cat",
-                  "split", "splitwithsizes", "unbind", "constantpadnd", "copy", "tocopy",
-                  "alias", "maximum", "minimum", "where", "mish", "softplus", "max", "min")
+_CHANNEL_LOCAL = (
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "relu",
+    "hardtanh",
+    "hardswish",
+    "hardsigmoid",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "silu",
+    "elu",
+    "leakyrelu",
+    "clamp",
+    "neg",
+    "exp",
+    "log",
+    "pow",
+    "sqrt",
+    "rsqrt",
+    "abs",
+    "mean",
+    "sum",
+    "maxpool",
+    "avgpool",
+    "adaptiveavgpool",
+    "adaptivemaxpool",
+    "clone",
+    "transpose",
+    "permute",
+    "unsqueeze",
+    "squeeze",
+    "t",
+    "mm",
+    "bmm",
+    "addmm",
+    "softmax",
+    "logsoftmax",
+    "dropout",
+    "nativebatchnorm",
+    "cudnnbatchnorm",
+    "nativelayernorm",
+    "convolution",
+    "view",
+    "reshape",
+    "unsafeview",
+    "expand",
+    "slice",
+    "cat",
+    "split",
+    "splitwithsizes",
+    "unbind",
+    "constantpadnd",
+    "copy",
+    "tocopy",
+    "alias",
+    "maximum",
+    "minimum",
+    "where",
+    "mish",
+    "softplus",
+    "max",
+    "min",
+)
 
 
 @dataclass
@@ -100,12 +182,16 @@ def count(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
 def channels(model: nn.Module, ignored_layers: tuple[str, ...] = ()) -> int:
     """Output channels/features of every conv and linear layer, classifier and ignored excepted."""
     names = _ignored_modules(model, ignored_layers)
-    return sum(w for n, w in layer_widths(model).items()
-               if not any(n == i or n.startswith(i + ".") for i in names))
+    return sum(
+        w
+        for n, w in layer_widths(model).items()
+        if not any(n == i or n.startswith(i + ".") for i in names)
+    )
 
 
-def measure(model: nn.Module, example: torch.Tensor, target: str,
-            ignored_layers: tuple[str, ...] = ()) -> int:
+def measure(
+    model: nn.Module, example: torch.Tensor, target: str, ignored_layers: tuple[str, ...] = ()
+) -> int:
     """The quantity a target is a fraction of: MACs, parameters or prunable channels."""
     if target == "channels":
         return channels(model, ignored_layers)
@@ -147,14 +233,49 @@ def prune(
     macs0, params0 = count(model, example)
     budget = fraction * _pick(target, macs0, params0, model, ignored_layers)
     if scope == "global":
-        pruned, step = _prune_global(model, example, budget, target, importance, round_to,
-                                     ignored_layers, data, head_pruning_ratio, seed)
+        pruned, step = _prune_global(
+            model,
+            example,
+            budget,
+            target,
+            importance,
+            round_to,
+            ignored_layers,
+            data,
+            head_pruning_ratio,
+            seed,
+        )
     else:
-        pruned, step = _prune_step(model, example, budget, target, importance, round_to,
-                                   ignored_layers, data, head_pruning_ratio, seed)
+        pruned, step = _prune_step(
+            model,
+            example,
+            budget,
+            target,
+            importance,
+            round_to,
+            ignored_layers,
+            data,
+            head_pruning_ratio,
+            seed,
+        )
     plan = {"history": step["history"], "attributes": step["attributes"]}
-    return _reached(_result(model, pruned, example, plan, fraction, target, importance, round_to,
-                            ignored_layers, scope, macs0, params0, [step]))
+    return _reached(
+        _result(
+            model,
+            pruned,
+            example,
+            plan,
+            fraction,
+            target,
+            importance,
+            round_to,
+            ignored_layers,
+            scope,
+            macs0,
+            params0,
+            [step],
+        )
+    )
 
 
 def _reached(res: PruneResult) -> PruneResult:
@@ -165,7 +286,8 @@ def _reached(res: PruneResult) -> PruneResult:
             f"scope={res.plan['scope']}, round_to={res.plan['round_to']} (best "
             f"{res.fraction_reached:.0%}); use "
             + ("prune.scope local, " if res.plan["scope"] == "global" else "")
-            + "a smaller prune.round_to, fewer prune.ignored_layers or a larger fraction")
+            + "a smaller prune.round_to, fewer prune.ignored_layers or a larger fraction"
+        )
     return res
 
 
@@ -180,37 +302,75 @@ def prune_to_macs(
     **kwargs,
 ) -> PruneResult:
     """Keep at most `macs_fraction` of the MACs (kwargs: see `prune`)."""
-    return prune(model, example, macs_fraction, target="macs", importance=importance,
-                 round_to=round_to, ignored_layers=ignored_layers, data=data, **kwargs)
+    return prune(
+        model,
+        example,
+        macs_fraction,
+        target="macs",
+        importance=importance,
+        round_to=round_to,
+        ignored_layers=ignored_layers,
+        data=data,
+        **kwargs,
+    )
 
 
-def prune_with_config(model: nn.Module, example: torch.Tensor, cfg,
-                      data: tuple[np.ndarray, np.ndarray] | None = None,
-                      round_to: int | None = None) -> PruneResult:
+def prune_with_config(
+    model: nn.Module,
+    example: torch.Tensor,
+    cfg,
+    data: tuple[np.ndarray, np.ndarray] | None = None,
+    round_to: int | None = None,
+) -> PruneResult:
     """One-shot pruning as a recipe's `prune` section says (round_to: the resolved value when
     cfg.round_to is None, i.e. what the target's backends want)."""
-    return prune(model, example, cfg.kept_fraction, target=cfg.target,
-                 importance=cfg.importance, round_to=cfg.round_to or round_to,
-                 ignored_layers=tuple(cfg.ignored_layers), data=data, scope=cfg.scope,
-                 head_pruning_ratio=cfg.head_pruning_ratio)
+    return prune(
+        model,
+        example,
+        cfg.kept_fraction,
+        target=cfg.target,
+        importance=cfg.importance,
+        round_to=cfg.round_to or round_to,
+        ignored_layers=tuple(cfg.ignored_layers),
+        data=data,
+        scope=cfg.scope,
+        head_pruning_ratio=cfg.head_pruning_ratio,
+    )
 
 
 def _check_args(fraction, target, importance, scope):
     if not 0 < fraction <= 1:
         raise UsageError(f"prune: the kept fraction must be in (0, 1], got {fraction}")
     if target not in TARGETS:
-        raise UsageError(f"recipe key prune.target: unknown {target!r}; available: "
-                         f"{', '.join(TARGETS)}")
+        raise UsageError(
+            f"recipe key prune.target: unknown {target!r}; available: {', '.join(TARGETS)}"
+        )
     if importance not in IMPORTANCE_FACTORIES:
-        raise UsageError(f"recipe key prune.importance: unknown {importance!r}; available: "
-                         f"{', '.join(IMPORTANCE_FACTORIES)}")
+        raise UsageError(
+            f"recipe key prune.importance: unknown {importance!r}; available: "
+            f"{', '.join(IMPORTANCE_FACTORIES)}"
+        )
     if scope not in SCOPES:
-        raise UsageError(f"recipe key prune.scope: unknown {scope!r}; available: "
-                         f"{', '.join(SCOPES)}")
+        raise UsageError(
+            f"recipe key prune.scope: unknown {scope!r}; available: {', '.join(SCOPES)}"
+        )
 
 
-def _result(dense, pruned, example, plan, fraction, target, importance, round_to, ignored,
-            scope, macs0, params0, steps) -> PruneResult:
+def _result(
+    dense,
+    pruned,
+    example,
+    plan,
+    fraction,
+    target,
+    importance,
+    round_to,
+    ignored,
+    scope,
+    macs0,
+    params0,
+    steps,
+) -> PruneResult:
     macs1, params1 = count(pruned, example)
     before = _pick(target, macs0, params0, dense, ignored)
     after = _pick(target, macs1, params1, pruned, ignored)
@@ -218,28 +378,51 @@ def _result(dense, pruned, example, plan, fraction, target, importance, round_to
     ratio = 1 - ch1 / ch0 if ch0 else 0.0
     reached = after / before if before else 1.0
     plan.update(
-        ratio=round(ratio, 4), importance=importance, round_to=round_to, scope=scope,
-        target=target, fraction_asked=fraction, fraction_reached=round(reached, 4),
+        ratio=round(ratio, 4),
+        importance=importance,
+        round_to=round_to,
+        scope=scope,
+        target=target,
+        fraction_asked=fraction,
+        fraction_reached=round(reached, 4),
         target_met=bool(after <= fraction * before + 1e-9),
         macs_fraction_asked=fraction if target == "macs" else None,
-        macs_before=macs0, macs_after=macs1, params_before=params0, params_after=params1,
+        macs_before=macs0,
+        macs_after=macs1,
+        params_before=params0,
+        params_after=params1,
         widths={"before": layer_widths(dense), "after": layer_widths(pruned)},
         verified=sorted({g for s in steps for g in s.get("verified", [])}),
         unverified=sorted({g for s in steps for g in s.get("unverified", [])}),
     )
-    return PruneResult(pruned, plan, ratio, macs0, macs1, params0, params1, target, fraction,
-                       reached)
+    return PruneResult(
+        pruned, plan, ratio, macs0, macs1, params0, params1, target, fraction, reached
+    )
 
 
-def _prune_step(model, example, budget, target, importance, round_to, ignored_layers, data,
-                head_pruning_ratio, seed):
+def _prune_step(
+    model,
+    example,
+    budget,
+    target,
+    importance,
+    round_to,
+    ignored_layers,
+    data,
+    head_pruning_ratio,
+    seed,
+):
     """Plan widths for an absolute budget, prune a copy, correct the budget if the count
     missed; returns the pruned copy and the step record (history, attributes, checks)."""
     ana = _analyse(model, example, ignored_layers, round_to, target, head_pruning_ratio)
     current = measure(model, example, target, ignored_layers)
     if budget >= current:
-        return copy.deepcopy(model).eval(), {"history": [], "attributes": _pruned_attributes(
-            model), "verified": [], "unverified": []}
+        return copy.deepcopy(model).eval(), {
+            "history": [],
+            "attributes": _pruned_attributes(model),
+            "verified": [],
+            "unverified": [],
+        }
     best = None  # (cost, pruned, record) with cost <= budget, else the smallest cost
     goal, tried = budget, set()
     for attempt in range(8):
@@ -254,8 +437,11 @@ def _prune_step(model, example, budget, target, importance, round_to, ignored_la
         pruned, record = _prune_copy(model, example, ana, kept, importance, round_to, data, seed)
         cost = measure(pruned, example, target, ignored_layers)
         fits = cost <= budget
-        if best is None or (fits and (best[0] > budget or cost > best[0])) or (
-                not fits and best[0] > budget and cost < best[0]):
+        if (
+            best is None
+            or (fits and (best[0] > budget or cost > best[0]))
+            or (not fits and best[0] > budget and cost < best[0])
+        ):
             best = (cost, pruned, record)
         if fits and cost >= 0.97 * budget:
             break
@@ -265,8 +451,18 @@ def _prune_step(model, example, budget, target, importance, round_to, ignored_la
     return pruned, record
 
 
-def _prune_global(model, example, budget, target, importance, round_to, ignored_layers, data,
-                  head_pruning_ratio, seed):
+def _prune_global(
+    model,
+    example,
+    budget,
+    target,
+    importance,
+    round_to,
+    ignored_layers,
+    data,
+    head_pruning_ratio,
+    seed,
+):
     """torch-pruning's global ranking, its ratio bisected so that the cost fits the budget.
 
     The cost is not monotone in the ratio when round_to is coarse (a group rounded to zero
@@ -276,12 +472,16 @@ def _prune_global(model, example, budget, target, importance, round_to, ignored_
     best, lo, hi = None, 0.0, 0.9
     while hi - lo > 0.004:
         r = (lo + hi) / 2
-        pruned, record = _prune_copy(model, example, ana, None, importance, round_to, data, seed,
-                                     global_ratio=r)
+        pruned, record = _prune_copy(
+            model, example, ana, None, importance, round_to, data, seed, global_ratio=r
+        )
         cost = measure(pruned, example, target, ignored_layers)
         fits = cost <= budget
-        if best is None or (fits and (best[0] > budget or cost > best[0])) or (
-                not fits and best[0] > budget and cost < best[0]):
+        if (
+            best is None
+            or (fits and (best[0] > budget or cost > best[0]))
+            or (not fits and best[0] > budget and cost < best[0])
+        ):
             best = (cost, pruned, record)
         if fits:
             hi = r
@@ -327,8 +527,11 @@ def _analyse(model, example, ignored_layers, round_to, target, head_pruning_rati
     for group in dg.get_all_groups(ignored_layers=ignored_mods, root_module_types=_ROOT_TYPES):
         root = group[0][0].target.module
         targets = [d.target.module for d, _ in group if isinstance(d.target.module, nn.Module)]
-        qkv = [d.target.module for d, _ in group
-               if d.target.module in num_heads and dg.is_out_channel_pruning_fn(d.handler)]
+        qkv = [
+            d.target.module
+            for d, _ in group
+            if d.target.module in num_heads and dg.is_out_channel_pruning_fn(d.handler)
+        ]
         size = dg.get_out_channels(root)
         if qkv:
             h = num_heads[qkv[0]]
@@ -341,8 +544,7 @@ def _analyse(model, example, ignored_layers, round_to, target, head_pruning_rati
         elif any(_out_channel_groups(dg, t) > 1 for t in targets):
             g = _Group(names[root], size, [size])  # grouped conv/norm: left as it is
         else:
-            g = _Group(names[root], size,
-                       [size] + list(range((size - 1) // step * step, 0, -step)))
+            g = _Group(names[root], size, [size] + list(range((size - 1) // step * step, 0, -step)))
         gi = len(groups)
         groups.append(g)
         for dep, _ in group:
@@ -363,7 +565,8 @@ def _analyse(model, example, ignored_layers, round_to, target, head_pruning_rati
         total = covered
     else:
         macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
-            m, example, layer_wise=True)
+            m, example, layer_wise=True
+        )
         per = layer_macs if target == "macs" else layer_params
         total = float(macs if target == "macs" else params)
         for mod in m.modules():
@@ -371,8 +574,14 @@ def _analyse(model, example, ignored_layers, round_to, target, head_pruning_rati
                 continue
             terms.append((float(per[mod]), tuple(sorted(member.get(mod, ())))))
             covered += per[mod]
-    return _Analysis(groups, terms, total - covered, ignored,
-                     {names[q]: h for q, h in num_heads.items()}, head_pruning_ratio)
+    return _Analysis(
+        groups,
+        terms,
+        total - covered,
+        ignored,
+        {names[q]: h for q, h in num_heads.items()},
+        head_pruning_ratio,
+    )
 
 
 def _plan_widths(ana: _Analysis, budget: float) -> dict[int, int]:
@@ -392,12 +601,17 @@ def _plan_widths(ana: _Analysis, budget: float) -> dict[int, int]:
         if g.qkv is not None and ana.head_ratio is not None:
             idx[gi] = len(g.choices) - 1
     while cost() > budget:
-        cand = [gi for gi, g in enumerate(groups) if idx[gi] + 1 < len(g.choices)
-                and not (g.qkv is not None and ana.head_ratio is not None)]
+        cand = [
+            gi
+            for gi, g in enumerate(groups)
+            if idx[gi] + 1 < len(g.choices)
+            and not (g.qkv is not None and ana.head_ratio is not None)
+        ]
         if not cand:
             break
-        gi = max(cand, key=lambda i: (groups[i].choices[idx[i] + 1] / groups[i].size,
-                                      groups[i].size))
+        gi = max(
+            cand, key=lambda i: (groups[i].choices[idx[i] + 1] / groups[i].size, groups[i].size)
+        )
         idx[gi] += 1
     changed = True
     while changed:  # give back steps while the budget allows, narrowest groups first
@@ -417,8 +631,17 @@ def _plan_widths(ana: _Analysis, budget: float) -> dict[int, int]:
 # pruning a copy with torch-pruning
 
 
-def _prune_copy(model, example, ana: _Analysis, kept: dict[int, int] | None, importance,
-                round_to, data, seed, global_ratio: float | None = None):
+def _prune_copy(
+    model,
+    example,
+    ana: _Analysis,
+    kept: dict[int, int] | None,
+    importance,
+    round_to,
+    data,
+    seed,
+    global_ratio: float | None = None,
+):
     """Prune a deep copy: per-group widths (`kept`) or one global ratio. Returns the copy and
     the step record {history, attributes}."""
     m = copy.deepcopy(model).eval()
@@ -454,12 +677,19 @@ def _prune_copy(model, example, ana: _Analysis, kept: dict[int, int] | None, imp
         warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
         try:
             pruner = tp.pruner.MetaPruner(
-                m, example, importance=imp, ignored_layers=_expand(m, ana.ignored),
-                round_to=round_to, **kw)
+                m,
+                example,
+                importance=imp,
+                ignored_layers=_expand(m, ana.ignored),
+                round_to=round_to,
+                **kw,
+            )
         except Exception as e:  # tracing failed: nothing was pruned
-            raise UsageError(f"prune: torch-pruning cannot trace the model ({_short(e)}); "
-                             f"list the layers it cannot follow in prune.ignored_layers "
-                             f"in the recipe") from e
+            raise UsageError(
+                f"prune: torch-pruning cannot trace the model ({_short(e)}); "
+                f"list the layers it cannot follow in prune.ignored_layers "
+                f"in the recipe"
+            ) from e
         _prepare_importance(importance, imp, m, data)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -476,8 +706,10 @@ def _prune_copy(model, example, ana: _Analysis, kept: dict[int, int] | None, imp
         a.num_heads = int(pruner.num_heads[a.qkv])
         a.head_dim = a.qkv.out_features // (3 * a.num_heads)
     m.zero_grad(set_to_none=True)
-    history = [[name, bool(is_out), [int(getattr(i, "idx", i)) for i in idxs]]
-               for name, is_out, idxs in pruner.DG.pruning_history()]
+    history = [
+        [name, bool(is_out), [int(getattr(i, "idx", i)) for i in idxs]]
+        for name, is_out, idxs in pruner.DG.pruning_history()
+    ]
     _check_runs(model, m, example, history)
     return m.eval(), {"history": history, "attributes": _pruned_attributes(m)}
 
@@ -512,17 +744,25 @@ def _check_runs(dense, pruned, example, history):
     where, err, out = _forward_locating(pruned, example)
     if err is None and out.shape == want.shape:
         return
-    culprit = _first_failing_entry(dense, example, history,
-                                   lambda m: _forward_locating(m, example)[1] is not None)
+    culprit = _first_failing_entry(
+        dense, example, history, lambda m: _forward_locating(m, example)[1] is not None
+    )
     root = culprit[0] if culprit else "?"
-    what = _short(err) if err is not None else f"output shape {tuple(out.shape)} instead of " \
-                                                 f"{tuple(want.shape)}"
-    layer = f"layer {where!r} ({type(dict(pruned.named_modules())[where]).__name__})" \
-        if where is not None else "the model"
+    what = (
+        _short(err)
+        if err is not None
+        else f"output shape {tuple(out.shape)} instead of {tuple(want.shape)}"
+    )
+    layer = (
+        f"layer {where!r} ({type(dict(pruned.named_modules())[where]).__name__})"
+        if where is not None
+        else "the model"
+    )
     raise UsageError(
         f"prune: after removing channels of {root!r}, {layer} fails: {what}. torch-pruning "
         f"cannot follow the channels through it; add {root!r} to prune.ignored_layers in the "
-        f"recipe")
+        f"recipe"
+    )
 
 
 def _verify(dense, pruned, example, history) -> dict:
@@ -539,27 +779,34 @@ def _verify(dense, pruned, example, history) -> dict:
     for entry in checkable:
         _zero_entry(dg, entry)
     if checkable:
-        ref = apply_plan(copy.deepcopy(dense).eval(), {"history": checkable}, example,
-                         attributes=False)
+        ref = apply_plan(
+            copy.deepcopy(dense).eval(), {"history": checkable}, example, attributes=False
+        )
         _fix_heads(ref)
         if not _same(masked, ref, example):
             bad = _first_failing_entry(dense, example, checkable, None, exact=True) or checkable[0]
-            suspects = _suspects(*_graph_with_owners(copy.deepcopy(dense).eval(), example), bad,
-                                 mixing_only=False)
-            hint = (f"; ops it treats as element-wise there: {', '.join(suspects)}" if suspects else
-                    "; e.g. a reshape/transpose that mixes channels (channel shuffle) or a "
-                    "module that uses its own weight in forward")
+            suspects = _suspects(
+                *_graph_with_owners(copy.deepcopy(dense).eval(), example), bad, mixing_only=False
+            )
+            hint = (
+                f"; ops it treats as element-wise there: {', '.join(suspects)}"
+                if suspects
+                else "; e.g. a reshape/transpose that mixes channels (channel shuffle) or a "
+                "module that uses its own weight in forward"
+            )
             raise UsageError(
                 f"prune: removing channels of {bad[0]!r} changes what the kept channels compute: "
                 f"torch-pruning does not follow an op between that layer and its consumers"
-                f"{hint}. Add {bad[0]!r} to prune.ignored_layers in the recipe")
+                f"{hint}. Add {bad[0]!r} to prune.ignored_layers in the recipe"
+            )
     for entry in unverifiable:
         suspects = _suspects(owners, dg, entry, mixing_only=True)
         if suspects:
             raise UsageError(
                 f"prune: removing channels of {entry[0]!r} goes through {', '.join(suspects)}, which "
                 f"torch-pruning treats as element-wise; add {entry[0]!r} to "
-                f"prune.ignored_layers in the recipe")
+                f"prune.ignored_layers in the recipe"
+            )
     return {"verified": [e[0] for e in checkable], "unverified": [e[0] for e in unverifiable]}
 
 
@@ -698,8 +945,12 @@ def _graph_with_owners(m, example):
                 if gf in owners:
                     continue
                 owners[gf] = name
-                stack.extend(f for f, _ in getattr(gf, "next_functions", ()) if f is not None
-                             and "AccumulateGrad" not in type(f).__name__)
+                stack.extend(
+                    f
+                    for f, _ in getattr(gf, "next_functions", ())
+                    if f is not None and "AccumulateGrad" not in type(f).__name__
+                )
+
         return hook
 
     handles = [mod.register_forward_hook(claim(n)) for n, mod in m.named_modules()]
@@ -729,6 +980,7 @@ def _forward_locating(model, x):
     def enter(name):
         def hook(*_):
             stack.append(name)  # returns None: the input is left as it is
+
         return hook
 
     def leave(*_):
@@ -793,17 +1045,51 @@ def prune_iteratively(
         fn = _prune_global if scope == "global" else _prune_step
         # a recipe-fixed head ratio is a fraction of the dense heads: all of it at step 1
         heads = cfg.head_pruning_ratio if t == 1 or cfg.head_pruning_ratio is None else 0.0
-        current, record = fn(current, example, keep * total, target, cfg.importance, round_to,
-                             ignored, data, heads, t)
+        current, record = fn(
+            current,
+            example,
+            keep * total,
+            target,
+            cfg.importance,
+            round_to,
+            ignored,
+            data,
+            heads,
+            t,
+        )
         record["kept_fraction_goal"] = round(keep, 4)
         records.append(record)
         finetune(current, t)
         current.eval()
-    plan = {"steps": [{"history": r["history"], "attributes": r["attributes"],
-                       "kept_fraction_goal": r["kept_fraction_goal"]} for r in records],
-            "attributes": records[-1]["attributes"], "schedule": "cubic (Zhu & Gupta 2017)"}
-    return _reached(_result(dense, current, example, plan, fraction, target, cfg.importance,
-                            round_to, ignored, scope, macs0, params0, records))
+    plan = {
+        "steps": [
+            {
+                "history": r["history"],
+                "attributes": r["attributes"],
+                "kept_fraction_goal": r["kept_fraction_goal"],
+            }
+            for r in records
+        ],
+        "attributes": records[-1]["attributes"],
+        "schedule": "cubic (Zhu & Gupta 2017)",
+    }
+    return _reached(
+        _result(
+            dense,
+            current,
+            example,
+            plan,
+            fraction,
+            target,
+            cfg.importance,
+            round_to,
+            ignored,
+            scope,
+            macs0,
+            params0,
+            records,
+        )
+    )
 
 
 def rewind(pruned_model: nn.Module, plan: dict, initial_state_dict: dict, spec: dict) -> nn.Module:
@@ -817,20 +1103,24 @@ def rewind(pruned_model: nn.Module, plan: dict, initial_state_dict: dict, spec: 
     try:
         model.load_state_dict(initial_state_dict)
     except RuntimeError as e:
-        raise UsageError(f"rewind: the initial weights do not fit model {spec['name']!r} "
-                         f"({_short(e)})") from None
+        raise UsageError(
+            f"rewind: the initial weights do not fit model {spec['name']!r} ({_short(e)})"
+        ) from None
     apply_plan(model, plan, example_input(spec))
     want = {k: tuple(v.shape) for k, v in pruned_model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if want != got:
         diff = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
-        raise UsageError(f"rewind: the plan does not rebuild the pruned model's shapes "
-                         f"(differs at {', '.join(diff[:3])})")
+        raise UsageError(
+            f"rewind: the plan does not rebuild the pruned model's shapes "
+            f"(differs at {', '.join(diff[:3])})"
+        )
     return model.eval()
 
 
-def prune_unstructured(model: nn.Module, sparsity: float, *, remove: bool = True,
-                       include_classifier: bool = True) -> tuple[nn.Module, dict]:
+def prune_unstructured(
+    model: nn.Module, sparsity: float, *, remove: bool = True, include_classifier: bool = True
+) -> tuple[nn.Module, dict]:
     """Global magnitude pruning of individual weights (conv and linear weights, not biases).
 
     Works on a copy. With remove=True the masks are folded in (torch.nn.utils.prune.remove):
@@ -848,8 +1138,11 @@ def prune_unstructured(model: nn.Module, sparsity: float, *, remove: bool = True
     if not include_classifier:
         layers = layers[:-1] if isinstance(layers[-1][1], nn.Linear) else layers
     if sparsity > 0:
-        tprune.global_unstructured([(mod, "weight") for _, mod in layers],
-                                   pruning_method=tprune.L1Unstructured, amount=float(sparsity))
+        tprune.global_unstructured(
+            [(mod, "weight") for _, mod in layers],
+            pruning_method=tprune.L1Unstructured,
+            amount=float(sparsity),
+        )
         if remove:
             remove_masks(m)
     info = _sparsity_info(m, layers, sparsity)
@@ -861,19 +1154,27 @@ def remove_masks(model: nn.Module) -> nn.Module:
     import torch.nn.utils.prune as tprune
 
     for mod in model.modules():
-        for name in [h._tensor_name for h in mod._forward_pre_hooks.values()
-                     if isinstance(h, tprune.BasePruningMethod)]:
+        for name in [
+            h._tensor_name
+            for h in mod._forward_pre_hooks.values()
+            if isinstance(h, tprune.BasePruningMethod)
+        ]:
             tprune.remove(mod, name)
     return model
 
 
 def masks_of_zeros(model: nn.Module) -> dict[str, torch.Tensor]:
     """{module name: weight != 0} for conv/linear layers that hold zeros (unstructured pruning)."""
-    return {n: (m.weight != 0) for n, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and bool((m.weight == 0).any())}
+    return {
+        n: (m.weight != 0)
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and bool((m.weight == 0).any())
+    }
 
 
-def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor], *, hold: bool = False) -> nn.Module:
+def apply_masks(
+    model: nn.Module, masks: dict[str, torch.Tensor], *, hold: bool = False
+) -> nn.Module:
     """Zero the masked weights in place; hold=True keeps each mask as a forward pre-hook
     (torch.nn.utils.prune.custom_from_mask) so fine-tuning cannot regrow them: call
     `remove_masks` after training."""
@@ -897,9 +1198,14 @@ def _sparsity_info(m, layers, asked) -> dict:
         per[n] = round(z / w.numel(), 4)
         zeros += z
         total += w.numel()
-    return {"asked": asked, "sparsity": zeros / total if total else 0.0, "zeros": zeros,
-            "weights": total, "per_layer": per,
-            "method": "global magnitude (L1), torch.nn.utils.prune"}
+    return {
+        "asked": asked,
+        "sparsity": zeros / total if total else 0.0,
+        "zeros": zeros,
+        "weights": total,
+        "per_layer": per,
+        "method": "global magnitude (L1), torch.nn.utils.prune",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -924,9 +1230,12 @@ def _out_channel_groups(dg, module) -> int:
 
 def _attention_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Modules with one fused `qkv` Linear and an int `num_heads` (timm-style attention)."""
-    return {n: m for n, m in model.named_modules()
-            if isinstance(getattr(m, "qkv", None), nn.Linear)
-            and isinstance(getattr(m, "num_heads", None), int)}
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(getattr(m, "qkv", None), nn.Linear)
+        and isinstance(getattr(m, "num_heads", None), int)
+    }
 
 
 def _expand(model, names) -> list[nn.Module]:
@@ -939,8 +1248,10 @@ def _ignored_modules(model: nn.Module, names: tuple[str, ...]) -> list[str]:
     modules = dict(model.named_modules())
     for n in names:
         if n not in modules:
-            raise UsageError(f"recipe key prune.ignored_layers: no module named {n!r} in the "
-                             f"model; e.g. {', '.join(list(modules)[1:6])}")
+            raise UsageError(
+                f"recipe key prune.ignored_layers: no module named {n!r} in the "
+                f"model; e.g. {', '.join(list(modules)[1:6])}"
+            )
     linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
     return list(dict.fromkeys(list(names) + linears[-1:]))
 
@@ -954,15 +1265,17 @@ def _pruned_attributes(model: nn.Module) -> dict:
     return out
 
 
-def apply_plan(model: nn.Module, plan: dict, example: torch.Tensor,
-               attributes: bool = True) -> nn.Module:
+def apply_plan(
+    model: nn.Module, plan: dict, example: torch.Tensor, attributes: bool = True
+) -> nn.Module:
     """Replay a saved plan on a fresh model of the same architecture (in place; returned).
 
     A plan holds one pruning history (one-shot) or `steps`, one history per iterative step;
     each step is replayed on a freshly traced dependency graph, then its attributes are set.
     """
-    steps = plan.get("steps") or [{"history": plan.get("history", []),
-                                   "attributes": plan.get("attributes", {})}]
+    steps = plan.get("steps") or [
+        {"history": plan.get("history", []), "attributes": plan.get("attributes", {})}
+    ]
     modules = dict(model.named_modules())
     for step in steps:
         if step["history"]:
@@ -981,5 +1294,8 @@ def apply_plan(model: nn.Module, plan: dict, example: torch.Tensor,
 
 def layer_widths(model: nn.Module) -> dict[str, int]:
     """Output channels/features of every conv and linear layer, for before/after tables."""
-    return {n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
-            for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    return {
+        n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }

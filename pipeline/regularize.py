@@ -30,8 +30,11 @@ from ground.log import log
 _F = tp.pruner.function
 # handlers whose weight rows (dim 0) belong to the channel; a depthwise conv's rows are its
 # channels (its "input channel" handler names the same rows, so it is not counted twice)
-_OUT = (_F.prune_conv_out_channels, _F.prune_linear_out_channels,
-        _F.prune_depthwise_conv_out_channels)
+_OUT = (
+    _F.prune_conv_out_channels,
+    _F.prune_linear_out_channels,
+    _F.prune_depthwise_conv_out_channels,
+)
 _IN = (_F.prune_conv_in_channels, _F.prune_linear_in_channels)  # weight columns (dim 1)
 _BN = (_F.prune_batchnorm_out_channels, _F.prune_layernorm_out_channels)
 
@@ -48,7 +51,9 @@ def group_lasso(model: nn.Module, example: torch.Tensor) -> Callable[[], torch.T
     dg = _build_graph(model.eval(), example)
     ignored = [m for m in [_classifier(model)] if m is not None]
     slices = []  # (root channel index per slice row, tensor getter)
-    for group in dg.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear], ignored_layers=ignored):
+    for group in dg.get_all_groups(
+        root_module_types=[nn.Conv2d, nn.Linear], ignored_layers=ignored
+    ):
         parts = []
         for i, (dep, idxs) in enumerate(group):
             layer, fn = dep.target.module, dep.handler
@@ -77,8 +82,11 @@ def group_lasso(model: nn.Module, example: torch.Tensor) -> Callable[[], torch.T
 
 
 def bn_l1(model: nn.Module) -> Callable[[], torch.Tensor]:
-    scales = [m.weight for m in model.modules()
-              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    scales = [
+        m.weight
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine
+    ]
     return lambda: sum((g.abs().sum() for g in scales), torch.zeros(()))
 
 
@@ -133,8 +141,11 @@ def _channel_outputs(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
             continue
         nxt = mods[i + 1] if i + 1 < len(mods) else None
         width = m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
-        bn = (isinstance(m, nn.Conv2d) and isinstance(nxt, nn.modules.batchnorm._BatchNorm)
-              and nxt.num_features == width)
+        bn = (
+            isinstance(m, nn.Conv2d)
+            and isinstance(nxt, nn.modules.batchnorm._BatchNorm)
+            and nxt.num_features == width
+        )
         pairs.append((m, nxt if bn else m))
     return pairs
 
@@ -143,8 +154,10 @@ def add_channel_dropout(model: nn.Module, rate: float, fraction: float, seed: in
     """Hook every conv/linear layer's channel output but the classifier's; returns the handles
     (pass them to `remove_channel_dropout`)."""
     gen = torch.Generator().manual_seed(seed)
-    return [out.register_forward_hook(_ChannelDrop(layer, rate, fraction, gen))
-            for layer, out in _channel_outputs(model)]
+    return [
+        out.register_forward_hook(_ChannelDrop(layer, rate, fraction, gen))
+        for layer, out in _channel_outputs(model)
+    ]
 
 
 def remove_channel_dropout(handles: list) -> None:
@@ -163,8 +176,9 @@ class SparsityTraining:
         if cfg.bn_l1:
             self.terms.append((cfg.bn_l1, bn_l1(model)))
         if cfg.targeted_dropout:
-            self.dropped = add_channel_dropout(model, cfg.targeted_dropout, cfg.targeted_fraction,
-                                               seed)
+            self.dropped = add_channel_dropout(
+                model, cfg.targeted_dropout, cfg.targeted_fraction, seed
+            )
         elif cfg.dropout:
             self.dropped = add_channel_dropout(model, cfg.dropout, 1.0, seed)
         if self.active:
@@ -195,8 +209,10 @@ class SparsityTraining:
         if c.bn_l1:
             on.append(f"L1 on batch-norm scales {c.bn_l1:g} (network slimming)")
         if c.targeted_dropout:
-            on.append(f"targeted dropout {c.targeted_dropout:g} of the lowest "
-                      f"{c.targeted_fraction:.0%} channels (Gomez et al. 2019)")
+            on.append(
+                f"targeted dropout {c.targeted_dropout:g} of the lowest "
+                f"{c.targeted_fraction:.0%} channels (Gomez et al. 2019)"
+            )
         if c.dropout:
             on.append(f"channel dropout {c.dropout:g}, untargeted (the control)")
         return {"summary": "; ".join(on) or "none"}  # the figures are in the recipe

@@ -23,20 +23,31 @@ def counted(value, unit, on):
 
 def parity_figures(block: dict, file: str) -> dict:
     """Wrap the raw numbers of a parity block into figures."""
-    out = {k: v for k, v in block.items() if k not in ("test_split", "random_inputs", "calibration",
-                                                        "file_accuracy", "reference_accuracy")}
-    units = {"max_abs_diff": "logit", "max_abs_diff_rel": "ratio", "sqnr_db": "dB",
-             "top1_agreement": "fraction"}
+    out = {
+        k: v
+        for k, v in block.items()
+        if k
+        not in ("test_split", "random_inputs", "calibration", "file_accuracy", "reference_accuracy")
+    }
+    units = {
+        "max_abs_diff": "logit",
+        "max_abs_diff_rel": "ratio",
+        "sqnr_db": "dB",
+        "top1_agreement": "fraction",
+    }
     for split in ("test_split", "random_inputs"):
         if split in block:
             n = block[split]["inputs"]
             on = f"{file} vs its PyTorch reference, {n} {split.replace('_', ' ')}"
-            out[split] = {k: measured(v, units[k], on) for k, v in block[split].items() if k in units}
+            out[split] = {
+                k: measured(v, units[k], on) for k, v in block[split].items() if k in units
+            }
     if "file_accuracy" in block:
         on = f"{file}, {block['test_split']['inputs']} test images"
         out["file_accuracy"] = measured(block["file_accuracy"], "top1", on)
-        out["reference_accuracy"] = measured(block["reference_accuracy"], "top1",
-                                             on.replace(file, f"PyTorch reference of {file}"))
+        out["reference_accuracy"] = measured(
+            block["reference_accuracy"], "top1", on.replace(file, f"PyTorch reference of {file}")
+        )
     return out
 
 
@@ -46,19 +57,38 @@ def summary_table(report: dict) -> str:
     for name, st in report["stages"].items():
         if "accuracy" not in st:
             continue
-        rows.append((name, _v(st.get("accuracy"), "{:.2%}"), _v(st.get("macs"), "{:,}"),
-                     _v(st.get("params"), "{:,}"), "", "", ""))
+        rows.append(
+            (
+                name,
+                _v(st.get("accuracy"), "{:.2%}"),
+                _v(st.get("macs"), "{:,}"),
+                _v(st.get("params"), "{:,}"),
+                "",
+                "",
+                "",
+            )
+        )
     for name, b in report["backends"].items():
         if "error" in b:
             rows.append((f"{name}", "", "", "", "", "", "export failed"))
             continue
         ref = b["parity"].get("reference_accuracy")
         if ref and b["precision"] != "fp32":  # the quantized model, before the runtime
-            rows.append((f"{b['precision']} PyTorch reference", _v(ref, "{:.2%}"), "", "", "", "",
-                         ""))
+            rows.append(
+                (f"{b['precision']} PyTorch reference", _v(ref, "{:.2%}"), "", "", "", "", "")
+            )
         lat = (b.get("latency") or [{}])[0].get("p50")
-        rows.append((f"{b['file']} ({b['precision']})", _v(b["parity"].get("file_accuracy"), "{:.2%}"),
-                     "", "", _v(b.get("bytes"), "{:,}"), _v(lat, "{:.3f}"), b["parity"]["state"]))
+        rows.append(
+            (
+                f"{b['file']} ({b['precision']})",
+                _v(b["parity"].get("file_accuracy"), "{:.2%}"),
+                "",
+                "",
+                _v(b.get("bytes"), "{:,}"),
+                _v(lat, "{:.3f}"),
+                b["parity"]["state"],
+            )
+        )
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

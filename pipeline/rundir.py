@@ -14,19 +14,27 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
-from pipeline import distributed
 from ground.errors import SlimshipError
 from ground.log import log
+from pipeline import distributed
 
 MANIFEST = "manifest.json"
-_LIBS = ("torch", "executorch", "torch-pruning", "litert-torch", "ai-edge-litert",
-         "coremltools", "onnx", "onnxruntime")
+_LIBS = (
+    "torch",
+    "executorch",
+    "torch-pruning",
+    "litert-torch",
+    "ai-edge-litert",
+    "coremltools",
+    "onnx",
+    "onnxruntime",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -96,8 +104,11 @@ def write_json(path: Path, obj) -> None:
 
 
 def file_record(path: Path, root: Path) -> dict:
-    return {"path": str(path.relative_to(root)), "sha256": sha256_file(path),
-            "bytes": path.stat().st_size}
+    return {
+        "path": str(path.relative_to(root)),
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+    }
 
 
 def list_files(folder: Path) -> list[Path]:
@@ -105,12 +116,20 @@ def list_files(folder: Path) -> list[Path]:
 
 
 def _well_formed(entry) -> bool:
-    return (isinstance(entry, dict) and isinstance(entry.get("key"), str)
-            and isinstance(entry.get("info"), dict)
-            and isinstance(entry.get("digest"), str) and isinstance(entry.get("files"), list)
-            and all(isinstance(f, dict) and isinstance(f.get("path"), str)
-                    and isinstance(f.get("sha256"), str) and isinstance(f.get("bytes"), int)
-                    for f in entry["files"]))
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("key"), str)
+        and isinstance(entry.get("info"), dict)
+        and isinstance(entry.get("digest"), str)
+        and isinstance(entry.get("files"), list)
+        and all(
+            isinstance(f, dict)
+            and isinstance(f.get("path"), str)
+            and isinstance(f.get("sha256"), str)
+            and isinstance(f.get("bytes"), int)
+            for f in entry["files"]
+        )
+    )
 
 
 @dataclass
@@ -130,8 +149,12 @@ class RunDir:
         if distributed.collective() and not distributed.is_main():
             # under `compress --nproc` inside the launcher's folder, which it removes even
             # when this rank is killed
-            self.root = Path(tempfile.mkdtemp(prefix=f"slimship-rank{distributed.rank()}-",
-                                              dir=os.environ.get(distributed.STATUS_ENV)))
+            self.root = Path(
+                tempfile.mkdtemp(
+                    prefix=f"slimship-rank{distributed.rank()}-",
+                    dir=os.environ.get(distributed.STATUS_ENV),
+                )
+            )
             atexit.register(shutil.rmtree, self.root, ignore_errors=True)
             self.manifest = {"stages": {}}  # never read: rank 0 decides
             return
@@ -146,7 +169,7 @@ class RunDir:
         try:
             data = json.loads(p.read_text())
             if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
-                raise ValueError("no stages mapping")
+                raise ValueError("no stages mapping")  # noqa: TRY004  (handled just below)
             # keep only well-formed entries: anything else is rebuilt, never trusted
             data["stages"] = {k: v for k, v in data["stages"].items() if _well_formed(v)}
             return data
@@ -164,8 +187,9 @@ class RunDir:
                 return False
         return True
 
-    def stage(self, name: str, key_parts: dict, fn: Callable[[Path], dict], *,
-              all_ranks: bool = False) -> StageResult:
+    def stage(
+        self, name: str, key_parts: dict, fn: Callable[[Path], dict], *, all_ranks: bool = False
+    ) -> StageResult:
         """Run `fn(stage_dir) -> info` unless a finished stage with the same key is on disk.
 
         Under torch.distributed, rank 0 decides reuse and records the stage. With all_ranks
@@ -207,8 +231,11 @@ class RunDir:
         files = [file_record(p, self.root) for p in list_files(folder)]
         digest = sha256_json([(f["path"], f["sha256"]) for f in files])
         self.manifest["stages"][name] = {
-            "key": key, "digest": digest, "config": key_parts.get("config"),
-            "files": files, "info": info,
+            "key": key,
+            "digest": digest,
+            "config": key_parts.get("config"),
+            "files": files,
+            "info": info,
             "seconds": round(time.perf_counter() - start, 3),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -226,9 +253,11 @@ class RunDir:
             decision = {"differ": differ, "reuse": entry is not None}
         decision = distributed.broadcast_object(decision)
         if decision["differ"]:
-            raise SlimshipError(f"{name}: rank(s) {', '.join(map(str, decision['differ']))} have "
-                                "other inputs than rank 0 (data, recipe or library versions); "
-                                "every rank must see the same")
+            raise SlimshipError(
+                f"{name}: rank(s) {', '.join(map(str, decision['differ']))} have "
+                "other inputs than rank 0 (data, recipe or library versions); "
+                "every rank must see the same"
+            )
         if distributed.is_main():
             if decision["reuse"]:
                 result = self._reused(name, self.manifest["stages"][name])
@@ -237,8 +266,9 @@ class RunDir:
             else:
                 with distributed.solo():  # a fit() inside trains on rank 0 alone
                     result = self._run(name, key, key_parts, fn)
-            files = [(str(p.relative_to(result.dir)), p.read_bytes())
-                     for p in list_files(result.dir)]
+            files = [
+                (str(p.relative_to(result.dir)), p.read_bytes()) for p in list_files(result.dir)
+            ]
             distributed.broadcast_object((result.info, result.digest, files))
             return result
         if all_ranks and not decision["reuse"]:
@@ -249,4 +279,3 @@ class RunDir:
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_bytes(data)
         return StageResult(name, folder, info, digest, decision["reuse"])
-

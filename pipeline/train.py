@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from ground import faults
@@ -71,11 +71,18 @@ def fit(
     model.to(dev)
     net = distributed.wrap(model)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
+    )
     history = []
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", leave=False, dynamic_ncols=True,
-               disable=not distributed.is_main())
+    bar = tqdm(
+        range(epochs),
+        desc=desc,
+        unit="epoch",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not distributed.is_main(),
+    )
     for epoch in bar:
         net.train()
         perm = order(epoch)
@@ -85,7 +92,9 @@ def fit(
             xb, yb = xt[idx].to(dev), yt[idx].to(dev)
             loss = loss_fn(net(xb), yb, xb)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {len(history)+1}")
+                raise FloatingPointError(
+                    f"{desc}: loss became {loss.item()} at epoch {len(history) + 1}"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -113,8 +122,13 @@ def _sharded_order(n: int, seed: int):
     rank, and padded so that all ranks take the same number of steps (DDP needs that)."""
     from torch.utils.data import DistributedSampler
 
-    sampler = DistributedSampler(range(n), num_replicas=distributed.world_size(),
-                                 rank=distributed.rank(), shuffle=True, seed=seed)
+    sampler = DistributedSampler(
+        range(n),
+        num_replicas=distributed.world_size(),
+        rank=distributed.rank(),
+        shuffle=True,
+        seed=seed,
+    )
 
     def order(epoch: int) -> torch.Tensor:
         sampler.set_epoch(epoch)

@@ -24,8 +24,9 @@ def judge(figures: dict, tol: Tolerance) -> list[str]:
     """The tolerance lines a comparison breaks (empty: it passes)."""
     broken = []
     if tol.max_abs_rel is not None and figures["max_abs_diff_rel"] > tol.max_abs_rel:
-        broken.append(f"max |diff| / max |ref| = {figures['max_abs_diff_rel']:.3g} "
-                      f"> {tol.max_abs_rel:g}")
+        broken.append(
+            f"max |diff| / max |ref| = {figures['max_abs_diff_rel']:.3g} > {tol.max_abs_rel:g}"
+        )
     if tol.min_sqnr_db is not None and figures["sqnr_db"] < tol.min_sqnr_db:
         broken.append(f"SQNR {figures['sqnr_db']:.1f} dB < {tol.min_sqnr_db:g} dB")
     if figures["top1_agreement"] < tol.min_agreement:

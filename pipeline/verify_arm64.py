@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import report_html
 from ground.errors import UsageError
 from ground.log import log
+from pipeline import report_html
 from pipeline.report import measured
 from pipeline.rundir import file_record, library_versions, sha256_path, write_bytes, write_json
 from pipeline.verify import compare, judge, structural_problems
@@ -27,10 +27,14 @@ from targets import arm64
 from targets._base import Tolerance
 from targets.arm64_runner import RUNTIMES
 
-PROVES = ("the file loads in the aarch64 build of its runtime, runs there through its ARM "
-          "kernels (the delegate checked), and computes what it computes on this host")
-DOES_NOT = ("speed: qemu emulates the instructions, so no time measured here is a latency; "
-            "device-specific drivers and accelerators (NPU, GPU) are not exercised")
+PROVES = (
+    "the file loads in the aarch64 build of its runtime, runs there through its ARM "
+    "kernels (the delegate checked), and computes what it computes on this host"
+)
+DOES_NOT = (
+    "speed: qemu emulates the instructions, so no time measured here is a latency; "
+    "device-specific drivers and accelerators (NPU, GPU) are not exercised"
+)
 
 
 def verify_bundle(bundle: Path, cache: Path | None = None, cpu: str = arm64.DEFAULT_CPU) -> dict:
@@ -40,9 +44,11 @@ def verify_bundle(bundle: Path, cache: Path | None = None, cpu: str = arm64.DEFA
     with tempfile.TemporaryDirectory() as tmp, arm64.machine(arm64.cache_dir(cache), cpu) as m:
         for name, entry in model["backends"].items():
             why = _why_not_run(name, entry)
-            files[name] = ({"file": entry["file"], "state": "not-run", "why_not_run": why,
-                            "problems": []} if why else
-                           _check(m, bundle, name, entry, golden, report, Path(tmp)))
+            files[name] = (
+                {"file": entry["file"], "state": "not-run", "why_not_run": why, "problems": []}
+                if why
+                else _check(m, bundle, name, entry, golden, report, Path(tmp))
+            )
         machine = m.describe()
     block = _summary(files, machine, len(golden["x"]))
     _record(bundle, report, block)
@@ -53,12 +59,17 @@ def verify_bundle(bundle: Path, cache: Path | None = None, cpu: str = arm64.DEFA
 def _read_bundle(bundle: Path) -> tuple[dict, dict, dict]:
     for name in ("model.json", "golden.npz", "report.json"):
         if not (bundle / name).is_file():
-            raise UsageError(f"{bundle}: no {name}; give a bundle folder written by "
-                             "`cli.py compress` (e.g. dist/android)")
+            raise UsageError(
+                f"{bundle}: no {name}; give a bundle folder written by "
+                "`cli.py compress` (e.g. dist/android)"
+            )
     with np.load(bundle / "golden.npz") as g:
         golden = dict(g)
-    return (json.loads((bundle / "model.json").read_text()), golden,
-            json.loads((bundle / "report.json").read_text()))
+    return (
+        json.loads((bundle / "model.json").read_text()),
+        golden,
+        json.loads((bundle / "report.json").read_text()),
+    )
 
 
 def _why_not_run(name: str, entry: dict) -> str | None:
@@ -69,20 +80,25 @@ def _why_not_run(name: str, entry: dict) -> str | None:
     return None
 
 
-def _check(m, bundle: Path, name: str, entry: dict, golden: dict, report: dict,
-           tmp: Path) -> dict:
+def _check(m, bundle: Path, name: str, entry: dict, golden: dict, report: dict, tmp: Path) -> dict:
     file, path = entry["file"], bundle / entry["file"]
     if not path.exists():
         return {"file": file, "state": "failed", "problems": [f"{file}: missing from the bundle"]}
     problems = []
     if sha256_path(path) != entry["sha256"]:
-        problems.append(f"{file}: sha256 differs from model.json's record (changed after the "
-                        "bundle was written)")
+        problems.append(
+            f"{file}: sha256 differs from model.json's record (changed after the "
+            "bundle was written)"
+        )
     log(f"[arm64] {file}: running on aarch64 ({name}, qemu {m.cpu})")
     res = m.run(name, path, _encode(entry["io"], golden["x"]), tmp)
     if not res["ok"]:
-        return {"file": file, "state": "failed", "versions": res.get("versions"),
-                "problems": problems + [f"{file}: failed on aarch64: {res['error']}"]}
+        return {
+            "file": file,
+            "state": "failed",
+            "versions": res.get("versions"),
+            "problems": problems + [f"{file}: failed on aarch64: {res['error']}"],
+        }
     log(f"[arm64] {file}: ran in {res['seconds_emulated']:.1f} s (emulated; not a latency)")
     ref, out = golden[entry["golden_key"]], _decode(entry["io"], res["outputs"])
     host = report["backends"].get(name, {})
@@ -93,10 +109,16 @@ def _check(m, bundle: Path, name: str, entry: dict, golden: dict, report: dict,
     broken += judge(figures, tol) if figures else []
     delegate, not_delegated = DELEGATE_CHECKS[name](path, res, host)
     problems += [f"{file}: on aarch64: {p}" for p in broken + not_delegated]
-    return {"file": file, "state": "failed" if problems else "verified-arm64",
-            "problems": problems, "tolerance": tol.describe(),
-            "golden": _figures(figures, file, m.cpu) if figures else None,
-            "delegate": delegate, "versions": res["versions"], "guest": res["host"]}
+    return {
+        "file": file,
+        "state": "failed" if problems else "verified-arm64",
+        "problems": problems,
+        "tolerance": tol.describe(),
+        "golden": _figures(figures, file, m.cpu) if figures else None,
+        "delegate": delegate,
+        "versions": res["versions"],
+        "guest": res["host"],
+    }
 
 
 def _encode(io: dict, x: np.ndarray) -> np.ndarray:
@@ -116,8 +138,10 @@ def _decode(io: dict, y: np.ndarray) -> np.ndarray:
 
 
 def _figures(f: dict, file: str, cpu: str) -> dict:
-    on = (f"{file} on aarch64 (qemu, {cpu}) vs its golden outputs from this host, "
-          f"{f['inputs']} golden inputs")
+    on = (
+        f"{file} on aarch64 (qemu, {cpu}) vs its golden outputs from this host, "
+        f"{f['inputs']} golden inputs"
+    )
     units = {"max_abs_diff": "logit", "max_abs_diff_rel": "ratio", "top1_agreement": "fraction"}
     out = {k: measured(f[k], u, on) for k, u in units.items()}
     # identical outputs have infinite SQNR, which JSON cannot hold
@@ -135,11 +159,14 @@ def _tflite_delegate(path: Path, res: dict, host: dict) -> tuple[dict, list[str]
     want = (host.get("preflight") or {}).get("delegated_nodes")
     problems = []
     if ev["delegate_nodes"] == 0:
-        problems.append("no XNNPACK delegate node after allocation: the interpreter ran "
-                        "without its delegate")
+        problems.append(
+            "no XNNPACK delegate node after allocation: the interpreter ran without its delegate"
+        )
     elif want is not None and ev["delegated_file_nodes"] != want:
-        problems.append(f"XNNPACK took {ev['delegated_file_nodes']} of {ev['file_nodes']} "
-                        f"nodes, {want} on this host")
+        problems.append(
+            f"XNNPACK took {ev['delegated_file_nodes']} of {ev['file_nodes']} "
+            f"nodes, {want} on this host"
+        )
     return {**ev, "host_delegated_nodes": want, "runtime_log": res.get("runtime_log", [])}, problems
 
 
@@ -152,26 +179,41 @@ def _executorch_delegate(path: Path, res: dict, host: dict) -> tuple[dict, list[
     ran = delegate_events(res["etdump"])
     problems = []
     if ran["delegate_calls"] != sum(in_file.values()):
-        problems.append(f"{ran['delegate_calls']} delegate calls ran, the file has "
-                        f"{sum(in_file.values())} ({in_file})")
+        problems.append(
+            f"{ran['delegate_calls']} delegate calls ran, the file has "
+            f"{sum(in_file.values())} ({in_file})"
+        )
     if not ran["delegated_ops"]:
         problems.append("no XNNPACK operator ran inside the delegate call")
     kernels = sorted({op.rsplit(" #", 1)[0] for op in ran["delegated_ops"]})
-    return {**res["evidence"], "file_delegates": in_file, "delegate_calls": ran["delegate_calls"],
-            "executions": ran["executions"], "xnnpack_ops_run": len(ran["delegated_ops"]),
-            "xnnpack_kernels": kernels}, problems
+    return {
+        **res["evidence"],
+        "file_delegates": in_file,
+        "delegate_calls": ran["delegate_calls"],
+        "executions": ran["executions"],
+        "xnnpack_ops_run": len(ran["delegated_ops"]),
+        "xnnpack_kernels": kernels,
+    }, problems
 
 
 def _onnx_delegate(path: Path, res: dict, host: dict) -> tuple[dict, list[str]]:
     ev = res["evidence"]
     ok = ev.get("providers") == ["CPUExecutionProvider"]
-    return ({**ev, "note": "ONNX Runtime's CPU provider (its aarch64 MLAS kernels); there is "
-                           "no delegate to check"},
-            [] if ok else [f"execution providers {ev.get('providers')}, not the CPU provider"])
+    return (
+        {
+            **ev,
+            "note": "ONNX Runtime's CPU provider (its aarch64 MLAS kernels); there is "
+            "no delegate to check",
+        },
+        [] if ok else [f"execution providers {ev.get('providers')}, not the CPU provider"],
+    )
 
 
-DELEGATE_CHECKS = {"tflite": _tflite_delegate, "executorch-xnnpack": _executorch_delegate,
-                   "onnx": _onnx_delegate}
+DELEGATE_CHECKS = {
+    "tflite": _tflite_delegate,
+    "executorch-xnnpack": _executorch_delegate,
+    "onnx": _onnx_delegate,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,13 +229,19 @@ def _summary(files: dict, machine: dict, n_inputs: int) -> dict:
     for f in ran:
         versions.update(f.get("versions") or {})
         guest = f.get("guest") or guest
-    return {"state": "failed" if problems else "verified-arm64", "ok": not problems,
-            "checked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "proves": PROVES, "does_not_prove": DOES_NOT,
-            "machine": {**machine, **{f"guest_{k}": v for k, v in guest.items()}},
-            "inputs": f"golden.npz: {n_inputs} test images, run one at a time",
-            "versions": versions, "versions_differ_from_host": _differences(versions),
-            "files": files, "problems": problems}
+    return {
+        "state": "failed" if problems else "verified-arm64",
+        "ok": not problems,
+        "checked": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "proves": PROVES,
+        "does_not_prove": DOES_NOT,
+        "machine": {**machine, **{f"guest_{k}": v for k, v in guest.items()}},
+        "inputs": f"golden.npz: {n_inputs} test images, run one at a time",
+        "versions": versions,
+        "versions_differ_from_host": _differences(versions),
+        "files": files,
+        "problems": problems,
+    }
 
 
 def _differences(arm: dict) -> dict:
@@ -202,15 +250,22 @@ def _differences(arm: dict) -> dict:
     for lib, v in arm.items():
         if lib in host and host[lib] != v:
             same = host[lib].split("+")[0] == v.split("+")[0]
-            out[lib] = {"host": host[lib], "arm64": v,
-                        "note": ("same release, another build" if same else "another release")
-                        + (NOTES.get(lib, "") if same else "")}
+            out[lib] = {
+                "host": host[lib],
+                "arm64": v,
+                "note": ("same release, another build" if same else "another release")
+                + (NOTES.get(lib, "") if same else ""),
+            }
     return out
 
 
-NOTES = {"torch": ("; the only aarch64 build of this torch on PyPI is the CUDA one. Here torch "
-                   "only hands tensors to the ExecuTorch runtime (whose Python bindings are built "
-                   "against this torch release); CUDA is never initialised")}
+NOTES = {
+    "torch": (
+        "; the only aarch64 build of this torch on PyPI is the CUDA one. Here torch "
+        "only hands tensors to the ExecuTorch runtime (whose Python bindings are built "
+        "against this torch release); CUDA is never initialised"
+    )
+}
 
 
 def _record(bundle: Path, report: dict, block: dict) -> None:
@@ -220,15 +275,18 @@ def _record(bundle: Path, report: dict, block: dict) -> None:
     for name, f in block["files"].items():
         if name in report["backends"]:
             report["backends"][name]["arm64"] = {"state": f["state"], "problems": f["problems"]}
-    report["problems"] = ([p for p in report["problems"] if not p.startswith("arm64: ")]
-                          + [f"arm64: {p}" for p in block["problems"]])
+    report["problems"] = [p for p in report["problems"] if not p.startswith("arm64: ")] + [
+        f"arm64: {p}" for p in block["problems"]
+    ]
     report["ok"] = not report["problems"]
     write_json(bundle / "report.json", report)
     write_bytes(bundle / "report.html", report_html.render(report).encode())
     manifest = json.loads((bundle / "manifest.json").read_text())
     changed = {"report.json", "report.html"}
-    manifest["files"] = [file_record(bundle / f["path"], bundle) if f["path"] in changed else f
-                         for f in manifest["files"]]
+    manifest["files"] = [
+        file_record(bundle / f["path"], bundle) if f["path"] in changed else f
+        for f in manifest["files"]
+    ]
     write_json(bundle / "manifest.json", manifest)
 
 
@@ -236,17 +294,24 @@ def table(block: dict) -> str:
     rows = [("file", "arm64", "max |diff|", "top-1", "delegate")]
     for f in block["files"].values():
         g, d = f.get("golden") or {}, f.get("delegate") or {}
-        rows.append((f["file"], f["state"],
-                     f"{g['max_abs_diff']['value']:.3g}" if g else "",
-                     f"{g['top1_agreement']['value']:.3f}" if g else "",
-                     _delegate_line(d) if d else f.get("why_not_run", "")))
+        rows.append(
+            (
+                f["file"],
+                f["state"],
+                f"{g['max_abs_diff']['value']:.3g}" if g else "",
+                f"{g['top1_agreement']['value']:.3f}" if g else "",
+                _delegate_line(d) if d else f.get("why_not_run", ""),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     m = block["machine"]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"on {m.get('guest_machine', 'aarch64')} under {m['emulator']}, "
-                 f"-cpu {m['cpu']} ({', '.join(m.get('guest_hwcaps', []))}); "
-                 + ", ".join(f"{k} {v}" for k, v in block["versions"].items()))
+    lines.append(
+        f"on {m.get('guest_machine', 'aarch64')} under {m['emulator']}, "
+        f"-cpu {m['cpu']} ({', '.join(m.get('guest_hwcaps', []))}); "
+        + ", ".join(f"{k} {v}" for k, v in block["versions"].items())
+    )
     return "\n".join(lines)
 
 

@@ -22,5 +22,12 @@ _BACKEND_MODULES = (
 for _m in _BACKEND_MODULES:
     importlib.import_module(_m)
 
-__all__ = ["BackendChoice", "Target", "get_backend", "get_target", "list_backends",
-           "list_targets", "register_backend"]
+__all__ = [
+    "BackendChoice",
+    "Target",
+    "get_backend",
+    "get_target",
+    "list_backends",
+    "list_targets",
+    "register_backend",
+]

@@ -7,13 +7,14 @@ the functions, so `cli.py --help` and `cli.py targets` stay fast.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 
 # A runner takes one preprocessed float32 batch (1, C, H, W) and returns float32 logits (1, K).
 # Quantized I/O (e.g. a fully int8 .tflite) is handled inside the runner with the file's own
@@ -100,7 +101,7 @@ def compare(reference: np.ndarray, actual: np.ndarray) -> dict:
     diff = np.abs(reference.astype(np.float64) - actual)
     scale = float(np.max(np.abs(reference))) or 1.0
     return {
-        "inputs": int(len(reference)),
+        "inputs": len(reference),
         "max_abs_diff": float(diff.max()),
         "max_abs_diff_rel": float(diff.max() / scale),
         "sqnr_db": sqnr_db(reference, actual),

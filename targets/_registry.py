@@ -52,11 +52,14 @@ def _load_targets() -> dict[str, Target]:
     out = {}
     for name, t in raw.items():
         choices = tuple(
-            BackendChoice(b["backend"], b["precision"], tuple(sorted((b.get("options") or {}).items())))
+            BackendChoice(
+                b["backend"], b["precision"], tuple(sorted((b.get("options") or {}).items()))
+            )
             for b in t["backends"]
         )
-        out[name] = Target(name, t["description"], choices, int(t["round_to"]),
-                           tuple(t.get("devices") or ()))
+        out[name] = Target(
+            name, t["description"], choices, int(t["round_to"]), tuple(t.get("devices") or ())
+        )
     return out
 
 

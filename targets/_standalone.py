@@ -39,8 +39,8 @@ def load_tflite(path, threads: int | None = None):
     interp = Interpreter(model_path=str(path), num_threads=threads)
     interp.allocate_tensors()  # applies the delegate now rather than on the first call
     sig = interp.get_signature_runner(TFLITE_SIGNATURE)
-    (in_name, in_d), = sig.get_input_details().items()
-    (out_name, out_d), = sig.get_output_details().items()
+    ((in_name, in_d),) = sig.get_input_details().items()
+    ((out_name, out_d),) = sig.get_output_details().items()
     in_dtype, (in_scale, in_zp) = in_d["dtype"], in_d["quantization"]
     out_dtype, (out_scale, out_zp) = out_d["dtype"], out_d["quantization"]
 

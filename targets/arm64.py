@@ -52,21 +52,35 @@ RUNNER = "opt/slimship/arm64_runner.py"
 # the runtimes, at the host's versions; executorch is installed without its dependencies (the
 # compiler's: pandas, hydra, torchao, ...), and with what its runtime imports
 RUNTIMES = ("executorch", "torch", "ai-edge-litert", "onnxruntime")
-EXECUTORCH_RUNTIME_DEPS = ("ruamel.yaml", "pyyaml", "tabulate", "packaging", "flatbuffers",
-                           "typing-extensions", "numpy")
+EXECUTORCH_RUNTIME_DEPS = (
+    "ruamel.yaml",
+    "pyyaml",
+    "tabulate",
+    "packaging",
+    "flatbuffers",
+    "typing-extensions",
+    "numpy",
+)
 # torch==2.13.0 on aarch64 exists on PyPI only as a CUDA build. Its libraries link against most
 # of the CUDA runtime (checked with readelf -d), so those wheels are needed for `import torch`
 # even though CUDA is never initialised; these are not linked by any library (only imported or
 # dlopen'ed when CUDA runs) and are left out.
-CUDA_ONLY = {"triton", "nvidia-cusolver", "nvidia-nvtx", "cuda-bindings", "cuda-pathfinder",
-             "cuda-toolkit"}
+CUDA_ONLY = {
+    "triton",
+    "nvidia-cusolver",
+    "nvidia-nvtx",
+    "cuda-bindings",
+    "cuda-pathfinder",
+    "cuda-toolkit",
+}
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 QEMU_ENTRY = "qemu-aarch64"
 QEMU_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")  # from Debian's qemu-user-static
 INSTALL_HINT = "apt-get install debootstrap qemu-user-static"
 _CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
-LOCK = (Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())
-        ) / "slimship-arm64.lock"
+LOCK = (
+    Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())
+) / "slimship-arm64.lock"
 RUN_TIMEOUT_S = 900
 BUILD_TIMEOUT_S = 3600
 
@@ -106,18 +120,24 @@ class Machine:
         does not run them."""
         proc = self._python(["-c", "import platform; print(platform.machine())"], timeout=120)
         if proc.returncode != 0 or proc.stdout.strip() != "aarch64":
-            raise SlimshipError(f"chroot {self.root} did not run an aarch64 program "
-                                f"(exit {proc.returncode}: {_last_line(proc.stderr or proc.stdout)})"
-                                f"; the binfmt_misc entry {QEMU_ENTRY} must point at "
-                                "qemu-aarch64-static with the F flag")
+            raise SlimshipError(
+                f"chroot {self.root} did not run an aarch64 program "
+                f"(exit {proc.returncode}: {_last_line(proc.stderr or proc.stdout)})"
+                f"; the binfmt_misc entry {QEMU_ENTRY} must point at "
+                "qemu-aarch64-static with the F flag"
+            )
         shutil.copy2(Path(__file__).with_name("arm64_runner.py"), self.root / RUNNER)
 
     def describe(self) -> dict:
         qemu = subprocess.run([_qemu(), "--version"], check=False, capture_output=True, text=True)
-        return {"emulator": qemu.stdout.splitlines()[0] if qemu.stdout else "qemu-aarch64",
-                "cpu": self.cpu, "debian": f"{BASE['suite']} {BASE['arch']}",
-                "root": str(self.root), "root_prepared": self.ready["base"]["created"],
-                "site_prepared": self.ready["site"]["created"]}
+        return {
+            "emulator": qemu.stdout.splitlines()[0] if qemu.stdout else "qemu-aarch64",
+            "cpu": self.cpu,
+            "debian": f"{BASE['suite']} {BASE['arch']}",
+            "root": str(self.root),
+            "root_prepared": self.ready["base"]["created"],
+            "site_prepared": self.ready["site"]["created"],
+        }
 
     def run(self, backend: str, file: Path, inputs: np.ndarray, out_dir: Path) -> dict:
         """Run one file on `inputs` (already in the dtype the file takes) in the root.
@@ -128,9 +148,14 @@ class Machine:
         try:
             shutil.copy2(file, job / file.name)
             np.save(job / "inputs.npy", inputs)
-            spec = {"backend": backend, "file": f"{inside}/{file.name}",
-                    "inputs": f"{inside}/inputs.npy", "outputs": f"{inside}/outputs.npy",
-                    "result": f"{inside}/result.json", "etdump": f"{inside}/run.etdp"}
+            spec = {
+                "backend": backend,
+                "file": f"{inside}/{file.name}",
+                "inputs": f"{inside}/inputs.npy",
+                "outputs": f"{inside}/outputs.npy",
+                "result": f"{inside}/result.json",
+                "etdump": f"{inside}/run.etdp",
+            }
             (job / "job.json").write_text(json.dumps(spec))
             proc = self._python([f"/{RUNNER}", f"{inside}/job.json"], timeout=RUN_TIMEOUT_S)
             return self._collect(job, proc, out_dir)
@@ -139,9 +164,12 @@ class Machine:
 
     def _collect(self, job: Path, proc, out_dir: Path) -> dict:
         if not (job / "result.json").exists():
-            how = (f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}")
-            return {"ok": False, "error": f"the aarch64 runtime process died ({how}) before "
-                                          f"writing a result: {_last_line(proc.stderr)}"}
+            how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            return {
+                "ok": False,
+                "error": f"the aarch64 runtime process died ({how}) before "
+                f"writing a result: {_last_line(proc.stderr)}",
+            }
         result = json.loads((job / "result.json").read_text())
         result["runtime_log"] = [ln for ln in proc.stderr.splitlines() if "XNNPACK" in ln][:5]
         if (job / "outputs.npy").exists():
@@ -153,15 +181,29 @@ class Machine:
 
     def _python(self, args: list[str], timeout: float) -> subprocess.CompletedProcess:
         # QEMU_CPU reaches qemu through the environment of the program the kernel hands it
-        env = {"QEMU_CPU": self.cpu, "PYTHONPATH": f"/{SITE}", "PATH": "/usr/bin:/bin",
-               "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {
+            "QEMU_CPU": self.cpu,
+            "PYTHONPATH": f"/{SITE}",
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/tmp",
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
         try:
             # the host's chroot by its full path: `env` replaces PATH for the lookup too
-            return subprocess.run([_CHROOT, str(self.root), "/usr/bin/python3", *args], env=env,
-                                  check=False, capture_output=True, text=True, timeout=timeout)
+            return subprocess.run(
+                [_CHROOT, str(self.root), "/usr/bin/python3", *args],
+                env=env,
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
-            raise SlimshipError(f"the arm64 run ({' '.join(args[:2])}) took more than "
-                                f"{timeout:.0f} s under emulation and was stopped") from None
+            raise SlimshipError(
+                f"the arm64 run ({' '.join(args[:2])}) took more than "
+                f"{timeout:.0f} s under emulation and was stopped"
+            ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,27 +238,46 @@ def wanted_versions() -> dict[str, str]:
 
 def _build_base(cache: Path) -> dict:
     if shutil.which("debootstrap") is None:
-        raise SlimshipError(f"debootstrap is not installed (needed once, to build the arm64 "
-                            f"root): {INSTALL_HINT}")
+        raise SlimshipError(
+            f"debootstrap is not installed (needed once, to build the arm64 root): {INSTALL_HINT}"
+        )
     partial, root = cache / "root.partial", cache / "root"
     for old in (partial, root):
         _remove_tree(old)
     mirror = os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR
-    log(f"[arm64] building the arm64 root in {root}: debootstrap {BASE['suite']} "
+    log(
+        f"[arm64] building the arm64 root in {root}: debootstrap {BASE['suite']} "
         f"{BASE['arch']} ({BASE['variant']} + {BASE['include']}) from {mirror}, about 110 "
-        "Debian packages: ~40 MB to download, ~280 MB unpacked, 2-4 minutes (run once, cached)")
+        "Debian packages: ~40 MB to download, ~280 MB unpacked, 2-4 minutes (run once, cached)"
+    )
     start = time.perf_counter()
-    cmd = ["debootstrap", f"--arch={BASE['arch']}", f"--variant={BASE['variant']}",
-           f"--include={BASE['include']}", BASE["suite"], str(partial), mirror]
-    _stream(cmd, _DebootstrapProgress(), f"debootstrap could not build the root; check that "
-                                         f"{mirror} can be reached (or set {MIRROR_ENV})")
+    cmd = [
+        "debootstrap",
+        f"--arch={BASE['arch']}",
+        f"--variant={BASE['variant']}",
+        f"--include={BASE['include']}",
+        BASE["suite"],
+        str(partial),
+        mirror,
+    ]
+    _stream(
+        cmd,
+        _DebootstrapProgress(),
+        f"debootstrap could not build the root; check that "
+        f"{mirror} can be reached (or set {MIRROR_ENV})",
+    )
     _unmount_under(partial)  # debootstrap mounts /proc and /sys while it configures
     for deb in (partial / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
     _fake_free_sys(partial)
     os.replace(partial, root)
-    info = {"spec": BASE, "mirror": mirror, "created": _now(), "bytes": _tree_bytes(root),
-            "seconds": round(time.perf_counter() - start, 1)}
+    info = {
+        "spec": BASE,
+        "mirror": mirror,
+        "created": _now(),
+        "bytes": _tree_bytes(root),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     log(f"[arm64] root built in {info['seconds']:.0f} s, {info['bytes'] / 1e6:.0f} MB")
     return info
 
@@ -240,28 +301,54 @@ def _install_site(root: Path, want: dict[str, str]) -> dict:
     seconds, start = {}, time.perf_counter()
     pins, left_out = _resolve(want, root.parent)
     seconds["resolve"] = round(time.perf_counter() - start, 1)
-    log(f"[arm64] {len(pins)} wheels to download (left out, CUDA-only: "
-        f"{', '.join(left_out) or 'none'})")
+    log(
+        f"[arm64] {len(pins)} wheels to download (left out, CUDA-only: "
+        f"{', '.join(left_out) or 'none'})"
+    )
     start = time.perf_counter()
-    _pip(["download", "--no-deps", "-d", str(wheels), *_platform_args(), *pins],
-         "download the aarch64 wheels", _PipProgress())
+    _pip(
+        ["download", "--no-deps", "-d", str(wheels), *_platform_args(), *pins],
+        "download the aarch64 wheels",
+        _PipProgress(),
+    )
     download = _tree_bytes(wheels)
     seconds["download"] = round(time.perf_counter() - start, 1)
     log(f"[arm64] downloaded {download / 1e6:.0f} MB in {seconds['download']:.0f} s; installing")
     start = time.perf_counter()
-    _pip(["install", "--no-index", "--no-deps", "--find-links", str(wheels), "--target",
-          str(partial), *_platform_args(), *pins], "install the aarch64 wheels", None)
+    _pip(
+        [
+            "install",
+            "--no-index",
+            "--no-deps",
+            "--find-links",
+            str(wheels),
+            "--target",
+            str(partial),
+            *_platform_args(),
+            *pins,
+        ],
+        "install the aarch64 wheels",
+        None,
+    )
     pruned = _prune_unlinked_cuda(partial)
     shutil.rmtree(site, ignore_errors=True)
     os.replace(partial, site)
     shutil.rmtree(wheels, ignore_errors=True)
     seconds["install"] = round(time.perf_counter() - start, 1)
-    info = {"requested": want, "installed": dict(p.split("==") for p in pins),
-            "left_out_cuda_only": left_out,
-            "download_bytes": download, "installed_bytes": _tree_bytes(site),
-            "pruned_bytes": pruned, "seconds": seconds, "created": _now()}
-    log(f"[arm64] wheels installed: {info['installed_bytes'] / 1e6:.0f} MB "
-        f"({pruned / 1e6:.0f} MB of CUDA libraries nothing links against removed)")
+    info = {
+        "requested": want,
+        "installed": dict(p.split("==") for p in pins),
+        "left_out_cuda_only": left_out,
+        "download_bytes": download,
+        "installed_bytes": _tree_bytes(site),
+        "pruned_bytes": pruned,
+        "seconds": seconds,
+        "created": _now(),
+    }
+    log(
+        f"[arm64] wheels installed: {info['installed_bytes'] / 1e6:.0f} MB "
+        f"({pruned / 1e6:.0f} MB of CUDA libraries nothing links against removed)"
+    )
     return info
 
 
@@ -270,18 +357,39 @@ def _resolve(want: dict[str, str], workdir: Path) -> tuple[list[str], list[str]]
     resolution for aarch64 (a dry run) of the runtimes, every package pinned to the host's
     version where the host has it."""
     report, constraints = workdir / "resolve.json", workdir / "constraints.txt"
-    constraints.write_text("".join(f"{d.metadata['Name']}=={d.version.split('+')[0]}\n"
-                                   for d in metadata.distributions() if d.metadata["Name"]))
+    constraints.write_text(
+        "".join(
+            f"{d.metadata['Name']}=={d.version.split('+')[0]}\n"
+            for d in metadata.distributions()
+            if d.metadata["Name"]
+        )
+    )
     reqs = [f"{d}=={v}" for d, v in want.items() if d != "executorch"]
     if "executorch" in want:
         reqs += list(EXECUTORCH_RUNTIME_DEPS)
     log("[arm64] resolving the aarch64 wheels with pip (dry run)")
     with tempfile.TemporaryDirectory() as target:
-        _pip(["install", "--dry-run", "--ignore-installed", "--report", str(report), "--target",
-              target, "-c", str(constraints), *_platform_args(), *reqs],
-             "resolve the aarch64 wheels", None)
-    found = {_canonical(i["metadata"]["name"]): i["metadata"]["version"]
-             for i in json.loads(report.read_text())["install"]}
+        _pip(
+            [
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--report",
+                str(report),
+                "--target",
+                target,
+                "-c",
+                str(constraints),
+                *_platform_args(),
+                *reqs,
+            ],
+            "resolve the aarch64 wheels",
+            None,
+        )
+    found = {
+        _canonical(i["metadata"]["name"]): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
     pins = [f"{n}=={v}" for n, v in sorted(found.items()) if n not in CUDA_ONLY]
     if "executorch" in want:
         pins.append(f"executorch=={want['executorch']}")
@@ -293,18 +401,35 @@ def _canonical(name: str) -> str:
 
 
 def _platform_args() -> list[str]:
-    args = ["--only-binary=:all:", "--python-version", PYTHON[0], "--implementation", "cp",
-            "--abi", PYTHON[1]]
+    args = [
+        "--only-binary=:all:",
+        "--python-version",
+        PYTHON[0],
+        "--implementation",
+        "cp",
+        "--abi",
+        PYTHON[1],
+    ]
     for tag in PLATFORMS:
         args += ["--platform", tag]
     return args
 
 
 def _pip(args: list[str], what: str, progress) -> None:
-    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input",
-           "--no-cache-dir", *args]
-    _stream(cmd, progress or (lambda line: None),
-            f"pip could not {what}; check that PyPI can be reached")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--no-cache-dir",
+        *args,
+    ]
+    _stream(
+        cmd,
+        progress or (lambda line: None),
+        f"pip could not {what}; check that PyPI can be reached",
+    )
 
 
 def _prune_unlinked_cuda(site: Path) -> int:
@@ -337,11 +462,12 @@ def _needed(path: Path) -> list[str]:
         if f.read(6) != b"\x7fELF\x02\x01":
             return []
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            shoff, = struct.unpack_from("<Q", m, 0x28)
+            (shoff,) = struct.unpack_from("<Q", m, 0x28)
             entsize, count = struct.unpack_from("<HH", m, 0x3A)
             # (name, type, flags, addr, offset, size, link, info, align, entsize)
-            sections = [struct.unpack_from("<IIQQQQIIQQ", m, shoff + i * entsize)
-                        for i in range(count)]
+            sections = [
+                struct.unpack_from("<IIQQQQIIQQ", m, shoff + i * entsize) for i in range(count)
+            ]
             out = []
             for s in (s for s in sections if s[1] == 6):  # SHT_DYNAMIC
                 strtab = sections[s[6]][4]  # its sh_link is the string table
@@ -357,8 +483,15 @@ def _needed(path: Path) -> list[str]:
 class _DebootstrapProgress:
     """debootstrap's stage lines, and every 20th package it retrieves."""
 
-    STAGES = ("Retrieving Release", "Resolving", "Found", "Installing core", "Unpacking the base",
-              "Configuring the base", "Base system installed")
+    STAGES = (
+        "Retrieving Release",
+        "Resolving",
+        "Found",
+        "Installing core",
+        "Unpacking the base",
+        "Configuring the base",
+        "Base system installed",
+    )
 
     def __init__(self):
         self.retrieved = 0
@@ -389,22 +522,31 @@ def _check_host() -> None:
     if platform.system() != "Linux":
         raise SlimshipError("verify-arm64 runs on Linux only (it needs binfmt_misc and chroot)")
     if os.geteuid() != 0:
-        raise SlimshipError("verify-arm64 needs root (it mounts binfmt_misc and /proc, and "
-                            "uses chroot): run it as root, as CI does, or with sudo")
+        raise SlimshipError(
+            "verify-arm64 needs root (it mounts binfmt_misc and /proc, and "
+            "uses chroot): run it as root, as CI does, or with sudo"
+        )
     if not QEMU_CONF.exists() or shutil.which("qemu-aarch64-static") is None:
-        raise SlimshipError(f"qemu-user-static is not installed (its {QEMU_CONF} is what "
-                            f"registers aarch64 programs): {INSTALL_HINT}")
+        raise SlimshipError(
+            f"qemu-user-static is not installed (its {QEMU_CONF} is what "
+            f"registers aarch64 programs): {INSTALL_HINT}"
+        )
     if "binfmt_misc" not in Path("/proc/filesystems").read_text():
-        raise SlimshipError("this kernel has no binfmt_misc, so it cannot hand aarch64 "
-                            "programs to qemu; run verify-arm64 on a machine that has it")
+        raise SlimshipError(
+            "this kernel has no binfmt_misc, so it cannot hand aarch64 "
+            "programs to qemu; run verify-arm64 on a machine that has it"
+        )
 
 
 def _check_cpu(cpu: str) -> None:
-    text = subprocess.run([_qemu(), "-cpu", "help"], check=False, capture_output=True, text=True).stdout
+    text = subprocess.run(
+        [_qemu(), "-cpu", "help"], check=False, capture_output=True, text=True
+    ).stdout
     known = text.split()[2:]  # "Available CPUs:" then the names
     if cpu.split(",")[0] not in known:  # properties may follow: max,sme=off
-        raise UsageError(f"--cpu {cpu}: qemu-aarch64 does not emulate it; available: "
-                         f"{', '.join(known)}")
+        raise UsageError(
+            f"--cpu {cpu}: qemu-aarch64 does not emulate it; available: {', '.join(known)}"
+        )
 
 
 def _qemu() -> str:
@@ -426,13 +568,17 @@ def _binfmt():
             try:
                 (BINFMT / "register").write_text(QEMU_CONF.read_text().strip())
             except OSError as e:
-                raise SlimshipError(f"cannot register {QEMU_ENTRY} with binfmt_misc "
-                                    f"({e.strerror}): this machine does not allow it") from None
+                raise SlimshipError(
+                    f"cannot register {QEMU_ENTRY} with binfmt_misc "
+                    f"({e.strerror}): this machine does not allow it"
+                ) from None
             registered = True
         status = entry.read_text()
         if not status.startswith("enabled") or not re.search(r"^flags: \w*F", status, re.MULTILINE):
-            raise SlimshipError(f"the binfmt_misc entry {entry} is disabled or lacks the F "
-                                f"flag; remove it (echo -1 > {entry}) and run again")
+            raise SlimshipError(
+                f"the binfmt_misc entry {entry} is disabled or lacks the F "
+                f"flag; remove it (echo -1 > {entry}) and run again"
+            )
         yield
     finally:
         if registered:
@@ -445,14 +591,18 @@ def _binfmt():
 def _mount(args: list[str], what: str) -> None:
     proc = subprocess.run(["mount", *args], check=False, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SlimshipError(f"cannot mount {what}: {_last_line(proc.stderr)}; this machine "
-                            "(a container without CAP_SYS_ADMIN?) does not allow it")
+        raise SlimshipError(
+            f"cannot mount {what}: {_last_line(proc.stderr)}; this machine "
+            "(a container without CAP_SYS_ADMIN?) does not allow it"
+        )
 
 
 def _mounts_under(path: Path) -> list[str]:
     prefix = str(Path(path).resolve()) + "/"
-    points = [ln.split()[1].replace("\\040", " ") for ln in
-              Path("/proc/self/mounts").read_text().splitlines()]
+    points = [
+        ln.split()[1].replace("\\040", " ")
+        for ln in Path("/proc/self/mounts").read_text().splitlines()
+    ]
     return sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True)
 
 
@@ -508,8 +658,9 @@ def _stream(cmd: list[str], on_line, failure: str) -> None:
     """Run a long command, handing each output line to on_line; on failure raise with its last
     error line. Ctrl-C or SIGTERM stops the command before the exception goes on."""
     tail: list[str] = []
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + BUILD_TIMEOUT_S
         for line in proc.stdout:
@@ -552,7 +703,9 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _tree_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and not p.is_symlink())
+    return sum(
+        p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and not p.is_symlink()
+    )
 
 
 def _versions_line(versions: dict) -> str:

@@ -41,10 +41,15 @@ def main(job_path: str) -> int:
         run = RUNTIMES[job["backend"]]
         outputs, evidence, versions = run(Path(job["file"]), np.load(job["inputs"]), job)
         np.save(job["outputs"], outputs)
-        result.update(ok=True, evidence=evidence, versions=versions, output_shape=list(outputs.shape))
+        result.update(
+            ok=True, evidence=evidence, versions=versions, output_shape=list(outputs.shape)
+        )
     except Exception as e:  # noqa: BLE001  reported to the host, which names the file
-        result.update(ok=False, error=f"{type(e).__name__}: {_first_line(e)}",
-                      traceback=traceback.format_exc(limit=4))
+        result.update(
+            ok=False,
+            error=f"{type(e).__name__}: {_first_line(e)}",
+            traceback=traceback.format_exc(limit=4),
+        )
     result["seconds_emulated"] = round(time.perf_counter() - start, 2)
     Path(job["result"]).write_text(json.dumps(result, indent=1))
     return 0
@@ -57,8 +62,12 @@ def describe_host() -> dict:
     hw, hw2 = libc.getauxval(AT_HWCAP), libc.getauxval(AT_HWCAP2)
     features = [k for k, bit in HWCAP.items() if hw >> bit & 1]
     features += [k for k, bit in HWCAP2.items() if hw2 >> bit & 1]
-    return {"machine": platform.machine(), "python": platform.python_version(),
-            "libc": "-".join(platform.libc_ver()), "hwcaps": features}
+    return {
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "libc": "-".join(platform.libc_ver()),
+        "hwcaps": features,
+    }
 
 
 def _version(dist: str) -> str:
@@ -78,18 +87,23 @@ def run_tflite(path: Path, x: np.ndarray, job: dict):
     nodes = interp._get_ops_details()
     delegates = nodes[n_file:]
     sig = interp.get_signature_runner(job.get("signature", "serving_default"))
-    (in_name, in_d), = sig.get_input_details().items()
-    (out_name, _), = sig.get_output_details().items()
+    ((in_name, in_d),) = sig.get_input_details().items()
+    ((out_name, _),) = sig.get_output_details().items()
     if np.dtype(in_d["dtype"]) != x.dtype:
-        raise ValueError(f"the file takes {np.dtype(in_d['dtype']).name} input, the job gave "
-                         f"{x.dtype.name}")
+        raise ValueError(
+            f"the file takes {np.dtype(in_d['dtype']).name} input, the job gave {x.dtype.name}"
+        )
     ys = [np.array(sig(**{in_name: x[i : i + 1]})[out_name]) for i in range(len(x))]
     delegated = _delegated(nodes[:n_file], delegates)
-    evidence = {"file_nodes": n_file, "delegate_nodes": len(delegates),
-                "delegate_node_names": sorted({d["op_name"] for d in delegates}),
-                "delegated_file_nodes": len(delegated),
-                "left_outside": sorted({n["op_name"] for n in nodes[:n_file]
-                                        if n["index"] not in delegated})}
+    evidence = {
+        "file_nodes": n_file,
+        "delegate_nodes": len(delegates),
+        "delegate_node_names": sorted({d["op_name"] for d in delegates}),
+        "delegated_file_nodes": len(delegated),
+        "left_outside": sorted(
+            {n["op_name"] for n in nodes[:n_file] if n["index"] not in delegated}
+        ),
+    }
     versions = {"ai-edge-litert": _version("ai-edge-litert"), "numpy": _version("numpy")}
     return np.concatenate(ys), evidence, versions
 
@@ -129,10 +143,17 @@ def run_executorch(path: Path, x: np.ndarray, job: dict):
     method = program.load_method("forward")
     ys = [method.execute([torch.from_numpy(x[i : i + 1].copy())])[0].numpy() for i in range(len(x))]
     program.write_etdump_result_to_file(job["etdump"], job["etdump"] + ".debug")
-    evidence = {"registered_backends": backends, "xnnpack_available": xnnpack,
-                "method_loaded": True, "etdump": Path(job["etdump"]).name}
-    versions = {"executorch": _version("executorch"), "torch": torch.__version__,
-                "numpy": _version("numpy")}
+    evidence = {
+        "registered_backends": backends,
+        "xnnpack_available": xnnpack,
+        "method_loaded": True,
+        "etdump": Path(job["etdump"]).name,
+    }
+    versions = {
+        "executorch": _version("executorch"),
+        "torch": torch.__version__,
+        "numpy": _version("numpy"),
+    }
     return np.concatenate(ys), evidence, versions
 
 
@@ -162,7 +183,11 @@ def run_onnx(path: Path, x: np.ndarray, job: dict):
     name = session.get_inputs()[0].name
     ys = [session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))]
     evidence = {"providers": session.get_providers()}
-    return np.concatenate(ys), evidence, {"onnxruntime": ort.__version__, "numpy": _version("numpy")}
+    return (
+        np.concatenate(ys),
+        evidence,
+        {"onnxruntime": ort.__version__, "numpy": _version("numpy")},
+    )
 
 
 RUNTIMES = {"tflite": run_tflite, "executorch-xnnpack": run_executorch, "onnx": run_onnx}

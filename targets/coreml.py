@@ -72,8 +72,10 @@ class CoreML:
     def can_run(self) -> tuple[bool, str]:
         if sys.platform == "darwin":
             return True, "Core ML predicts on macOS"
-        return False, (f"Core ML prediction needs macOS (this host is {sys.platform}); the "
-                       ".mlpackage is checked structurally and by its weights only")
+        return False, (
+            f"Core ML prediction needs macOS (this host is {sys.platform}); the "
+            ".mlpackage is checked structurally and by its weights only"
+        )
 
     def export(self, req: ExportRequest) -> Exported:
         import coremltools as ct
@@ -85,20 +87,26 @@ class CoreML:
             raise ValueError(f"{self.name}: unknown option(s) {unknown}; known: {list(OPTIONS)}")
         target_name = str(req.options.get("minimum_deployment_target", DEFAULT_TARGET))
         if target_name not in ct.target.__members__:
-            raise ValueError(f"{self.name}: minimum_deployment_target {target_name!r} not one of "
-                             f"{sorted(ct.target.__members__)}")
+            raise ValueError(
+                f"{self.name}: minimum_deployment_target {target_name!r} not one of "
+                f"{sorted(ct.target.__members__)}"
+            )
         model, args = req.model.eval(), (req.example,)
         timings = {}
         start = time.perf_counter()
         ep = torch.export.export(model, args).run_decompositions({})
         precision = ct.precision.FLOAT16 if req.precision == "fp16" else ct.precision.FLOAT32
         with _quiet():  # coremltools draws a progress bar per pass on stderr
-            ml = ct.convert(ep, convert_to="mlprogram",
-                            minimum_deployment_target=ct.target[target_name],
-                            inputs=[ct.TensorType(name=INPUT, shape=tuple(req.example.shape),
-                                                  dtype=np.float32)],
-                            outputs=[ct.TensorType(name=OUTPUT, dtype=np.float32)],
-                            compute_precision=precision)
+            ml = ct.convert(
+                ep,
+                convert_to="mlprogram",
+                minimum_deployment_target=ct.target[target_name],
+                inputs=[
+                    ct.TensorType(name=INPUT, shape=tuple(req.example.shape), dtype=np.float32)
+                ],
+                outputs=[ct.TensorType(name=OUTPUT, dtype=np.float32)],
+                compute_precision=precision,
+            )
         timings["convert_s"] = round(time.perf_counter() - start, 2)
         if req.precision == "int8":
             start = time.perf_counter()
@@ -115,19 +123,36 @@ class CoreML:
         folded = _folded_torch_weights(ep)
         wcheck = weights_check(path, folded, req.precision)
         reference = model
-        notes = [f"minimum_deployment_target {target_name}",
-                 ("Core ML files execute only on macOS; off macOS the check is structural plus "
-                  "weights (preflight.weights_check)")]
+        notes = [
+            f"minimum_deployment_target {target_name}",
+            (
+                "Core ML files execute only on macOS; off macOS the check is structural plus "
+                "weights (preflight.weights_check)"
+            ),
+        ]
         if req.precision == "int8" or req.precision in PALETTE_BITS:
             reference = _weight_twin(model, folded, path, req.precision)
-            notes.append("reference: the fp32 model holding the file's decompressed "
-                         f"{req.precision} weights (weight-only compression; activations stay "
-                         "fp32)")
-        preflight = {"file_ops": desc["file_ops"], "specification_version": desc["specification_version"],
-                     "weights_check": wcheck, "timings": timings}
+            notes.append(
+                "reference: the fp32 model holding the file's decompressed "
+                f"{req.precision} weights (weight-only compression; activations stay "
+                "fp32)"
+            )
+        preflight = {
+            "file_ops": desc["file_ops"],
+            "specification_version": desc["specification_version"],
+            "weights_check": wcheck,
+            "timings": timings,
+        }
         io = {"inputs": desc["inputs"], "outputs": desc["outputs"]}
-        return Exported(path, req.precision, reference, io, TOLERANCES[req.precision],
-                        notes=notes, preflight=preflight)
+        return Exported(
+            path,
+            req.precision,
+            reference,
+            io,
+            TOLERANCES[req.precision],
+            notes=notes,
+            preflight=preflight,
+        )
 
     def load(self, path: Path, threads: int | None = None) -> Runner:
         ok, why = self.can_run()
@@ -188,14 +213,18 @@ def structural_check(path: Path, expected_io: dict) -> dict:
         got = {f["name"]: f for f in desc[side]}
         want = expected_io.get(side, [])
         if sorted(got) != sorted(w["name"] for w in want):
-            problems.append(f"{side}: names {sorted(got)} != expected "
-                            f"{sorted(w['name'] for w in want)}")
+            problems.append(
+                f"{side}: names {sorted(got)} != expected {sorted(w['name'] for w in want)}"
+            )
         for w in want:
             g = got.get(w["name"])
             if g is None:
                 continue
-            if w.get("shape") is not None and all(s is not None for s in w["shape"]) \
-                    and list(g["shape"]) != list(w["shape"]):
+            if (
+                w.get("shape") is not None
+                and all(s is not None for s in w["shape"])
+                and list(g["shape"]) != list(w["shape"])
+            ):
                 problems.append(f"{side[:-1]} {w['name']}: shape {g['shape']} != {w['shape']}")
             if w.get("dtype") and g["dtype"] != w["dtype"]:
                 problems.append(f"{side[:-1]} {w['name']}: dtype {g['dtype']} != {w['dtype']}")
@@ -213,7 +242,9 @@ def weights_check(path: Path, folded: list[dict], precision: str) -> dict:
     import coremltools.optimize.coreml as cto
 
     with _quiet():
-        prog = cto.decompress_weights(ct.models.MLModel(str(path), skip_model_load=True))._mil_program
+        prog = cto.decompress_weights(
+            ct.models.MLModel(str(path), skip_model_load=True)
+        )._mil_program
     per_op, unmatched, unread = {}, [], []
     for fn in prog.functions.values():
         for op in _walk_ops(fn):
@@ -229,32 +260,52 @@ def weights_check(path: Path, folded: list[dict], precision: str) -> dict:
                 if cand["weight"].shape != w.shape:
                     continue
                 rw = _rel(w, cand["weight"])
-                rb = _rel(b, cand["bias"]) if b is not None and cand["bias"] is not None \
-                    and cand["bias"].shape == b.shape else None
+                rb = (
+                    _rel(b, cand["bias"])
+                    if b is not None and cand["bias"] is not None and cand["bias"].shape == b.shape
+                    else None
+                )
                 if best is None or rw < best[0]:
                     best = (rw, rb, cand["name"])
             if best is None:
                 unmatched.append(op.name)
             else:
-                per_op[op.name] = {"torch": best[2], "weight_rel": float(f"{best[0]:.3g}"),
-                                   "bias_rel": None if best[1] is None else float(f"{best[1]:.3g}")}
+                per_op[op.name] = {
+                    "torch": best[2],
+                    "weight_rel": float(f"{best[0]:.3g}"),
+                    "bias_rel": None if best[1] is None else float(f"{best[1]:.3g}"),
+                }
     if precision in PALETTE_BITS:
         return _palette_check(per_op, unmatched, unread, folded, prog, PALETTE_BITS[precision])
     bound = WEIGHT_BOUNDS[precision]
     worst_w = max((v["weight_rel"] for v in per_op.values()), default=None)
-    worst_b = max((v["bias_rel"] for v in per_op.values() if v["bias_rel"] is not None),
-                  default=None)
-    problems = [f"{k}: weight rel diff {v['weight_rel']:.3g} > {bound:.3g}"
-                for k, v in per_op.items() if v["weight_rel"] > bound]
+    worst_b = max(
+        (v["bias_rel"] for v in per_op.values() if v["bias_rel"] is not None), default=None
+    )
+    problems = [
+        f"{k}: weight rel diff {v['weight_rel']:.3g} > {bound:.3g}"
+        for k, v in per_op.items()
+        if v["weight_rel"] > bound
+    ]
     problems += [f"{k}: no torch weight of that shape" for k in unmatched]
     problems += [f"{k}: weight is computed at run time, not a constant" for k in unread]
     # biases are reported, not judged: the MIL optimizer legitimately folds a following constant
     # add into a conv's bias (hardsigmoid's "+ 3" in MobileNetV3 blocks, for one)
-    bias_differs = sorted(k for k, v in per_op.items()
-                          if v["bias_rel"] is not None and v["bias_rel"] > max(bound, 1e-3))
-    return {"ok": not problems and bool(per_op), "checked": len(per_op), "bound": bound,
-            "max_weight_rel_diff": worst_w, "max_bias_rel_diff": worst_b,
-            "bias_differs": bias_differs, "problems": problems, "per_op": per_op}
+    bias_differs = sorted(
+        k
+        for k, v in per_op.items()
+        if v["bias_rel"] is not None and v["bias_rel"] > max(bound, 1e-3)
+    )
+    return {
+        "ok": not problems and bool(per_op),
+        "checked": len(per_op),
+        "bound": bound,
+        "max_weight_rel_diff": worst_w,
+        "max_bias_rel_diff": worst_b,
+        "bias_differs": bias_differs,
+        "problems": problems,
+        "per_op": per_op,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,8 +320,11 @@ def _quiet():
 def _quantize_weights(ml):
     import coremltools.optimize.coreml as cto
 
-    cfg = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
-        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0))
+    cfg = cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0
+        )
+    )
     with _quiet():
         return cto.linear_quantize_weights(ml, cfg)
 
@@ -278,8 +332,11 @@ def _quantize_weights(ml):
 def _palettize_weights(ml, nbits: int):
     import coremltools.optimize.coreml as cto
 
-    cfg = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(
-        mode="kmeans", nbits=nbits, granularity="per_tensor", weight_threshold=0))
+    cfg = cto.OptimizationConfig(
+        global_config=cto.OpPalettizerConfig(
+            mode="kmeans", nbits=nbits, granularity="per_tensor", weight_threshold=0
+        )
+    )
     with _quiet():
         return cto.palettize_weights(ml, cfg)
 
@@ -322,8 +379,11 @@ def _feature_io(f) -> dict:
     if kind != "multiArrayType":
         return {"name": f.name, "type": kind}
     arr = f.type.multiArrayType
-    return {"name": f.name, "shape": [int(s) for s in arr.shape],
-            "dtype": ft.ArrayFeatureType.ArrayDataType.Name(arr.dataType).lower()}
+    return {
+        "name": f.name,
+        "shape": [int(s) for s in arr.shape],
+        "dtype": ft.ArrayFeatureType.ArrayDataType.Name(arr.dataType).lower(),
+    }
 
 
 def _package_bytes(path: Path) -> int:
@@ -360,7 +420,7 @@ def _palette_check(per_op, unmatched, unread, folded, prog, nbits: int) -> dict:
         t = by_name[v["torch"]]["weight"]
         palette = np.unique(w)
         v["palette_size"] = int(palette.size)
-        if palette.size > 2 ** nbits:
+        if palette.size > 2**nbits:
             problems.append(f"{name}: {palette.size} distinct weights > 2^{nbits}")
             continue
         nearest = palette[np.abs(t.reshape(-1, 1) - palette.reshape(1, -1)).argmin(1)]
@@ -368,14 +428,20 @@ def _palette_check(per_op, unmatched, unread, folded, prog, nbits: int) -> dict:
         scale = float(np.max(np.abs(t))) or 1.0
         v["not_nearest"] = int((slack > 1e-5 * scale).sum())
         if v["not_nearest"]:
-            problems.append(f"{name}: {v['not_nearest']} weights are not their nearest "
-                            "palette entry")
+            problems.append(
+                f"{name}: {v['not_nearest']} weights are not their nearest palette entry"
+            )
     problems += [f"{k}: no torch weight of that shape" for k in unmatched]
     problems += [f"{k}: weight is computed at run time, not a constant" for k in unread]
     worst = max((v["weight_rel"] for v in per_op.values()), default=None)
-    return {"ok": not problems and bool(per_op), "checked": len(per_op),
-            "bound": f"each weight the nearest of at most 2^{nbits} palette entries",
-            "max_weight_rel_diff": worst, "problems": problems, "per_op": per_op}
+    return {
+        "ok": not problems and bool(per_op),
+        "checked": len(per_op),
+        "bound": f"each weight the nearest of at most 2^{nbits} palette entries",
+        "max_weight_rel_diff": worst,
+        "problems": problems,
+        "per_op": per_op,
+    }
 
 
 def _rel(a, b) -> float:
@@ -389,13 +455,20 @@ def _folded_torch_weights(ep) -> list[dict]:
     """conv/linear weights of an exported program, batch norm folded in where a batch norm
     (inference form) directly follows: [{"name", "param", "weight", "bias", "bn_scale"}]."""
     aten = torch.ops.aten
-    convs = {aten.convolution.default, aten.conv2d.default, aten.conv1d.default,
-             aten.conv3d.default, aten.linear.default}
+    convs = {
+        aten.convolution.default,
+        aten.conv2d.default,
+        aten.conv1d.default,
+        aten.conv3d.default,
+        aten.linear.default,
+    }
     bns = {aten._native_batch_norm_legit_no_training.default, aten.batch_norm.default}
     sig = ep.graph_signature
-    lookup = {**{k: ("p", v) for k, v in sig.inputs_to_parameters.items()},
-              **{k: ("b", v) for k, v in sig.inputs_to_buffers.items()},
-              **{k: ("c", v) for k, v in sig.inputs_to_lifted_tensor_constants.items()}}
+    lookup = {
+        **{k: ("p", v) for k, v in sig.inputs_to_parameters.items()},
+        **{k: ("b", v) for k, v in sig.inputs_to_buffers.items()},
+        **{k: ("c", v) for k, v in sig.inputs_to_lifted_tensor_constants.items()},
+    }
 
     def value(node):
         if node is None or getattr(node, "op", None) != "placeholder" or node.name not in lookup:
@@ -425,13 +498,21 @@ def _folded_torch_weights(ep) -> list[dict]:
                 gamma, beta, mean, var = (value(a)[0] for a in bn.args[1:5])
                 eps = bn.args[6]
             if mean is not None and var is not None:
-                scale = (gamma if gamma is not None else torch.ones_like(var)) / torch.sqrt(var + eps)
+                scale = (gamma if gamma is not None else torch.ones_like(var)) / torch.sqrt(
+                    var + eps
+                )
                 shift = beta if beta is not None else torch.zeros_like(var)
                 b = ((b if b is not None else torch.zeros_like(mean)) - mean) * scale + shift
                 w = w * scale.reshape(-1, *([1] * (w.ndim - 1)))
-        out.append({"name": fqn, "param": fqn, "weight": w.numpy(),
-                    "bias": None if b is None else b.numpy(),
-                    "bn_scale": None if scale is None else scale.numpy()})
+        out.append(
+            {
+                "name": fqn,
+                "param": fqn,
+                "weight": w.numpy(),
+                "bias": None if b is None else b.numpy(),
+                "bn_scale": None if scale is None else scale.numpy(),
+            }
+        )
     return out
 
 
@@ -445,7 +526,9 @@ def _weight_twin(model, folded: list[dict], path: Path, precision: str = "int8")
     import coremltools.optimize.coreml as cto
 
     with _quiet():
-        prog = cto.decompress_weights(ct.models.MLModel(str(path), skip_model_load=True))._mil_program
+        prog = cto.decompress_weights(
+            ct.models.MLModel(str(path), skip_model_load=True)
+        )._mil_program
     ops = {op.name: op for fn in prog.functions.values() for op in _walk_ops(fn)}
     with torch.no_grad():
         for op_name, match in wc["per_op"].items():

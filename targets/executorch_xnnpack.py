@@ -28,8 +28,11 @@ class ExecuTorchXnnpack:
         model, args = req.model.eval(), (req.example,)
         reference = model
         if req.precision == "int8":
-            reference = (_quantize_qat(model, args, req.calibration, req.train) if req.train
-                         else _quantize_pt2e(model, args, req.calibration))
+            reference = (
+                _quantize_qat(model, args, req.calibration, req.train)
+                if req.train
+                else _quantize_pt2e(model, args, req.calibration)
+            )
         elif req.precision != "fp32":
             raise ValueError(f"{self.name}: precision {req.precision!r} not in {self.precisions}")
         # lower a copy: nothing lowering does may alias the reference the file is judged by
@@ -37,10 +40,15 @@ class ExecuTorchXnnpack:
         preflight = _delegation(edge.exported_program().graph_module)
         path = req.out_dir / self.filename
         edge.to_executorch().save(str(path))
-        tol = (Tolerance(max_abs_rel=1e-4) if req.precision == "fp32"
-               else Tolerance(min_sqnr_db=25.0, min_agreement=0.98))
-        io = {"inputs": [_tensor_io("x", req.example)],
-              "outputs": [_tensor_io("logits", reference(req.example).detach())]}
+        tol = (
+            Tolerance(max_abs_rel=1e-4)
+            if req.precision == "fp32"
+            else Tolerance(min_sqnr_db=25.0, min_agreement=0.98)
+        )
+        io = {
+            "inputs": [_tensor_io("x", req.example)],
+            "outputs": [_tensor_io("logits", reference(req.example).detach())],
+        }
         return Exported(path, req.precision, reference, io, tol, preflight=preflight)
 
     @staticmethod
@@ -75,12 +83,22 @@ class ExecuTorchXnnpack:
             model = _quantize_pt2e(model, args, req.calibration)
             ops = ("quantized_decomposed.quantize_per_tensor.default",)
         else:
-            ops = ("aten.conv2d.default", "aten.linear.default", "aten.add.Tensor",
-                   "aten.relu.default", "aten.relu_.default", "aten.max_pool2d.default",
-                   "aten.adaptive_avg_pool2d.default", "aten.hardswish.default",
-                   "aten.layer_norm.default", "aten.softmax.int", "aten.matmul.default")
-        ep_t, specs = tap_intermediate_outputs_(torch.export.export(model, args),
-                                                rules=[(select_by_op_type(*ops), FULL_TENSOR)])
+            ops = (
+                "aten.conv2d.default",
+                "aten.linear.default",
+                "aten.add.Tensor",
+                "aten.relu.default",
+                "aten.relu_.default",
+                "aten.max_pool2d.default",
+                "aten.adaptive_avg_pool2d.default",
+                "aten.hardswish.default",
+                "aten.layer_norm.default",
+                "aten.softmax.int",
+                "aten.matmul.default",
+            )
+        ep_t, specs = tap_intermediate_outputs_(
+            torch.export.export(model, args), rules=[(select_by_op_type(*ops), FULL_TENSOR)]
+        )
         aot, _ = tree_flatten(ep_t.module()(*args))
         edge = self._lower(ep_t)
         strip_taps_(edge)
@@ -93,15 +111,33 @@ class ExecuTorchXnnpack:
         df = compare_aot_runtime_dataframe(specs, aot, list(rt))
         # a tap on a quantize node names the layer whose output it quantizes
         nodes = {n.name: n for n in ep_t.graph.nodes}
-        source = {n: (nodes[n].args[0].name if req.precision == "int8" and n in nodes
-                      and nodes[n].args and hasattr(nodes[n].args[0], "name") else n)
-                  for n in df["node_name"]}
-        rows = [{"node": source[r["node_name"]], "op": r["op_target"],
-                 "module": r["module_path"] or paths.get(source[r["node_name"]], ""),
-                 "sqnr_db": float(r["sqnr_db"])} for _, r in df.iterrows()]
+        source = {
+            n: (
+                nodes[n].args[0].name
+                if req.precision == "int8"
+                and n in nodes
+                and nodes[n].args
+                and hasattr(nodes[n].args[0], "name")
+                else n
+            )
+            for n in df["node_name"]
+        }
+        rows = [
+            {
+                "node": source[r["node_name"]],
+                "op": r["op_target"],
+                "module": r["module_path"] or paths.get(source[r["node_name"]], ""),
+                "sqnr_db": float(r["sqnr_db"]),
+            }
+            for _, r in df.iterrows()
+        ]
         bad = [r for r in rows if r["sqnr_db"] < min_sqnr_db]
-        return {"taps": len(rows), "threshold_db": min_sqnr_db,
-                "first": bad[0] if bad else None, "layers": rows}
+        return {
+            "taps": len(rows),
+            "threshold_db": min_sqnr_db,
+            "first": bad[0] if bad else None,
+            "layers": rows,
+        }
 
     def load(self, path: Path, threads: int | None = None) -> Runner:
         from targets._standalone import load_pte
@@ -136,7 +172,9 @@ def _quantize_pt2e(model, args, calibration):
 
     if calibration is None or len(calibration) == 0:
         raise ValueError("int8 quantization needs calibration images")
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)
+    )
     prepared = prepare_pt2e(torch.export.export(model, args).module(), quantizer)
     with torch.no_grad():
         for i in range(len(calibration)):
@@ -160,7 +198,8 @@ def _quantize_qat(model, args, calibration, train):
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+        get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
+    )
     batch = torch.export.Dim("batch", min=1, max=4096)
     two = (torch.cat([args[0], args[0]]),)  # batch 1 would be specialised to a constant
     ep = torch.export.export(copy.deepcopy(model).train(), two, dynamic_shapes=({0: batch},))
@@ -226,13 +265,22 @@ def planned_memory(path: Path) -> dict:
     plans = {}
     for plan in program.execution_plan:
         sizes = [int(s) for s in plan.non_const_buffer_sizes]
-        plans[plan.name] = {"buffer_sizes": sizes, "planned_bytes": sum(sizes),
-                            "delegates": [d.id for d in plan.delegates]}
+        plans[plan.name] = {
+            "buffer_sizes": sizes,
+            "planned_bytes": sum(sizes),
+            "delegates": [d.id for d in plan.delegates],
+        }
     return plans
 
 
-def op_breakdown(path: Path, x: np.ndarray, runs: int = 20, warmup: int = 3,
-                 threads: int | None = None, workdir: Path | None = None) -> dict:
+def op_breakdown(
+    path: Path,
+    x: np.ndarray,
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+    workdir: Path | None = None,
+) -> dict:
     """Run the program with ETDump on and read it back with the devtools Inspector.
 
     Returns {"rows": [{"name", "block", "delegated", "per_run", "p50_ms", "mean_ms",
@@ -272,13 +320,25 @@ def op_breakdown(path: Path, x: np.ndarray, runs: int = 20, warmup: int = 3,
             if block.name == "Execute":
                 raw = raw[warmup:] if len(raw) > warmup else raw
             t = np.asarray(raw, dtype=float)
-            rows.append({"name": ev.name, "block": block.name,
-                         "delegated": bool(ev.is_delegated_op),
-                         "delegate": ev.delegate_backend_name,
-                         "p50_ms": float(np.median(t)), "mean_ms": float(t.mean()),
-                         "min_ms": float(t.min()), "samples": len(t)})
-    return {"rows": rows, "runs": runs, "warmup": warmup, "threads": threads,
-            "time_unit": "ms (Inspector default: ETDump ns ticks -> ms)"}
+            rows.append(
+                {
+                    "name": ev.name,
+                    "block": block.name,
+                    "delegated": bool(ev.is_delegated_op),
+                    "delegate": ev.delegate_backend_name,
+                    "p50_ms": float(np.median(t)),
+                    "mean_ms": float(t.mean()),
+                    "min_ms": float(t.min()),
+                    "samples": len(t),
+                }
+            )
+    return {
+        "rows": rows,
+        "runs": runs,
+        "warmup": warmup,
+        "threads": threads,
+        "time_unit": "ms (Inspector default: ETDump ns ticks -> ms)",
+    }
 
 
 def delegate_events(etdump: Path) -> dict:

@@ -95,13 +95,19 @@ class OnnxRuntime:
                 notes.append(note)
             path = req.out_dir / self.filename
             _atomic_copy(final, path)
-        preflight = {"file_ops": _op_counts(proto), "opset": _opset(proto), "ir_version": proto.ir_version,
-                     "timings": timings}
+        preflight = {
+            "file_ops": _op_counts(proto),
+            "opset": _opset(proto),
+            "ir_version": proto.ir_version,
+            "timings": timings,
+        }
         if req.precision == "int8":
             preflight["quantization_error"] = quant_err
             preflight["quantized_initializers"] = _quantized_initializers(proto)
-        io = {"inputs": [_value_io(v) for v in proto.graph.input],
-              "outputs": [_value_io(v) for v in proto.graph.output]}
+        io = {
+            "inputs": [_value_io(v) for v in proto.graph.input],
+            "outputs": [_value_io(v) for v in proto.graph.output],
+        }
         return Exported(path, req.precision, reference, io, tol, notes=notes, preflight=preflight)
 
     def load(self, path: Path, threads: int | None = None) -> Runner:
@@ -122,8 +128,9 @@ class OnnxRuntime:
             "inputs": [_value_io(v) for v in proto.graph.input],
             "outputs": [_value_io(v) for v in proto.graph.output],
             "quantized_initializers": _quantized_initializers(proto),
-            "external_data": any(t.data_location == onnx.TensorProto.EXTERNAL
-                                 for t in proto.graph.initializer),
+            "external_data": any(
+                t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer
+            ),
             "bytes": Path(path).stat().st_size,
         }
 
@@ -138,9 +145,17 @@ def _export_fp32(model, args, path: Path) -> None:
 
     # the dynamo exporter prints its progress ("[torch.onnx] ...") to stdout; keep the log clean
     with contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(model, args, str(path), dynamo=True, input_names=[INPUT],
-                          output_names=[OUTPUT], opset_version=OPSET, external_data=False,
-                          verbose=False)
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=True,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
     if not path.is_file() or any(p != path for p in path.parent.glob(path.name + "*")):
         raise RuntimeError(f"torch.onnx.export did not write one self-contained file at {path}")
 
@@ -172,10 +187,17 @@ def _quantize_qdq(src: Path, dst: Path, tmp: Path, calibration) -> None:
 
     pre = tmp / "preprocessed.onnx"
     quant_pre_process(str(src), str(pre))
-    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    quantize_static(
+        str(pre),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )
 
 
 def _int8_reference(proto, model, calibration):
@@ -183,19 +205,26 @@ def _int8_reference(proto, model, calibration):
     try:
         ref = QdqTorchReference(proto)
     except NotImplementedError as e:
-        note = (f"reference: the fp32 PyTorch model, not a quantized twin ({e}); the int8 file "
-                f"is held to top-1 agreement on the test split only")
+        note = (
+            f"reference: the fp32 PyTorch model, not a quantized twin ({e}); the int8 file "
+            f"is held to top-1 agreement on the test split only"
+        )
         return model, INT8_VS_FP32_TOL, None, note
     x = torch.from_numpy(np.ascontiguousarray(calibration[:256], dtype=np.float32))
     with torch.no_grad():
         fig = compare(model(x).numpy(), ref(x).numpy())
-    err = {"vs": "fp32 PyTorch model", "inputs": f"{fig['inputs']} calibration images",
-           "sqnr_db": round(float(fig["sqnr_db"]), 2),
-           "top1_agreement": round(fig["top1_agreement"], 4)}
-    note = ("reference: the QDQ graph evaluated in PyTorch float math with the file's scales and "
-            "zero points (ORT's quantizer has no torch twin); quantization error of that graph "
-            f"vs the fp32 model on {fig['inputs']} calibration images: {err['sqnr_db']} dB SQNR, "
-            f"top-1 agreement {err['top1_agreement']:.3f}")
+    err = {
+        "vs": "fp32 PyTorch model",
+        "inputs": f"{fig['inputs']} calibration images",
+        "sqnr_db": round(float(fig["sqnr_db"]), 2),
+        "top1_agreement": round(fig["top1_agreement"], 4),
+    }
+    note = (
+        "reference: the QDQ graph evaluated in PyTorch float math with the file's scales and "
+        "zero points (ORT's quantizer has no torch twin); quantization error of that graph "
+        f"vs the fp32 model on {fig['inputs']} calibration images: {err['sqnr_db']} dB SQNR, "
+        f"top-1 agreement {err['top1_agreement']:.3f}"
+    )
     return ref, INT8_TOL, err, note
 
 
@@ -207,8 +236,14 @@ def _atomic_copy(src: Path, dst: Path) -> None:
 
 
 def _op_counts(proto) -> dict:
-    return dict(sorted(Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
-                               for n in proto.graph.node).items()))
+    return dict(
+        sorted(
+            Counter(
+                n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+                for n in proto.graph.node
+            ).items()
+        )
+    )
 
 
 def _opset(proto) -> int | None:
@@ -218,8 +253,11 @@ def _opset(proto) -> int | None:
 def _quantized_initializers(proto) -> dict:
     import onnx
 
-    names = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
-             onnx.TensorProto.INT32: "int32"}
+    names = {
+        onnx.TensorProto.INT8: "int8",
+        onnx.TensorProto.UINT8: "uint8",
+        onnx.TensorProto.INT32: "int32",
+    }
     c = Counter(names[t.data_type] for t in proto.graph.initializer if t.data_type in names)
     return dict(sorted(c.items()))
 
@@ -228,8 +266,9 @@ def _value_io(v) -> dict:
     import onnx
 
     tt = v.type.tensor_type
-    shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-             for d in tt.shape.dim]
+    shape = [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+    ]
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
     return {"name": v.name, "shape": shape, "dtype": dtype}
 
@@ -259,8 +298,10 @@ class QdqTorchReference:
             if n.op_type == "Constant":
                 attrs = {"value": _constant_value(attrs)}
             self.nodes.append((n.op_type, list(n.input), list(n.output), attrs))
-        self.consts = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
-                       for t in proto.graph.initializer}
+        self.consts = {
+            t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
+            for t in proto.graph.initializer
+        }
         self.consts[""] = None
         # fold nodes fed by constants only (weight DequantizeLinear, Constant, shape arithmetic)
         # once here instead of on every row
@@ -308,8 +349,12 @@ def _constant_value(attrs):
 
     if "value" in attrs:
         return torch.from_numpy(numpy_helper.to_array(attrs["value"]).copy())
-    for k, dt in (("value_float", torch.float32), ("value_floats", torch.float32),
-                  ("value_int", torch.int64), ("value_ints", torch.int64)):
+    for k, dt in (
+        ("value_float", torch.float32),
+        ("value_floats", torch.float32),
+        ("value_int", torch.int64),
+        ("value_ints", torch.int64),
+    ):
         if k in attrs:
             return torch.tensor(attrs[k], dtype=dt)
     raise NotImplementedError(f"Constant with {sorted(attrs)}")
@@ -368,8 +413,15 @@ def _conv(a, at):
     nd = w.ndim - 2
     x, pad = _padded(x, at, nd)
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
-    return fn(x, w.float(), None if b is None else b.float(), stride=at.get("strides", [1] * nd),
-              padding=pad, dilation=at.get("dilations", [1] * nd), groups=at.get("group", 1))
+    return fn(
+        x,
+        w.float(),
+        None if b is None else b.float(),
+        stride=at.get("strides", [1] * nd),
+        padding=pad,
+        dilation=at.get("dilations", [1] * nd),
+        groups=at.get("group", 1),
+    )
 
 
 def _pool(kind):
@@ -387,8 +439,15 @@ def _pool(kind):
         if _pads(at, nd)[0] != _pads(at, nd)[1] and not at.get("count_include_pad", 0):
             raise NotImplementedError("asymmetric AveragePool padding")
         fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
-        return fn(x, k, strides, pad, ceil_mode=ceil,
-                  count_include_pad=bool(at.get("count_include_pad", 0)))
+        return fn(
+            x,
+            k,
+            strides,
+            pad,
+            ceil_mode=ceil,
+            count_include_pad=bool(at.get("count_include_pad", 0)),
+        )
+
     return run
 
 
@@ -463,8 +522,13 @@ def _layer_norm(a, at):
     shape = x.shape[axis:]
     w = a[1].float() if len(a) > 1 and a[1] is not None else None
     b = a[2].float() if len(a) > 2 and a[2] is not None else None
-    return F.layer_norm(x, shape, w if w is None else w.expand(shape),
-                        b if b is None else b.expand(shape), eps=at.get("epsilon", 1e-5))
+    return F.layer_norm(
+        x,
+        shape,
+        w if w is None else w.expand(shape),
+        b if b is None else b.expand(shape),
+        eps=at.get("epsilon", 1e-5),
+    )
 
 
 def _batch_norm(a, at):
@@ -541,7 +605,8 @@ _OPS = {
     "Reshape": _reshape,
     "Flatten": lambda a, at: a[0].reshape(
         int(np.prod(a[0].shape[: at.get("axis", 1) + (a[0].ndim if at.get("axis", 1) < 0 else 0)])),
-        -1),
+        -1,
+    ),
     "Transpose": lambda a, at: a[0].permute(*(at.get("perm") or range(a[0].ndim - 1, -1, -1))),
     "Concat": lambda a, at: torch.cat([t for t in a if t is not None], dim=at["axis"]),
     "Slice": _slice,
@@ -554,7 +619,8 @@ _OPS = {
     "Identity": lambda a, at: a[0],
     "Dropout": lambda a, at: a[0],
     "Cast": _cast,
-    "Shape": lambda a, at: torch.tensor(a[0].shape[at.get("start", 0) : at.get("end")],
-                                        dtype=torch.int64),
+    "Shape": lambda a, at: torch.tensor(
+        a[0].shape[at.get("start", 0) : at.get("end")], dtype=torch.int64
+    ),
     "Constant": lambda a, at: at["value"],
 }

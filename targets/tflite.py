@@ -22,13 +22,15 @@ import numpy as np
 import torch
 
 from targets._base import Exported, ExportRequest, Runner, Tolerance
+from targets._registry import register_backend
 from targets._standalone import TFLITE_SIGNATURE as SIGNATURE
 from targets._standalone import dequantize_io, load_tflite, quantize_io  # noqa: F401  (re-exported)
-from targets._registry import register_backend
 
 _QUANT_FORMULA = {
-    "quantize": ("q = clamp(round(x / scale) + zero_point, -128, 127) as int8, rounding "
-                 "half to even as the PyTorch reference does"),
+    "quantize": (
+        "q = clamp(round(x / scale) + zero_point, -128, 127) as int8, rounding "
+        "half to even as the PyTorch reference does"
+    ),
     "dequantize": "x = (q - zero_point) * scale",
 }
 
@@ -43,8 +45,10 @@ class Tflite:
     def can_run(self) -> tuple[bool, str]:
         if importlib.util.find_spec("ai_edge_litert") is None:
             return False, "ai_edge_litert is not installed"
-        return True, ("ai_edge_litert's Interpreter runs .tflite files on this host, "
-                      "with its default XNNPACK delegate")
+        return True, (
+            "ai_edge_litert's Interpreter runs .tflite files on this host, "
+            "with its default XNNPACK delegate"
+        )
 
     def export(self, req: ExportRequest) -> Exported:
         import litert_torch
@@ -63,30 +67,44 @@ class Tflite:
                 graph, quantizer, batched = _quantize_pt2e(model, args, req.calibration)
                 reference = graph if batched else _row_by_row(graph)
                 # without quant_config the file keeps float I/O and fake-quant float math
-                edge = litert_torch.convert(graph, args,
-                                            quant_config=QuantConfig(pt2e_quantizer=quantizer))
+                edge = litert_torch.convert(
+                    graph, args, quant_config=QuantConfig(pt2e_quantizer=quantizer)
+                )
             edge.export(str(path))
 
         io = _io_from_file(path, list(req.example.shape))
         want = "int8" if req.precision == "int8" else "float32"
         got = {t["dtype"] for t in io["inputs"] + io["outputs"]}
         if got != {want}:
-            raise RuntimeError(f"{self.name}: {req.precision} export wrote a file with "
-                               f"{sorted(got)} inputs/outputs, expected {want}")
-        notes = [(f"input layout {io['layout']} (the PyTorch signature); the file changes it "
-                  "to NHWC internally")]
+            raise RuntimeError(
+                f"{self.name}: {req.precision} export wrote a file with "
+                f"{sorted(got)} inputs/outputs, expected {want}"
+            )
+        notes = [
+            (
+                f"input layout {io['layout']} (the PyTorch signature); the file changes it "
+                "to NHWC internally"
+            )
+        ]
         if req.precision == "int8" and not batched:
             notes.append("the quantized reference is the batch-1 graph, run row by row")
         if req.precision == "int8":
-            notes.append("input and output tensors are int8: quantize the preprocessed float "
-                         "input and dequantize the logits with io's scale and zero_point")
-        tol = (Tolerance(max_abs_rel=1e-4) if req.precision == "fp32"
-               else Tolerance(min_sqnr_db=25.0, min_agreement=0.98))
+            notes.append(
+                "input and output tensors are int8: quantize the preprocessed float "
+                "input and dequantize the logits with io's scale and zero_point"
+            )
+        tol = (
+            Tolerance(max_abs_rel=1e-4)
+            if req.precision == "fp32"
+            else Tolerance(min_sqnr_db=25.0, min_agreement=0.98)
+        )
         info = self.describe(path)
-        preflight = {"file_ops": info["file_ops"], "tensor_dtypes": info["tensor_dtypes"],
-                     **info["delegation"]}
-        return Exported(path, req.precision, reference, io, tol, notes=notes,
-                        preflight=preflight)
+        preflight = {
+            "file_ops": info["file_ops"],
+            "tensor_dtypes": info["tensor_dtypes"],
+            **info["delegation"],
+        }
+        return Exported(path, req.precision, reference, io, tol, notes=notes, preflight=preflight)
 
     def load(self, path: Path, threads: int | None = None) -> Runner:
         return load_tflite(path, threads)
@@ -96,9 +114,14 @@ class Tflite:
         path = Path(path)
         ops, dtypes = _file_counts(path)
         io = _io_from_file(path)
-        return {"file_ops": ops, "tensor_dtypes": dtypes, "inputs": io["inputs"],
-                "outputs": io["outputs"], "bytes": path.stat().st_size,
-                "delegation": _delegation(path)}
+        return {
+            "file_ops": ops,
+            "tensor_dtypes": dtypes,
+            "inputs": io["inputs"],
+            "outputs": io["outputs"],
+            "bytes": path.stat().st_size,
+            "delegation": _delegation(path),
+        }
 
 
 def _quantize_pt2e(model, args, calibration):
@@ -111,7 +134,8 @@ def _quantize_pt2e(model, args, calibration):
     if calibration is None or len(calibration) == 0:
         raise ValueError("int8 quantization needs calibration images")
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
-        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    )
     graph, batched = _export_for_quantization(model, args[0])
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
@@ -145,8 +169,6 @@ def _row_by_row(graph):
     return reference
 
 
-
-
 def _io_from_file(path: Path, torch_shape: list[int] | None = None) -> dict:
     """Signature inputs/outputs as written in the file: what an app needs to feed it."""
     from ai_edge_litert.interpreter import Interpreter
@@ -154,8 +176,12 @@ def _io_from_file(path: Path, torch_shape: list[int] | None = None) -> dict:
     sig = Interpreter(model_path=str(path)).get_signature_runner(SIGNATURE)
 
     def tensor(name: str, d: dict) -> dict:
-        t = {"name": name, "tensor": d["name"], "shape": [int(s) for s in d["shape"]],
-             "dtype": np.dtype(d["dtype"]).name}
+        t = {
+            "name": name,
+            "tensor": d["name"],
+            "shape": [int(s) for s in d["shape"]],
+            "dtype": np.dtype(d["dtype"]).name,
+        }
         if t["dtype"] in ("int8", "uint8"):
             scale, zp = d["quantization"]
             t["quantization"] = {"scale": float(scale), "zero_point": int(zp)}

@@ -12,10 +12,26 @@ import cli
 def android_bundle(tmp_path_factory):
     """`compress --target android` on digits with shortened training, through click."""
     root = tmp_path_factory.mktemp("compress")
-    result = CliRunner().invoke(cli.cli, [
-        "compress", "--target", "android", "--out", str(root / "dist"),
-        "--run-dir", str(root / "run"), "--epochs", "10", "--distill-epochs", "8",
-    ])
+    result = CliRunner().invoke(
+        cli.cli,
+        [
+            "compress",
+            "--target",
+            "android",
+            "--out",
+            str(root / "dist"),
+            "--run-dir",
+            str(root / "run"),
+            "--epochs",
+            "10",
+            "--distill-epochs",
+            "8",
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
-    return {"bundle": root / "dist" / "android", "run": root / "run", "root": root,
-            "output": result.output}
+    return {
+        "bundle": root / "dist" / "android",
+        "run": root / "run",
+        "root": root,
+        "output": result.output,
+    }

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 
-from models import create_model
+from models import create_model, example_input
 from pipeline import distributed
-from models import example_input
 from pipeline.checkpoint import load_model, save_model
 from pipeline.config import PruneConfig
 from pipeline.data import load_dataset
@@ -34,8 +33,13 @@ def main(out: Path) -> None:
     assert distributed.init_from_env(), "run me under torchrun"
     rank, seen, kept = distributed.rank(), {}, {}
     data = load_dataset("digits")
-    spec = {"name": "small_cnn", "in_channels": 1, "num_classes": 10, "input_size": 8,
-            "input_shape": [1, 8, 8]}
+    spec = {
+        "name": "small_cnn",
+        "in_channels": 1,
+        "num_classes": 10,
+        "input_size": 8,
+        "input_shape": [1, 8, 8],
+    }
     run, example = RunDir(out / "run"), example_input(spec)
     fit_args = {"epochs": 1, "batch_size": 64, "lr": 0.003, "seed": 0}
 
@@ -74,8 +78,9 @@ def main(out: Path) -> None:
     run.stage("finetune", {"inputs": [pruned.digest]}, finetune, all_ranks=True)
     every = distributed.gather_object(seen)
     if rank == 0:
-        (out / "digests.json").write_text(json.dumps(
-            {step: [s[step] for s in every] for step in seen}, indent=1))
+        (out / "digests.json").write_text(
+            json.dumps({step: [s[step] for s in every] for step in seen}, indent=1)
+        )
     distributed.barrier()
 
 

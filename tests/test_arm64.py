@@ -107,9 +107,12 @@ def test_verify_arm64_names_a_corrupted_file(android_bundle, tmp_path):
 
 @pytest.mark.slow
 def test_verify_arm64_refuses_a_cpu_qemu_does_not_emulate(android_bundle):
-    result = CliRunner().invoke(cli.cli, ["verify-arm64", str(android_bundle["bundle"]),
-                                          "--cpu", "cortex-a55"])
-    assert result.exit_code == 2 and "available: " in result.output and "cortex-a76" in result.output
+    result = CliRunner().invoke(
+        cli.cli, ["verify-arm64", str(android_bundle["bundle"]), "--cpu", "cortex-a55"]
+    )
+    assert (
+        result.exit_code == 2 and "available: " in result.output and "cortex-a76" in result.output
+    )
 
 
 def test_verify_arm64_refuses_a_folder_that_is_not_a_bundle(tmp_path):

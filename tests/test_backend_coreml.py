@@ -18,8 +18,10 @@ from targets.coreml import structural_check
 
 pytestmark = pytest.mark.slow
 
-IO = {"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "dtype": "float32"}],
-      "outputs": [{"name": "logits", "shape": [1, 10], "dtype": "float32"}]}
+IO = {
+    "inputs": [{"name": "x", "shape": [1, 1, 8, 8], "dtype": "float32"}],
+    "outputs": [{"name": "logits", "shape": [1, 10], "dtype": "float32"}],
+}
 N_WEIGHTS = 5  # small_cnn: 4 convs + 1 linear
 
 
@@ -46,9 +48,12 @@ def exported(trained, tmp_path_factory):
     model, ds = trained
     backend = get_backend("coreml")
     example = torch.from_numpy(ds.x_test[:1])
-    return {p: backend.export(ExportRequest(model, example, p, None,
-                                            tmp_path_factory.mktemp(f"coreml-{p}")))
-            for p in backend.precisions}
+    return {
+        p: backend.export(
+            ExportRequest(model, example, p, None, tmp_path_factory.mktemp(f"coreml-{p}"))
+        )
+        for p in backend.precisions
+    }
 
 
 def test_registered():
@@ -83,8 +88,10 @@ def test_structure(exported, precision):
 
 
 def test_structural_check_reports_mismatches(exported):
-    wrong = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8]}],
-             "outputs": [{"name": "logits", "shape": [1, 12]}]}
+    wrong = {
+        "inputs": [{"name": "input", "shape": [1, 1, 8, 8]}],
+        "outputs": [{"name": "logits", "shape": [1, 12]}],
+    }
     check = structural_check(exported["fp32"].path, wrong)
     assert not check["ok"]
     assert any("names" in p for p in check["problems"])
@@ -116,7 +123,7 @@ def test_palette_check_catches_a_wrong_assignment(exported, trained):
     """The check can fail: against a different model's weights nothing is nearest."""
     from targets.coreml import _folded_torch_weights, weights_check
 
-    model, ds = trained
+    _model, ds = trained
     other = create_model("small_cnn", 1, 10, 8).eval()  # untrained, other weights
     ep = torch.export.export(other, (torch.from_numpy(ds.x_test[:1]),)).run_decompositions({})
     wc = weights_check(exported["palettize4"].path, _folded_torch_weights(ep), "palettize4")
@@ -162,8 +169,11 @@ def test_options_and_reexport(trained, tmp_path):
     with pytest.raises(ValueError, match="unknown option"):
         backend.export(ExportRequest(model, example, "fp32", None, tmp_path, {"bogus": 1}))
     with pytest.raises(ValueError, match="minimum_deployment_target"):
-        backend.export(ExportRequest(model, example, "fp32", None, tmp_path,
-                                     {"minimum_deployment_target": "iOS99"}))
+        backend.export(
+            ExportRequest(
+                model, example, "fp32", None, tmp_path, {"minimum_deployment_target": "iOS99"}
+            )
+        )
     with pytest.raises(ValueError, match="precision"):
         backend.export(ExportRequest(model, example, "int4", None, tmp_path))
     opts = {"minimum_deployment_target": "iOS18"}

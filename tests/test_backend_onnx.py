@@ -43,8 +43,11 @@ def exported(trained, tmp_path_factory):
     out = {}
     for precision in ("fp32", "int8"):
         folder = tmp_path_factory.mktemp(f"onnx-{precision}")
-        out[precision] = backend.export(ExportRequest(
-            model, example, precision, ds.x_train[:128] if precision == "int8" else None, folder))
+        out[precision] = backend.export(
+            ExportRequest(
+                model, example, precision, ds.x_train[:128] if precision == "int8" else None, folder
+            )
+        )
     return out
 
 
@@ -55,8 +58,14 @@ def _verify(backend, exp, ds):
         ref_test = exp.reference(torch.from_numpy(ds.x_test)).numpy()
         ref_rand = exp.reference(torch.from_numpy(x_rand)).numpy()
     runner = backend.load(exp.path, threads=1)
-    return parity(ref_test, run_all(runner, ds.x_test), ref_rand, run_all(runner, x_rand),
-                  ds.y_test, exp.tolerance)
+    return parity(
+        ref_test,
+        run_all(runner, ds.x_test),
+        ref_rand,
+        run_all(runner, x_rand),
+        ds.y_test,
+        exp.tolerance,
+    )
 
 
 def test_registered_and_runs_here():
@@ -136,7 +145,9 @@ def test_torch_evaluator_reproduces_fp32_file(trained, exported):
     model, ds = trained
     x = torch.from_numpy(ds.x_test[:32])
     with torch.no_grad():
-        fig = compare(model(x).numpy(), QdqTorchReference(onnx.load(str(exported["fp32"].path)))(x).numpy())
+        fig = compare(
+            model(x).numpy(), QdqTorchReference(onnx.load(str(exported["fp32"].path)))(x).numpy()
+        )
     assert fig["max_abs_diff_rel"] < 1e-5
 
 

@@ -47,7 +47,8 @@ def exported(trained, backend, tmp_path_factory):
     for precision in ("fp32", "int8"):
         d = tmp_path_factory.mktemp(precision)
         out[precision] = backend.export(
-            ExportRequest(model, example, precision, ds.x_train[:CALIBRATION], d))
+            ExportRequest(model, example, precision, ds.x_train[:CALIBRATION], d)
+        )
     return out
 
 
@@ -57,13 +58,18 @@ def int8_reference(trained, exported):
     x = trained[0].x_test
     ref = exported["int8"].reference
     with torch.no_grad():
-        return torch.cat([ref(torch.from_numpy(x[i : i + 64]))
-                          for i in range(0, len(x), 64)]).numpy()
+        return torch.cat(
+            [ref(torch.from_numpy(x[i : i + 64])) for i in range(0, len(x), 64)]
+        ).numpy()
 
 
 def _sqnr_db(ref, out):
-    return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2)
-                               / np.sum((ref.astype(np.float64) - out) ** 2)))
+    return float(
+        10
+        * np.log10(
+            np.sum(ref.astype(np.float64) ** 2) / np.sum((ref.astype(np.float64) - out) ** 2)
+        )
+    )
 
 
 def test_registered(backend):
@@ -89,8 +95,13 @@ def test_fp32_matches_torch(trained, backend, exported):
     assert rel <= e.tolerance.max_abs_rel, rel
     assert abs(accuracy(out, ds.y_test) - accuracy(torch_logits, ds.y_test)) <= 0.02
     (inp,), (outp,) = e.io["inputs"], e.io["outputs"]
-    assert inp == {"name": "args_0", "tensor": inp["tensor"], "shape": [1, 1, 8, 8],
-                   "dtype": "float32", "layout": "NCHW"}
+    assert inp == {
+        "name": "args_0",
+        "tensor": inp["tensor"],
+        "shape": [1, 1, 8, 8],
+        "dtype": "float32",
+        "layout": "NCHW",
+    }
     assert outp["name"] == "output_0" and outp["shape"] == [1, 10]
     assert outp["dtype"] == "float32" and "quantization" not in outp
 
@@ -181,8 +192,9 @@ class _BatchOne(torch.nn.Module):
 def test_int8_reference_of_batch_one_model_runs_row_by_row(trained, backend, tmp_path):
     ds = trained[0]
     model = _BatchOne().eval()
-    e = backend.export(ExportRequest(model, torch.from_numpy(ds.x_test[:1]), "int8",
-                                     ds.x_train[:8], tmp_path))
+    e = backend.export(
+        ExportRequest(model, torch.from_numpy(ds.x_test[:1]), "int8", ds.x_train[:8], tmp_path)
+    )
     assert any("row by row" in n for n in e.notes)
     with torch.no_grad():
         ref = e.reference(torch.from_numpy(ds.x_test[:5])).numpy()

@@ -17,9 +17,21 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_compare_recipes_quick_writes_the_whole_table(tmp_path):
     out = tmp_path / "section.md"
-    proc = subprocess.run([sys.executable, "benchmarks/compare_recipes.py", "--quick", "--work",
-                           str(tmp_path), "--out", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=1800)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/compare_recipes.py",
+            "--quick",
+            "--work",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert text.startswith("## Recipes against the peers (issue 10)")
@@ -39,5 +51,9 @@ def test_compare_recipes_quick_writes_the_whole_table(tmp_path):
     for b in r["overhead"]["backends"].values():
         assert b["bare"]["export"] > 0 and b["ratio"] > 0
     # the quick mode never rewrites the committed results
-    assert "--quick" not in (ROOT / "benchmarks" / "RESULTS.md").read_text().split(
-        "## Recipes against the peers (issue 10)")[-1][:300]
+    assert (
+        "--quick"
+        not in (ROOT / "benchmarks" / "RESULTS.md")
+        .read_text()
+        .split("## Recipes against the peers (issue 10)")[-1][:300]
+    )

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from pipeline import calibration as cal
 
@@ -20,15 +20,18 @@ def one_thread():
     yield
     torch.set_num_threads(old)
 
+
 # Five images, three classes. The logits are log-probabilities (+ a per-row constant, which
 # softmax ignores), so softmax(logits) is exactly the table below.
-P = np.array([
-    [0.70, 0.20, 0.10],  # label 0: correct, confidence 0.70
-    [0.15, 0.55, 0.30],  # label 2: wrong,   confidence 0.55
-    [0.20, 0.30, 0.50],  # label 2: correct, confidence 0.50
-    [0.05, 0.10, 0.85],  # label 2: correct, confidence 0.85
-    [0.90, 0.05, 0.05],  # label 1: wrong,   confidence 0.90
-])
+P = np.array(
+    [
+        [0.70, 0.20, 0.10],  # label 0: correct, confidence 0.70
+        [0.15, 0.55, 0.30],  # label 2: wrong,   confidence 0.55
+        [0.20, 0.30, 0.50],  # label 2: correct, confidence 0.50
+        [0.05, 0.10, 0.85],  # label 2: correct, confidence 0.85
+        [0.90, 0.05, 0.05],  # label 1: wrong,   confidence 0.90
+    ]
+)
 Y = np.array([0, 2, 2, 2, 1])
 LOGITS = np.log(P) + np.array([[0.0], [3.0], [-7.0], [100.0], [-50.0]])
 
@@ -144,7 +147,7 @@ def test_fit_is_the_nll_minimum():
     z, y = _calibrated(3000, seed=2)
     z = z * 2.0
     t = cal.fit_temperature(z, y)
-    nll = lambda s: cal.metrics(z / s, y)["nll"]  # noqa: E731
+    nll = lambda s: cal.metrics(z / s, y)["nll"]
     assert nll(t) <= min(nll(t * 0.99), nll(t * 1.01), nll(1.0))
 
 
@@ -165,10 +168,15 @@ def _models():
     from models import create_model
 
     torch.manual_seed(0)
-    return [("small_cnn", create_model("small_cnn", 1, 10, 8), torch.zeros(1, 1, 8, 8)),
-            ("resnet20", create_model("resnet20", 3, 10, 32), torch.zeros(1, 3, 16, 16)),
-            ("mobilenetv3_small", create_model("mobilenetv3_small", 3, 10, 32),
-             torch.zeros(1, 3, 16, 16))]
+    return [
+        ("small_cnn", create_model("small_cnn", 1, 10, 8), torch.zeros(1, 1, 8, 8)),
+        ("resnet20", create_model("resnet20", 3, 10, 32), torch.zeros(1, 3, 16, 16)),
+        (
+            "mobilenetv3_small",
+            create_model("mobilenetv3_small", 3, 10, 32),
+            torch.zeros(1, 3, 16, 16),
+        ),
+    ]
 
 
 @pytest.mark.parametrize("i", range(3))

@@ -16,8 +16,14 @@ from pipeline.rundir import sha256_file
 def test_bundle_has_every_file_and_a_true_manifest(android_bundle):
     b = android_bundle["bundle"]
     names = {p.name for p in b.iterdir()}
-    assert {"model.pte", "model.tflite", "model.json", "golden.npz", "report.json",
-            "manifest.json"} <= names
+    assert {
+        "model.pte",
+        "model.tflite",
+        "model.json",
+        "golden.npz",
+        "report.json",
+        "manifest.json",
+    } <= names
     manifest = json.loads((b / "manifest.json").read_text())
     listed = {f["path"] for f in manifest["files"]}
     assert listed == names - {"manifest.json"}
@@ -31,13 +37,35 @@ def test_bundle_has_every_file_and_a_true_manifest(android_bundle):
 def test_report_figures_say_where_they_came_from(android_bundle):
     report = json.loads((android_bundle["bundle"] / "report.json").read_text())
     assert report["ok"] and report["problems"] == []
-    settings = {"recipe", "tolerance", "model", "host", "seed", "io", "preflight",
-                "calibration", "widths", "ratio", "final_loss", "threads", "runs", "slimship_report",
-                "reliability_data", "cross_validation", "temperature_fitted",
-                "temperature_applied", "qat",
-                # counts and shares that sit beside figures in the profiler/estimator blocks
-                "buffers", "compute_bound_layers", "memory_bound_layers", "share", "delegated",
-                "rows_total", "samples"}
+    settings = {
+        "recipe",
+        "tolerance",
+        "model",
+        "host",
+        "seed",
+        "io",
+        "preflight",
+        "calibration",
+        "widths",
+        "ratio",
+        "final_loss",
+        "threads",
+        "runs",
+        "slimship_report",
+        "reliability_data",
+        "cross_validation",
+        "temperature_fitted",
+        "temperature_applied",
+        "qat",
+        # counts and shares that sit beside figures in the profiler/estimator blocks
+        "buffers",
+        "compute_bound_layers",
+        "memory_bound_layers",
+        "share",
+        "delegated",
+        "rows_total",
+        "samples",
+    }
 
     def walk(node, path):
         if isinstance(node, dict):
@@ -52,8 +80,9 @@ def test_report_figures_say_where_they_came_from(android_bundle):
             for i, v in enumerate(node):
                 walk(v, f"{path}[{i}]")
         else:
-            assert not isinstance(node, (int, float)) or isinstance(node, bool), \
+            assert not isinstance(node, (int, float)) or isinstance(node, bool), (
                 f"bare number at {path}: {node}"
+            )
 
     walk(report, "report")
     teacher = report["stages"]["teacher"]
@@ -70,7 +99,9 @@ def test_report_figures_say_where_they_came_from(android_bundle):
     assert et["preflight"]["delegated_fraction"] == 1.0
     # issue 5: memory measured in a fresh process, the plan counted, real op names profiled,
     # estimates per device profile of the target with the estimator's measured error beside
-    assert et["memory"]["peak_rss"]["source"] == "measured" and et["memory"]["peak_rss"]["value"] > 0
+    assert (
+        et["memory"]["peak_rss"]["source"] == "measured" and et["memory"]["peak_rss"]["value"] > 0
+    )
     assert et["memory"]["planned_bytes"]["source"] == "counted"
     for b in report["backends"].values():  # counted per file, not only per stage
         assert b["macs"]["value"] == report["stages"]["distilled"]["macs"]["value"]
@@ -126,28 +157,59 @@ def test_tflite_reproduces_golden_from_the_bundle_alone(android_bundle):
 
 def test_rerun_reuses_every_stage(android_bundle):
     root = android_bundle["root"]
-    result = CliRunner().invoke(cli.cli, [
-        "compress", "--target", "android", "--out", str(root / "dist2"),
-        "--run-dir", str(android_bundle["run"]), "--epochs", "10", "--distill-epochs", "8",
-    ])
+    result = CliRunner().invoke(
+        cli.cli,
+        [
+            "compress",
+            "--target",
+            "android",
+            "--out",
+            str(root / "dist2"),
+            "--run-dir",
+            str(android_bundle["run"]),
+            "--epochs",
+            "10",
+            "--distill-epochs",
+            "8",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    for stage in ("train", "prune", "distill", "export/executorch-xnnpack-int8",
-                  "verify/tflite-int8"):
+    for stage in (
+        "train",
+        "prune",
+        "distill",
+        "export/executorch-xnnpack-int8",
+        "verify/tflite-int8",
+    ):
         assert f"[{stage}] reused" in result.output
     a = json.loads((android_bundle["bundle"] / "model.json").read_text())
     b = json.loads((root / "dist2" / "android" / "model.json").read_text())
-    assert a["backends"]["executorch-xnnpack"]["sha256"] == b["backends"]["executorch-xnnpack"]["sha256"]
+    assert (
+        a["backends"]["executorch-xnnpack"]["sha256"]
+        == b["backends"]["executorch-xnnpack"]["sha256"]
+    )
 
 
-@pytest.mark.parametrize("args, pattern", [
-    (["--target", "nosuch"], r"^error: unknown target 'nosuch'; available: .*android"),
-    (["--target", "android", "--data", "no/such/dir"], r"^error: --data no/such/dir: no such file"),
-    (["--target", "android", "--model", "nosuch"], r"^error: unknown model 'nosuch'; available: "),
-    (["--target", "android", "--alpha", "2"], r"^error: recipe key distill.alpha"),
-])
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--target", "nosuch"], r"^error: unknown target 'nosuch'; available: .*android"),
+        (
+            ["--target", "android", "--data", "no/such/dir"],
+            r"^error: --data no/such/dir: no such file",
+        ),
+        (
+            ["--target", "android", "--model", "nosuch"],
+            r"^error: unknown model 'nosuch'; available: ",
+        ),
+        (["--target", "android", "--alpha", "2"], r"^error: recipe key distill.alpha"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, pattern):
     out, run = tmp_path / "out", tmp_path / "run"
-    result = CliRunner().invoke(cli.cli, ["compress", *args, "--out", str(out), "--run-dir", str(run)])
+    result = CliRunner().invoke(
+        cli.cli, ["compress", *args, "--out", str(out), "--run-dir", str(run)]
+    )
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and re.match(pattern, lines[0]), result.output
@@ -190,8 +252,9 @@ def test_calibration_is_reported_per_stage_and_per_file(android_bundle):
     # the NLL change the fitted T makes on the test split, with its noise beside it
     ch = t["nll_change"]
     assert ch["source"] == "measured" and ch["standard_error"] > 0
-    assert ch["value"] == pytest.approx(t["after_fitted"]["nll"]["value"]
-                                        - t["before"]["nll"]["value"], abs=1e-5)
+    assert ch["value"] == pytest.approx(
+        t["after_fitted"]["nll"]["value"] - t["before"]["nll"]["value"], abs=1e-5
+    )
     for name in ("executorch-xnnpack", "tflite"):
         assert report["backends"][name]["calibration_metrics"]["ece"]["unit"].startswith("ECE")
     meta = json.loads((b / "model.json").read_text())

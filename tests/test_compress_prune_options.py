@@ -18,10 +18,25 @@ ARGS = ["--epochs", "6", "--distill-epochs", "4"]
 @pytest.fixture(scope="module")
 def sparse_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("sparse")
-    result = CliRunner().invoke(cli.cli, [
-        "compress", "--target", "android", "--out", str(root / "dist"), "--run-dir",
-        str(root / "run"), *ARGS, "--iterative-steps", "3", "--rewind-epoch", "0",
-        "--sparsity", "0.6"])
+    result = CliRunner().invoke(
+        cli.cli,
+        [
+            "compress",
+            "--target",
+            "android",
+            "--out",
+            str(root / "dist"),
+            "--run-dir",
+            str(root / "run"),
+            *ARGS,
+            "--iterative-steps",
+            "3",
+            "--rewind-epoch",
+            "0",
+            "--sparsity",
+            "0.6",
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     return root, result.output
 
@@ -60,8 +75,11 @@ def test_rewound_survivors_hold_their_initial_values(sparse_run):
     rows = {tuple(r.flatten().tolist()) for r in w0}
     for r, m in zip(w, kept):
         full = tuple(r.flatten().tolist())
-        match = [c for c in rows if all(a == b or not k for a, b, k in
-                                        zip(full, c, m.flatten().tolist()))]
+        match = [
+            c
+            for c in rows
+            if all(a == b or not k for a, b, k in zip(full, c, m.flatten().tolist()))
+        ]
         assert match, "a surviving channel is not an initial channel"
 
 
@@ -76,24 +94,41 @@ def test_unstructured_zeros_buy_compression_not_file_size(sparse_run, android_bu
         assert s["bytes_compressed"]["source"] == "counted"
         # a file holds every weight, zero or not (bytes per parameter as in the dense run);
         # the zeros compress away
-        assert (s["bytes"]["value"] / params[0]
-                == pytest.approx(d["bytes"]["value"] / params[1], rel=0.1)), name
-        assert (s["bytes_compressed"]["value"] / s["bytes"]["value"]
-                < 0.85 * d["bytes_compressed"]["value"] / d["bytes"]["value"]), name
+        assert s["bytes"]["value"] / params[0] == pytest.approx(
+            d["bytes"]["value"] / params[1], rel=0.1
+        ), name
+        assert (
+            s["bytes_compressed"]["value"] / s["bytes"]["value"]
+            < 0.85 * d["bytes_compressed"]["value"] / d["bytes"]["value"]
+        ), name
 
 
-@pytest.mark.parametrize("args, pattern", [
-    (["--rewind-epoch", "9", "--epochs", "3"], r"^error: recipe key prune.rewind_epoch is 9"),
-    (["--sparsity", "1.5"], r"^error: recipe key prune.sparsity must be in \[0, 1\)"),
-    (["--iterative-steps", "0"], r"^error: recipe key prune.iterative_steps must be > 0"),
-    (["--set", "prune.scope"], r"^error: --set prune.scope: expected section.key=value"),
-    (["--set", "prune.nosuch=1"], r"^error: recipe key prune.nosuch is unknown"),
-])
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--rewind-epoch", "9", "--epochs", "3"], r"^error: recipe key prune.rewind_epoch is 9"),
+        (["--sparsity", "1.5"], r"^error: recipe key prune.sparsity must be in \[0, 1\)"),
+        (["--iterative-steps", "0"], r"^error: recipe key prune.iterative_steps must be > 0"),
+        (["--set", "prune.scope"], r"^error: --set prune.scope: expected section.key=value"),
+        (["--set", "prune.nosuch=1"], r"^error: recipe key prune.nosuch is unknown"),
+    ],
+)
 def test_bad_prune_options_exit_2_naming_the_key(tmp_path, args, pattern):
     import re
 
-    result = CliRunner().invoke(cli.cli, ["compress", "--target", "android", *args, "--out",
-                                          str(tmp_path / "out"), "--run-dir", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        cli.cli,
+        [
+            "compress",
+            "--target",
+            "android",
+            *args,
+            "--out",
+            str(tmp_path / "out"),
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+    )
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and re.match(pattern, lines[0]), result.output
@@ -103,8 +138,9 @@ def test_bad_prune_options_exit_2_naming_the_key(tmp_path, args, pattern):
 def test_set_overrides_any_recipe_key():
     from pipeline.config import load_recipe, parse_setting
 
-    r = load_recipe(None, dict([parse_setting("prune.scope=global"),
-                                parse_setting("profile.threads=[1, 2]")]))
+    r = load_recipe(
+        None, dict([parse_setting("prune.scope=global"), parse_setting("profile.threads=[1, 2]")])
+    )
     assert r.prune.scope == "global" and r.profile.threads == (1, 2)
 
 
@@ -112,10 +148,22 @@ def test_set_overrides_any_recipe_key():
 def test_rewinding_a_loaded_teacher_is_refused(sparse_run, tmp_path):
     """--weights skips training, so there are no initial weights to rewind to."""
     root, _ = sparse_run
-    result = CliRunner().invoke(cli.cli, [
-        "compress", "--target", "android", "--out", str(tmp_path / "out"), "--run-dir",
-        str(tmp_path / "run"), "--weights", str(root / "run" / "train" / "model.safetensors"),
-        "--rewind-epoch", "0"])
+    result = CliRunner().invoke(
+        cli.cli,
+        [
+            "compress",
+            "--target",
+            "android",
+            "--out",
+            str(tmp_path / "out"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--weights",
+            str(root / "run" / "train" / "model.safetensors"),
+            "--rewind-epoch",
+            "0",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "prune.rewind_epoch: the train stage kept no weights" in result.output
     assert not (tmp_path / "out").exists()

@@ -15,15 +15,40 @@ import cli
 
 
 def run(root, *args):
-    return CliRunner().invoke(cli.cli, ["compress", "--target", "android", "--out",
-                                        str(root / "dist"), "--run-dir", str(root / "run"), *args])
+    return CliRunner().invoke(
+        cli.cli,
+        [
+            "compress",
+            "--target",
+            "android",
+            "--out",
+            str(root / "dist"),
+            "--run-dir",
+            str(root / "run"),
+            *args,
+        ],
+    )
 
 
 @pytest.mark.slow
 def test_sparsity_training_hints_qat_and_a_per_backend_scheme(tmp_path):
-    result = run(tmp_path, "--epochs", "6", "--distill-epochs", "4", "--group-lasso", "1e-3",
-                 "--targeted-dropout", "0.3", "--feature-weight", "1", "--qat-epochs", "1",
-                 "--precision", "tflite=fp32")
+    result = run(
+        tmp_path,
+        "--epochs",
+        "6",
+        "--distill-epochs",
+        "4",
+        "--group-lasso",
+        "1e-3",
+        "--targeted-dropout",
+        "0.3",
+        "--feature-weight",
+        "1",
+        "--qat-epochs",
+        "1",
+        "--precision",
+        "tflite=fp32",
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     report = json.loads((tmp_path / "dist" / "android" / "report.json").read_text())
     st = report["stages"]
@@ -63,7 +88,9 @@ def check_temperature_folded(root, report):
     scaled = predict(distilled, d.x_test) / t["temperature_applied"]
     out = np.load(root / "run" / "verify" / "tflite-fp32" / "outputs.npz")["test"]
     assert np.abs(out - scaled).max() <= 1e-4 * np.abs(scaled).max()
-    assert metrics(out, d.y_test)["nll"] == pytest.approx(t["after_fitted"]["nll"]["value"], abs=1e-5)
+    assert metrics(out, d.y_test)["nll"] == pytest.approx(
+        t["after_fitted"]["nll"]["value"], abs=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -71,10 +98,23 @@ def test_a_zoo_student_of_another_architecture_from_a_zoo_teacher(tmp_path, andr
     """MobileNet-from-ResNet in small: a resnet20 student distilled (with feature hints between
     differently named layers) from the small_cnn teacher of the shared run, loaded by weights."""
     teacher = android_bundle["run"] / "train" / "model.safetensors"
-    result = run(tmp_path, "--weights", str(teacher), "--student-model", "resnet20",
-                 "--teacher-model", "small_cnn", "--teacher-weights", str(teacher),
-                 "--feature-weight", "0.5", "--feature-layer", "layers.8.conv2:features.4.0",
-                 "--distill-epochs", "6")
+    result = run(
+        tmp_path,
+        "--weights",
+        str(teacher),
+        "--student-model",
+        "resnet20",
+        "--teacher-model",
+        "small_cnn",
+        "--teacher-weights",
+        str(teacher),
+        "--feature-weight",
+        "0.5",
+        "--feature-layer",
+        "layers.8.conv2:features.4.0",
+        "--distill-epochs",
+        "6",
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "not pruning: the student is resnet20" in result.output
     b = tmp_path / "dist" / "android"
@@ -89,32 +129,53 @@ def test_a_zoo_student_of_another_architecture_from_a_zoo_teacher(tmp_path, andr
         assert report["backends"][name]["parity"]["state"] == "verified", name
 
 
-@pytest.mark.parametrize("args, pattern", [
-    (["--temperature", "0"], r"^error: recipe key distill.temperature must be > 0"),
-    (["--alpha", "-0.1"], r"^error: recipe key distill.alpha must be in \[0, 1\]"),
-    (["--precision", "tflite=int4"],
-     r"^error: recipe key quantize.precision.tflite: unknown scheme 'int4'; available: fp32, int8"),
-    (["--precision", "coreml=palettize6"],
-     r"^error: recipe key quantize.precision.coreml: target android has no such backend"),
-    (["--precision", "tflite"], r"^error: --precision tflite: expected NAME=VALUE"),
-    (["--qat-epochs", "2", "--precision", "executorch-xnnpack=fp32"],
-     r"^error: recipe key quantize.qat_epochs: quantization-aware training is for ExecuTorch int8"),
-    (["--qat-epochs", "-1"], r"^error: recipe key quantize.qat_epochs must be >= 0"),
-    (["--targeted-dropout", "1"], r"^error: recipe key train.targeted_dropout must be in \[0, 1\)"),
-    (["--group-lasso", "-1"], r"^error: recipe key train.group_lasso must be >= 0"),
-    (["--bn-l1", "-1"], r"^error: recipe key train.bn_l1 must be >= 0"),
-    (["--dropout", "1.5"], r"^error: recipe key train.dropout must be in \[0, 1\)"),
-    (["--targeted-fraction", "0"], r"^error: recipe key train.targeted_fraction must be in \(0, 1\]"),
-    (["--student-model", "nosuch"], r"^error: recipe key distill.student_model: unknown model"),
-    (["--teacher-model", "resnet20"],
-     r"^error: recipe keys distill.teacher_model and distill.teacher_weights go together"),
-    (["--teacher-model", "resnet20", "--teacher-weights", "no/such.safetensors"],
-     r"^error: recipe key distill.teacher_weights: no such file"),
-    (["--feature-weight", "-1"], r"^error: recipe key distill.feature_weight must be >= 0"),
-    (["--feature-layer", "a:b:c"], r"^error: recipe key distill.feature_layers: 'a:b:c'"),
-    (["--student-model", "resnet20", "--sparsity", "0.5"],
-     r"^error: recipe key prune.sparsity: the student is another architecture"),
-])
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--temperature", "0"], r"^error: recipe key distill.temperature must be > 0"),
+        (["--alpha", "-0.1"], r"^error: recipe key distill.alpha must be in \[0, 1\]"),
+        (
+            ["--precision", "tflite=int4"],
+            r"^error: recipe key quantize.precision.tflite: unknown scheme 'int4'; available: fp32, int8",
+        ),
+        (
+            ["--precision", "coreml=palettize6"],
+            r"^error: recipe key quantize.precision.coreml: target android has no such backend",
+        ),
+        (["--precision", "tflite"], r"^error: --precision tflite: expected NAME=VALUE"),
+        (
+            ["--qat-epochs", "2", "--precision", "executorch-xnnpack=fp32"],
+            r"^error: recipe key quantize.qat_epochs: quantization-aware training is for ExecuTorch int8",
+        ),
+        (["--qat-epochs", "-1"], r"^error: recipe key quantize.qat_epochs must be >= 0"),
+        (
+            ["--targeted-dropout", "1"],
+            r"^error: recipe key train.targeted_dropout must be in \[0, 1\)",
+        ),
+        (["--group-lasso", "-1"], r"^error: recipe key train.group_lasso must be >= 0"),
+        (["--bn-l1", "-1"], r"^error: recipe key train.bn_l1 must be >= 0"),
+        (["--dropout", "1.5"], r"^error: recipe key train.dropout must be in \[0, 1\)"),
+        (
+            ["--targeted-fraction", "0"],
+            r"^error: recipe key train.targeted_fraction must be in \(0, 1\]",
+        ),
+        (["--student-model", "nosuch"], r"^error: recipe key distill.student_model: unknown model"),
+        (
+            ["--teacher-model", "resnet20"],
+            r"^error: recipe keys distill.teacher_model and distill.teacher_weights go together",
+        ),
+        (
+            ["--teacher-model", "resnet20", "--teacher-weights", "no/such.safetensors"],
+            r"^error: recipe key distill.teacher_weights: no such file",
+        ),
+        (["--feature-weight", "-1"], r"^error: recipe key distill.feature_weight must be >= 0"),
+        (["--feature-layer", "a:b:c"], r"^error: recipe key distill.feature_layers: 'a:b:c'"),
+        (
+            ["--student-model", "resnet20", "--sparsity", "0.5"],
+            r"^error: recipe key prune.sparsity: the student is another architecture",
+        ),
+    ],
+)
 def test_invalid_options_exit_2_naming_the_key(tmp_path, args, pattern):
     result = run(tmp_path, *args)
     assert result.exit_code == 2, result.output

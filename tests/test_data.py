@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.data import load_dataset
 from ground.errors import UsageError
+from pipeline.data import load_dataset
 
 
 def test_digits_splits_and_preprocessing():
@@ -35,11 +35,14 @@ def test_npz_file_and_directory(tmp_path):
     assert len(load_dataset(str(tmp_path / "dir")).y_test) == 50
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda p: None, "no such file"),
-    (lambda p: p.write_bytes(b"not a zip"), "not a readable .npz"),
-    (lambda p: np.savez(p, a=np.zeros(3)), "needs arrays 'x' and 'y'"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_bytes(b"not a zip"), "not a readable .npz"),
+        (lambda p: np.savez(p, a=np.zeros(3)), "needs arrays 'x' and 'y'"),
+    ],
+)
 def test_bad_data_is_one_clear_error(tmp_path, make, match):
     p = tmp_path / "bad.npz"
     make(p)

@@ -20,8 +20,8 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 import cli
 from ground import faults
-from pipeline import distributed
 from ground.errors import SlimshipError
+from pipeline import distributed
 from pipeline.rundir import sha256_file
 from pipeline.train import _sharded_order
 
@@ -33,15 +33,35 @@ def compress(tmp_path, *args, kill_at=""):
     env = {**os.environ, "SLIMSHIP_KILL_AT": kill_at}
     env.pop("OMP_NUM_THREADS", None)  # the launcher gives each of the 2 workers 1 thread
     return subprocess.run(
-        [sys.executable, "cli.py", "compress", "--target", "android", "--nproc", "2",
-         "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run"), *EPOCHS, *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+        [
+            sys.executable,
+            "cli.py",
+            "compress",
+            "--target",
+            "android",
+            "--nproc",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            *EPOCHS,
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 def figures(report):
     stages = {k: v["accuracy"]["value"] for k, v in report["stages"].items() if "accuracy" in v}
-    files = {k: (v["parity"]["file_accuracy"]["value"], v["parity"]["state"])
-             for k, v in report["backends"].items()}
+    files = {
+        k: (v["parity"]["file_accuracy"]["value"], v["parity"]["state"])
+        for k, v in report["backends"].items()
+    }
     return stages, files
 
 
@@ -51,8 +71,11 @@ def ddp_bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     result = compress(root)
     assert result.returncode == 0, result.stderr[-3000:]
-    return {"root": root, "result": result,
-            "report": json.loads((root / "out" / "android" / "report.json").read_text())}
+    return {
+        "root": root,
+        "result": result,
+        "report": json.loads((root / "out" / "android" / "report.json").read_text()),
+    }
 
 
 @pytest.mark.slow
@@ -88,14 +111,31 @@ def test_ranks_hold_identical_weights_after_pruning_and_fine_tuning(tmp_path):
     teacher) and after one epoch of DDP fine-tuning, before any of rank 0's files arrive."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(REPO / "tests" / "ddp_weights.py"), str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(REPO / "tests" / "ddp_weights.py"),
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     digests = json.loads((tmp_path / "digests.json").read_text())
     assert len(set(digests.pop("initial"))) == 2  # the ranks really started apart
-    assert list(digests) == ["trained", "pruned (stage result)",
-                             "pruned (plan replayed on this rank)", "fine-tuned one epoch"]
+    assert list(digests) == [
+        "trained",
+        "pruned (stage result)",
+        "pruned (plan replayed on this rank)",
+        "fine-tuned one epoch",
+    ]
     for step, per_rank in digests.items():
         assert len(per_rank) == 2 and per_rank[0] == per_rank[1], step
     assert digests["trained"][0] != digests["pruned (stage result)"][0]
@@ -106,8 +146,11 @@ def test_ranks_hold_identical_weights_after_pruning_and_fine_tuning(tmp_path):
 def test_a_killed_rank_fails_the_run_naming_it_and_a_rerun_resumes(tmp_path, ddp_bundle):
     first = compress(tmp_path, kill_at="distill student:epoch3@rank1")
     assert first.returncode == 1, first.stderr[-2000:]
-    assert re.search(r"error: rank 1 died \(signal SIGKILL\) during distill; finished stages are "
-                     r"kept, run again to resume\n$", first.stderr), first.stderr[-2000:]
+    assert re.search(
+        r"error: rank 1 died \(signal SIGKILL\) during distill; finished stages are "
+        r"kept, run again to resume\n$",
+        first.stderr,
+    ), first.stderr[-2000:]
     assert not (tmp_path / "out" / "android").exists()
     second = compress(tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -149,7 +192,7 @@ def test_each_epoch_is_split_between_ranks_like_distributed_sampler(monkeypatch,
         assert set(a) | set(b) == set(range(n))
     assert orders[0][0] != orders[0][1]  # a new order each epoch, seeded by seed + epoch
     g = torch.Generator().manual_seed(3 + 1)
-    assert orders[0][1] == (torch.randperm(n, generator=g).tolist() * 2)[:2 * -(-n // 2)][0::2]
+    assert orders[0][1] == (torch.randperm(n, generator=g).tolist() * 2)[: 2 * -(-n // 2)][0::2]
 
 
 def failure(exitcode: int, rank: int) -> ProcessFailure:
@@ -159,42 +202,68 @@ def failure(exitcode: int, rank: int) -> ProcessFailure:
 def test_a_dead_rank_is_named_with_its_signal_and_stage():
     failures = {0: failure(-signal.SIGTERM, 0), 1: failure(-signal.SIGKILL, 1)}
     status = {0: {"stage": "distill"}, 1: {"stage": "distill"}}
-    with pytest.raises(SlimshipError, match=r"^rank 1 died \(signal SIGKILL\) during distill; "
-                                            r"finished stages are kept, run again to resume$"):
+    with pytest.raises(
+        SlimshipError,
+        match=r"^rank 1 died \(signal SIGKILL\) during distill; "
+        r"finished stages are kept, run again to resume$",
+    ):
         distributed.explain_failure(failures, status)
     # the survivors the launcher stopped with SIGTERM are not the cause; a rank that lost
     # its peer is not either
     failures = {0: failure(1, 0), 1: failure(-signal.SIGTERM, 1)}
-    status = {0: {"stage": "prune", "error": "lost contact", "lost_rank": True},
-              1: {"stage": "prune"}}
+    status = {
+        0: {"stage": "prune", "error": "lost contact", "lost_rank": True},
+        1: {"stage": "prune"},
+    }
     with pytest.raises(SlimshipError, match=r"^rank 1 died \(signal SIGTERM\) during prune"):
         distributed.explain_failure(failures, status)
 
 
 def test_a_ranks_own_error_keeps_its_exit_code(capsys):
     # rank 0 printed its own one-line error: the launcher only passes its exit code on
-    status = {0: {"stage": "train", "error": "--data x: no such file", "exit_code": 2},
-              1: {"stage": "train", "error": "--data x: no such file", "exit_code": 2}}
+    status = {
+        0: {"stage": "train", "error": "--data x: no such file", "exit_code": 2},
+        1: {"stage": "train", "error": "--data x: no such file", "exit_code": 2},
+    }
     assert distributed.explain_failure({0: failure(2, 0), 1: failure(2, 1)}, status) == 2
     assert capsys.readouterr().err == ""
     # another rank's error is printed by the launcher, once, naming the rank
-    status = {1: {"stage": "train", "error": "train: tensor x has 3 NaN/Inf values",
-                  "exit_code": 1}, 0: {"stage": "train", "error": "lost", "lost_rank": True}}
+    status = {
+        1: {"stage": "train", "error": "train: tensor x has 3 NaN/Inf values", "exit_code": 1},
+        0: {"stage": "train", "error": "lost", "lost_rank": True},
+    }
     assert distributed.explain_failure({0: failure(1, 0), 1: failure(1, 1)}, status) == 1
     assert capsys.readouterr().err == "error: rank 1: train: tensor x has 3 NaN/Inf values\n"
     # a crash without a message of its own (a Python traceback above it)
-    with pytest.raises(SlimshipError, match=r"^rank 1 failed \(exit code 1\) during train; its "
-                                            r"output above says why"):
+    with pytest.raises(
+        SlimshipError,
+        match=r"^rank 1 failed \(exit code 1\) during train; its "
+        r"output above says why",
+    ):
         distributed.explain_failure({1: failure(1, 1)}, {1: {"stage": "train"}})
 
 
 def test_nproc_under_torchrun_is_a_one_line_usage_error(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    result = CliRunner().invoke(cli.cli, ["compress", "--target", "android", "--nproc", "2",
-                                          "--out", str(tmp_path / "out"),
-                                          "--run-dir", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        cli.cli,
+        [
+            "compress",
+            "--target",
+            "android",
+            "--nproc",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "error: --nproc: already running under torchrun (WORLD_SIZE is set); leave --nproc at 1 "
-        "and let torchrun start the workers"]
+        (
+            "error: --nproc: already running under torchrun (WORLD_SIZE is set); leave --nproc at 1 "
+            "and let torchrun start the workers"
+        )
+    ]
     assert not (tmp_path / "run").exists()

@@ -17,11 +17,17 @@ X = torch.randn(1, 3, 32, 32)
 
 
 def _cal(**kw) -> E.Calibration:
-    base = dict(eff={"fp32": {"conv": 0.5, "dwconv": 0.25, "linear": 0.4, "other": 0.1},
-                     "int8": {"conv": 0.5, "dwconv": 0.25, "linear": 0.4, "other": 0.1}},
-                bw_eff={"fp32": 1.0, "int8": 1.0}, overhead_ms={"fp32": 0.01, "int8": 0.01},
-                call_overhead_ms={"fp32": 0.0, "int8": 0.0},
-                parallel_eff={"fp32": 0.5, "int8": 0.5}, host_clock_ghz=2.0)
+    base = {
+        "eff": {
+            "fp32": {"conv": 0.5, "dwconv": 0.25, "linear": 0.4, "other": 0.1},
+            "int8": {"conv": 0.5, "dwconv": 0.25, "linear": 0.4, "other": 0.1},
+        },
+        "bw_eff": {"fp32": 1.0, "int8": 1.0},
+        "overhead_ms": {"fp32": 0.01, "int8": 0.01},
+        "call_overhead_ms": {"fp32": 0.0, "int8": 0.0},
+        "parallel_eff": {"fp32": 0.5, "int8": 0.5},
+        "host_clock_ghz": 2.0,
+    }
     base.update(kw)
     return E.Calibration(**base)
 
@@ -37,15 +43,23 @@ def test_small_cnn_layer_sums_match_torch_pruning():
     # torch-pruning counts conv/linear MACs plus bias, BN (2/elem), ReLU and pooling ops
     assert sum(l.macs + l.ops for l in layers) == tp_ops
     # the MACs alone, by hand: four 3x3 convs and the 128 -> 10 linear
-    hand = (3 * 32 * 9 * 32 * 32 + 32 * 64 * 9 * 32 * 32 + 64 * 64 * 9 * 16 * 16
-            + 64 * 128 * 9 * 16 * 16 + 128 * 10)
+    hand = (
+        3 * 32 * 9 * 32 * 32
+        + 32 * 64 * 9 * 32 * 32
+        + 64 * 64 * 9 * 16 * 16
+        + 64 * 128 * 9 * 16 * 16
+        + 128 * 10
+    )
     assert sum(l.macs for l in layers) == hand
     kinds = [l.kind for l in layers]
     assert kinds.count("conv") == 4 and kinds.count("linear") == 1 and kinds.count("pool") == 2
     assert kinds.count("fused") == 8  # 4 BN + 4 ReLU folded by XNNPACK
     first = layers[0]
     assert (first.weight_bytes, first.act_in_bytes, first.act_out_bytes) == (
-        3 * 32 * 9 * 4, 3 * 32 * 32 * 4, 32 * 32 * 32 * 4)
+        3 * 32 * 9 * 4,
+        3 * 32 * 32 * 4,
+        32 * 32 * 32 * 4,
+    )
     int8 = E.count_layers(m, X, "int8")[0]
     assert (int8.weight_bytes, int8.act_in_bytes) == (3 * 32 * 9, 3 * 32 * 32)
 
@@ -64,15 +78,16 @@ def test_functional_ops_are_counted():
 
 
 def test_roofline_by_hand():
-    m = E.Machine("hand", clock_ghz=2.0, cores=4, peak_gmac_s={"fp32": 100.0, "int8": 400.0},
-                  bw_gb_s=10.0)
+    m = E.Machine(
+        "hand", clock_ghz=2.0, cores=4, peak_gmac_s={"fp32": 100.0, "int8": 400.0}, bw_gb_s=10.0
+    )
     cal = _cal()
     # compute-bound: 1e9 MAC / (100e9 x 0.5) = 20 ms; memory 1e8 B / 10e9 = 10 ms; +0.01 ms
     layers = [_layer(macs=10**9, wb=10**8)]
     assert E.roofline_ms(layers, m, "fp32", 1, cal) == pytest.approx(20.01)
     # memory-bound: 3e8 B / 10e9 B/s = 30 ms > 20 ms (no cache size given: activations count)
     layers = [_layer(macs=10**9, wb=10**8, ain=10**8, aout=10**8)]
-    row, = E.layer_times(layers, m, "fp32", 1, cal)
+    (row,) = E.layer_times(layers, m, "fp32", 1, cal)
     assert row["bound"] == "memory" and row["ms"] == pytest.approx(30.01)
     # with a cache the activations fit in, only the weights come from DRAM: compute-bound again
     cached = E.Machine("hand", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, 10.0, cache_bytes=2 * 10**8)
@@ -84,8 +99,9 @@ def test_roofline_by_hand():
     assert E.roofline_ms(layers, m, "fp32", 8, cal) == pytest.approx(8.01)
     # fused layers cost nothing; the per-layer overhead scales with host clock / device clock
     fast = E.Machine("fast", 4.0, 4, {"fp32": 100.0, "int8": 400.0}, 10.0)
-    assert E.roofline_ms([_layer(kind="fused", macs=10**9), _layer(kind="add", ops=0)],
-                         fast, "fp32", 1, cal) == pytest.approx(0.005)
+    assert E.roofline_ms(
+        [_layer(kind="fused", macs=10**9), _layer(kind="add", ops=0)], fast, "fp32", 1, cal
+    ) == pytest.approx(0.005)
 
 
 def test_weights_that_fit_the_last_level_cache_cost_no_dram_time():
@@ -94,21 +110,32 @@ def test_weights_that_fit_the_last_level_cache_cost_no_dram_time():
     # each layer memory-bound on its weights: 1e8 B / 10e9 B/s = 10 ms, + 0.01 ms overhead
     assert E.roofline_ms(layers, dram, "fp32", 1, _cal()) == pytest.approx(20.02)
     # all 2e8 weight bytes fit a 256 MB last-level cache: compute-bound, 1e6 / 50e9 = 0.02 ms
-    llc = E.Machine("llc", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, 10.0, cache_bytes=10**9,
-                    llc_bytes=2**28)
+    llc = E.Machine(
+        "llc", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, 10.0, cache_bytes=10**9, llc_bytes=2**28
+    )
     assert E.weights_resident(layers, llc) and not E.weights_resident(layers, dram)
     assert E.roofline_ms(layers, llc, "fp32", 1, _cal()) == pytest.approx(0.06)
     # one byte too many and they all come from DRAM again
-    small = E.Machine("small", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, 10.0, cache_bytes=10**9,
-                      llc_bytes=2 * 10**8 - 1)
+    small = E.Machine(
+        "small",
+        2.0,
+        4,
+        {"fp32": 100.0, "int8": 400.0},
+        10.0,
+        cache_bytes=10**9,
+        llc_bytes=2 * 10**8 - 1,
+    )
     assert E.roofline_ms(layers, small, "fp32", 1, _cal()) == pytest.approx(20.02)
 
 
 def test_portable_layers_split_over_threads_by_their_own_efficiency():
     m = E.Machine("hand", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, None)
     effs = {"conv": 0.5, "dwconv": 0.25, "linear": 0.4, "other": 0.1, "portable": 0.01}
-    cal = _cal(eff={"fp32": effs, "int8": effs}, portable_ms={"fp32": 0.005, "int8": 0.0},
-               parallel_eff_portable={"fp32": 0.0, "int8": 0.0})
+    cal = _cal(
+        eff={"fp32": effs, "int8": effs},
+        portable_ms={"fp32": 0.005, "int8": 0.0},
+        parallel_eff_portable={"fp32": 0.0, "int8": 0.0},
+    )
     conv, norm = _layer(macs=10**9), _layer(kind="portable", ops=10**7)
     # 1 thread: conv 20 ms + 0.01; norm 1e7 / (100e9 x 0.01) = 10 ms + 0.01 + 0.005 per portable layer
     assert E.roofline_ms([conv, norm], m, "fp32", 1, cal) == pytest.approx(30.025)
@@ -121,8 +148,12 @@ def test_portable_layers_split_over_threads_by_their_own_efficiency():
 
 def test_shape_factor_by_hand():
     m = E.Machine("hand", 2.0, 4, {"fp32": 100.0, "int8": 400.0}, None)
-    cal = _cal(shape_m0={"fp32": 4.0, "int8": 0.0}, shape_n0={"fp32": 16.0, "int8": 0.0},
-               shape_k0={"fp32": 100.0, "int8": 0.0}, sync_ms={"fp32": 0.02, "int8": 0.0})
+    cal = _cal(
+        shape_m0={"fp32": 4.0, "int8": 0.0},
+        shape_n0={"fp32": 16.0, "int8": 0.0},
+        shape_k0={"fp32": 100.0, "int8": 0.0},
+        sync_ms={"fp32": 0.02, "int8": 0.0},
+    )
     lay = _layer(macs=10**9)
     lay.gemm_m, lay.gemm_n, lay.gemm_k = 4, 16, 100
     # eff 0.5 x 4/8 x 16/32 x 100/200 = 0.0625: 1e9 / (100e9 x 0.0625) = 160 ms, + 0.01 ms
@@ -130,7 +161,9 @@ def test_shape_factor_by_hand():
     # 2 threads: 1.5 effective cores, and the per-layer sync cost (0.02 ms) on top
     assert E.roofline_ms([lay], m, "fp32", 2, cal) == pytest.approx(160 / 1.5 + 0.03)
     # int8 with zero shape constants: no penalty, int8 peak
-    assert E.roofline_ms([lay], m, "int8", 1, cal) == pytest.approx(1e9 / (400e9 * 0.5) * 1e3 + 0.01)
+    assert E.roofline_ms([lay], m, "int8", 1, cal) == pytest.approx(
+        1e9 / (400e9 * 0.5) * 1e3 + 0.01
+    )
 
 
 def test_null_bandwidth_states_missing_memory_term():
@@ -155,8 +188,11 @@ def test_energy_by_hand():
     em = dev.energy_model
     layers = [_layer(macs=10**6, wb=1000, ain=2000, aout=3000), _layer(kind="fused", macs=0, wb=50)]
     out = E.estimate_energy(layers, dev, "fp32")
-    want = (10**6 * em.pj_per_fp32_mac.value + 1000 * em.pj_per_dram_byte.value
-            + 5000 * em.pj_per_sram_byte.value) * 1e-9
+    want = (
+        10**6 * em.pj_per_fp32_mac.value
+        + 1000 * em.pj_per_dram_byte.value
+        + 5000 * em.pj_per_sram_byte.value
+    ) * 1e-9
     assert out["energy"]["value"] == pytest.approx(want, rel=1e-4)
     assert out["energy"]["unit"] == "mJ" and out["energy"]["source"] == "estimated"
     assert em.key in out["energy"]["on"] and out["energy_model"] == em.key
@@ -165,7 +201,9 @@ def test_energy_by_hand():
     # activations larger than the L2 go to DRAM
     big = [_layer(macs=0, wb=1000, ain=600 * 1024, aout=0)]
     want = (1000 + 600 * 1024) * em.pj_per_dram_byte.value * 1e-9
-    assert E.estimate_energy(big, dev, "fp32")["dram_energy"]["value"] == pytest.approx(want, rel=1e-3)
+    assert E.estimate_energy(big, dev, "fp32")["dram_energy"]["value"] == pytest.approx(
+        want, rel=1e-3
+    )
 
 
 def test_estimate_for_devices_uses_the_calibration_file():
@@ -212,8 +250,7 @@ def small_pte(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("pte")
     m = models.create_model("small_cnn", 3, 10, 32).eval()
-    e = targets.get_backend("executorch-xnnpack").export(
-        ExportRequest(m, X, "fp32", None, out))
+    e = targets.get_backend("executorch-xnnpack").export(ExportRequest(m, X, "fp32", None, out))
     return e.path
 
 
@@ -240,5 +277,7 @@ def test_peak_rss(small_pte):
     assert 20 * 2**20 < base < 4 * 2**30  # python + numpy + torch + executorch
     assert peak >= base and own == peak - base
     assert own < 512 * 2**20  # a 0.5 MB program does not take half a gigabyte
-    assert all(r[k]["source"] == "measured" and r[k]["unit"] == "B"
-               for k in ("baseline_rss", "peak_rss", "file_rss"))
+    assert all(
+        r[k]["source"] == "measured" and r[k]["unit"] == "B"
+        for k in ("baseline_rss", "peak_rss", "file_rss")
+    )

@@ -9,22 +9,51 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import Recipe, load_recipe
 from ground.errors import UsageError
+from pipeline.config import Recipe, load_recipe
 from pipeline.gate import Budgets, load_budgets
 from pipeline.rundir import RunDir, write_bytes
 
-KEYS = ["train", "prune", "distill", "quantize", "profile", "epochs", "lr", "alpha", "temperature",
-        "importance", "macs_fraction", "budgets", "backend", "max_file_bytes", "min_sqnr_db",
-        "latency_stat", "target", "threads", "ignored_layers", "x"]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**9),
-                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
-values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=4),
-                                                   st.dictionaries(st.sampled_from(KEYS), c, max_size=4)),
-                      max_leaves=12)
+KEYS = [
+    "train",
+    "prune",
+    "distill",
+    "quantize",
+    "profile",
+    "epochs",
+    "lr",
+    "alpha",
+    "temperature",
+    "importance",
+    "macs_fraction",
+    "budgets",
+    "backend",
+    "max_file_bytes",
+    "min_sqnr_db",
+    "latency_stat",
+    "target",
+    "threads",
+    "ignored_layers",
+    "x",
+]
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**9),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+values = st.recursive(
+    scalars,
+    lambda c: st.one_of(
+        st.lists(c, max_size=4), st.dictionaries(st.sampled_from(KEYS), c, max_size=4)
+    ),
+    max_leaves=12,
+)
 documents = st.one_of(values, st.dictionaries(st.sampled_from(KEYS), values, max_size=5))
-FAST = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 @FAST

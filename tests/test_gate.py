@@ -46,19 +46,25 @@ def test_a_budget_that_holds_exits_0_and_writes_junit_and_json(report, tmp_path)
     assert json.loads(js.read_text())["ok"] is True
 
 
-@pytest.mark.parametrize("line", [
-    "max_file_bytes: 1000",
-    "max_latency_ms: 0.000001",
-    "max_accuracy_drop_points: -50",
-    "min_top1_agreement: 1.5",
-    "min_sqnr_db: 500",
-    "min_delegated_fraction: 1.5",
-    "max_peak_rss_bytes: 1",
-    "{max_latency_ms: 15, latency_on: nosuch-device}",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "max_file_bytes: 1000",
+        "max_latency_ms: 0.000001",
+        "max_accuracy_drop_points: -50",
+        "min_top1_agreement: 1.5",
+        "min_sqnr_db: 500",
+        "min_delegated_fraction: 1.5",
+        "max_peak_rss_bytes: 1",
+        "{max_latency_ms: 15, latency_on: nosuch-device}",
+    ],
+)
 def test_each_broken_budget_exits_1_naming_the_line(report, tmp_path, line):
-    text = f"budgets:\n  - backend: executorch-xnnpack\n    {line}\n" if not line.startswith("{") \
+    text = (
+        f"budgets:\n  - backend: executorch-xnnpack\n    {line}\n"
+        if not line.startswith("{")
         else f"budgets:\n  - {{backend: executorch-xnnpack, {line[1:-1]}}}\n"
+    )
     junit = tmp_path / "gate.xml"
     result = gate(tmp_path, report, text, "--junit", str(junit))
     assert result.exit_code == 1, result.output
@@ -69,16 +75,19 @@ def test_each_broken_budget_exits_1_naming_the_line(report, tmp_path, line):
     assert len(failures) == 1 and failures[0].get("message")
 
 
-@pytest.mark.parametrize("text, key", [
-    ("budgets:\n  - {backend: tflite, max_file_byte: 10}\n", "budgets[0].max_file_byte"),
-    ("budgets:\n  - {backend: tflite, max_file_bytes: big}\n", "budgets[0].max_file_bytes"),
-    ("budgets:\n  - {backend: tflite, latency_stat: p99, max_latency_ms: 1}\n", "latency_stat"),
-    ("budgets:\n  - {backend: tflite}\n", "sets no limit"),
-    ("budgets: []\n", "at least one budget"),
-    ("budget: []\n", "budget key budget is unknown"),
-    ("- 1\n", "must be a mapping"),
-    ("budgets: [1\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("budgets:\n  - {backend: tflite, max_file_byte: 10}\n", "budgets[0].max_file_byte"),
+        ("budgets:\n  - {backend: tflite, max_file_bytes: big}\n", "budgets[0].max_file_bytes"),
+        ("budgets:\n  - {backend: tflite, latency_stat: p99, max_latency_ms: 1}\n", "latency_stat"),
+        ("budgets:\n  - {backend: tflite}\n", "sets no limit"),
+        ("budgets: []\n", "at least one budget"),
+        ("budget: []\n", "budget key budget is unknown"),
+        ("- 1\n", "must be a mapping"),
+        ("budgets: [1\n", "not valid YAML"),
+    ],
+)
 def test_a_malformed_budget_file_exits_2_naming_the_key(report, tmp_path, text, key):
     result = gate(tmp_path, report, text)
     assert result.exit_code == 2, result.output
@@ -110,10 +119,24 @@ def test_compress_with_a_budget(android_bundle, tmp_path):
     shutil.copytree(android_bundle["run"], tmp_path / "run")
     budget = tmp_path / "b.yaml"
     budget.write_text("budgets:\n  - {max_file_bytes: 1000}\n")
-    result = CliRunner().invoke(cli.cli, [
-        "compress", "--target", "android", "--out", str(tmp_path / "out"),
-        "--run-dir", str(tmp_path / "run"), "--epochs", "10", "--distill-epochs", "8",
-        "--budget", str(budget)])
+    result = CliRunner().invoke(
+        cli.cli,
+        [
+            "compress",
+            "--target",
+            "android",
+            "--out",
+            str(tmp_path / "out"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--epochs",
+            "10",
+            "--distill-epochs",
+            "8",
+            "--budget",
+            str(budget),
+        ],
+    )
     assert result.exit_code == 1
     assert "error: budget broken: budgets[0] executorch-xnnpack max_file_bytes" in result.output
     report = json.loads((tmp_path / "out" / "android" / "report.json").read_text())

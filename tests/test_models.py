@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch_pruning as tp
+from torch import nn
 
 import models
 import targets
@@ -38,8 +38,11 @@ def _build(name: str, shape=CIFAR) -> tuple[nn.Module, torch.Tensor]:
 
 
 def _widths(model: nn.Module) -> dict[str, int]:
-    return {n: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
-            for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    return {
+        n: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
 
 
 def _classifier(model: nn.Module) -> nn.Linear:
@@ -71,11 +74,20 @@ def _pruned(name: str) -> tuple[nn.Module, torch.Tensor, dict]:
     attns = [m for m in model.modules() if isinstance(m, Attention)]
     head_kw = {}
     if attns:
-        head_kw = {"num_heads": {a.qkv: a.num_heads for a in attns}, "prune_num_heads": True,
-                   "prune_head_dims": False, "head_pruning_ratio": 0.5}
+        head_kw = {
+            "num_heads": {a.qkv: a.num_heads for a in attns},
+            "prune_num_heads": True,
+            "prune_head_dims": False,
+            "head_pruning_ratio": 0.5,
+        }
     pruner = tp.pruner.MetaPruner(
-        model, x, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.3,
-        ignored_layers=[_classifier(model)], round_to=8, **head_kw,
+        model,
+        x,
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.3,
+        ignored_layers=[_classifier(model)],
+        round_to=8,
+        **head_kw,
     )
     pruner.step()
     for a in attns:  # the attributes the forward reshapes with
@@ -105,8 +117,11 @@ def test_widths_are_multiples_of_8(name):
     """round_to=8 leaves groups whose width is not a multiple of 8 unpruned."""
     model, _ = _build(name)
     head = _classifier(model)
-    odd = {n: w for n, w in _widths(model).items()
-           if w % 8 and dict(model.named_modules())[n] is not head}
+    odd = {
+        n: w
+        for n, w in _widths(model).items()
+        if w % 8 and dict(model.named_modules())[n] is not head
+    }
     assert not odd
 
 
@@ -144,8 +159,11 @@ def test_xnnpack_delegation(name, record_property):
     model, _ = _build(name)
     if any(isinstance(m, nn.LayerNorm) for m in model.modules()):
         if pre["non_delegated_ops"]:
-            warnings.warn(f"{name}: {pre['delegated_fraction']:.1%} of ops delegated to XNNPACK; "
-                          f"outside: {pre['non_delegated_ops']}", stacklevel=1)
+            warnings.warn(
+                f"{name}: {pre['delegated_fraction']:.1%} of ops delegated to XNNPACK; "
+                f"outside: {pre['non_delegated_ops']}",
+                stacklevel=1,
+            )
         return
     assert pre["delegated_fraction"] == 1.0, pre
 
@@ -155,13 +173,18 @@ def test_xnnpack_delegation(name, record_property):
 def test_prune_runs_and_exports(name):
     model, x, counts = _pruned(name)
     (macs0, macs1), (params0, params1) = counts["macs"], counts["params"]
-    print(f"{name}: MACs {macs0 / 1e6:.1f}M -> {macs1 / 1e6:.1f}M, "
-          f"params {params0 / 1e6:.3f}M -> {params1 / 1e6:.3f}M")
+    print(
+        f"{name}: MACs {macs0 / 1e6:.1f}M -> {macs1 / 1e6:.1f}M, "
+        f"params {params0 / 1e6:.3f}M -> {params1 / 1e6:.3f}M"
+    )
     assert macs1 < 0.8 * macs0 and params1 < params0
     head = _classifier(model)
     assert head.out_features == NUM_CLASSES
-    odd = {n: w for n, w in _widths(model).items()
-           if w % 8 and dict(model.named_modules())[n] is not head}
+    odd = {
+        n: w
+        for n, w in _widths(model).items()
+        if w % 8 and dict(model.named_modules())[n] is not head
+    }
     assert not odd, "round_to=8 left widths that are not multiples of 8"
     for a in (m for m in model.modules() if isinstance(m, Attention)):
         assert (a.num_heads, a.head_dim) == (2, 16)  # half the heads, head size kept

@@ -34,10 +34,22 @@ def test_perturbed_pte_fails_parity_and_names_the_layer(android_bundle, tmp_path
         return real(ep)
 
     monkeypatch.setattr(ExecuTorchXnnpack, "_lower", staticmethod(wrong_lowering))
-    result = CliRunner().invoke(cli.cli, [
-        "compress", "--target", "android", "--out", str(tmp_path / "out"),
-        "--run-dir", str(run), "--epochs", "10", "--distill-epochs", "8",
-    ])
+    result = CliRunner().invoke(
+        cli.cli,
+        [
+            "compress",
+            "--target",
+            "android",
+            "--out",
+            str(tmp_path / "out"),
+            "--run-dir",
+            str(run),
+            "--epochs",
+            "10",
+            "--distill-epochs",
+            "8",
+        ],
+    )
     assert result.exit_code == 1, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.output

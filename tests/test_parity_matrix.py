@@ -24,8 +24,14 @@ CASES = {  # (model, data, train images, epochs)
     "small_cnn-digits": ("small_cnn", "digits", None, 6),
     "resnet20-cifar10": ("resnet20", str(CIFAR), 3000, 4),
 }
-BACKENDS = [("executorch-xnnpack", "fp32"), ("executorch-xnnpack", "int8"),
-            ("tflite", "fp32"), ("tflite", "int8"), ("onnx", "fp32"), ("onnx", "int8")]
+BACKENDS = [
+    ("executorch-xnnpack", "fp32"),
+    ("executorch-xnnpack", "int8"),
+    ("tflite", "fp32"),
+    ("tflite", "int8"),
+    ("onnx", "fp32"),
+    ("onnx", "int8"),
+]
 TEST_IMAGES = 200
 
 
@@ -63,13 +69,24 @@ def test_reloaded_file_matches_its_reference(trained, case, backend, precision, 
     model, d = trained(case)
     b = get_backend(backend)
     x, y = d.x_test[:TEST_IMAGES], d.y_test[:TEST_IMAGES]
-    exp = b.export(ExportRequest(model, torch.from_numpy(x[:1]), precision,
-                                 d.x_train[:128] if precision == "int8" else None, tmp_path))
+    exp = b.export(
+        ExportRequest(
+            model,
+            torch.from_numpy(x[:1]),
+            precision,
+            d.x_train[:128] if precision == "int8" else None,
+            tmp_path,
+        )
+    )
     rng = np.random.default_rng(0)
     x_rand = rng.standard_normal((16, *x.shape[1:])).astype(np.float32)
     with torch.no_grad():
-        ref = [np.concatenate([exp.reference(torch.from_numpy(a[i : i + 1])).numpy()
-                               for i in range(len(a))]) for a in (x, x_rand)]
+        ref = [
+            np.concatenate(
+                [exp.reference(torch.from_numpy(a[i : i + 1])).numpy() for i in range(len(a))]
+            )
+            for a in (x, x_rand)
+        ]
     runner = b.load(exp.path, threads=1)
     block = parity(ref[0], run_all(runner, x), ref[1], run_all(runner, x_rand), y, exp.tolerance)
     assert block["state"] == "verified", block["problems"]

@@ -9,11 +9,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ground.errors import UsageError
 from models import create_model
 from pipeline.checkpoint import load_model, save_model
 from pipeline.config import IMPORTANCES, PruneConfig
 from pipeline.data import load_dataset
-from ground.errors import UsageError
 from pipeline.prune import (
     channels,
     count,
@@ -29,9 +29,13 @@ from pipeline.prune import (
 )
 from pipeline.train import accuracy, fit, predict
 
-SPEC = {"name": "small_cnn", "in_channels": 1, "num_classes": 10, "input_size": 8,
-        "input_shape": [1, 8, 8]}
-
+SPEC = {
+    "name": "small_cnn",
+    "in_channels": 1,
+    "num_classes": 10,
+    "input_size": 8,
+    "input_shape": [1, 8, 8],
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,6 +45,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
 
 @pytest.fixture(scope="module")
 def digits():
@@ -145,9 +150,15 @@ def test_config_target_and_fraction():
     model, x = _zoo("small_cnn")
     res = prune_with_config(model, x[:1], cfg, round_to=8)
     assert 0.54 * res.params_before <= res.params_after <= 0.6 * res.params_before
-    for bad in [{"target": "flops"}, {"scope": "layer"}, {"fraction": 1.5},
-                {"head_pruning_ratio": 1.0}, {"iterative_steps": 0}, {"sparsity": 1.0},
-                {"rewind_epoch": -1}]:
+    for bad in [
+        {"target": "flops"},
+        {"scope": "layer"},
+        {"fraction": 1.5},
+        {"head_pruning_ratio": 1.0},
+        {"iterative_steps": 0},
+        {"sparsity": 1.0},
+        {"rewind_epoch": -1},
+    ]:
         with pytest.raises(UsageError, match="prune."):
             PruneConfig(**bad).check()
 
@@ -175,8 +186,9 @@ def test_vit_heads_removed_whole_runs_exports_and_replays(head_ratio, tmp_path):
     spec = {"name": "vit_tiny", **CIFAR_SPEC}
     save_model(tmp_path, res.model, spec, res.plan)
     again, _, _ = load_model(tmp_path)
-    assert [a.num_heads for a in again.modules() if hasattr(a, "num_heads")] == \
-        [a.num_heads for a in attns]
+    assert [a.num_heads for a in again.modules() if hasattr(a, "num_heads")] == [
+        a.num_heads for a in attns
+    ]
     assert torch.equal(again(x), res.model(x))
 
 
@@ -295,8 +307,9 @@ def test_prune_iteratively_replays_step_by_step(name, tmp_path):
             for p in m.parameters():
                 p.add_(0.01 * torch.randn_like(p))
 
-    res = prune_iteratively(model, x[:1], PruneConfig(macs_fraction=0.25), None, finetune, 3,
-                            round_to=8)
+    res = prune_iteratively(
+        model, x[:1], PruneConfig(macs_fraction=0.25), None, finetune, 3, round_to=8
+    )
     assert [s for s, _ in seen] == [1, 2, 3]
     macs = [m for _, m in seen]
     assert macs[0] > macs[1] > macs[2] == res.macs_after
@@ -313,8 +326,9 @@ def test_concatenated_step_histories_replay_on_one_graph_too():
     """torch-pruning's load_pruning_history also replays the steps concatenated on one graph
     (what apply_plan does not rely on: it traces a fresh graph per step)."""
     model, x = _zoo("resnet20")
-    res = prune_iteratively(model, x[:1], PruneConfig(macs_fraction=0.3), None,
-                            lambda m, t: None, 3, round_to=8)
+    res = prune_iteratively(
+        model, x[:1], PruneConfig(macs_fraction=0.3), None, lambda m, t: None, 3, round_to=8
+    )
     fresh = create_model("resnet20", 3, 10, 32).eval()
     dg = tp.DependencyGraph().build_dependency(fresh, example_inputs=x[:1])
     dg.load_pruning_history([tuple(h) for s in res.plan["steps"] for h in s["history"]])
@@ -335,8 +349,9 @@ def test_rewind_keeps_the_survivors_at_their_initial_values(digits):
     x = torch.from_numpy(digits.x_test[:4])
     res = prune_to_macs(model.eval(), x[:1], 0.5)
     ticket = rewind(res.model, res.plan, init, spec)
-    assert {k: v.shape for k, v in ticket.state_dict().items()} == \
-        {k: v.shape for k, v in res.model.state_dict().items()}
+    assert {k: v.shape for k, v in ticket.state_dict().items()} == {
+        k: v.shape for k, v in res.model.state_dict().items()
+    }
     # the same surviving output channels, at their initial instead of trained values
     w_pruned, w_ticket = res.model.features[0][0].weight, ticket.features[0][0].weight
     w_trained, w_init = trained["features.0.0.weight"], init["features.0.0.weight"]
@@ -360,8 +375,10 @@ def test_unstructured_makes_real_zeros_in_a_plain_module(sparsity):
     assert zeros == info["zeros"] and zeros / sum(w.numel() for w in ws) == info["sparsity"]
     assert not any(k.endswith(("_orig", "_mask")) for k in pruned.state_dict())
     assert all(not m._forward_pre_hooks for m in pruned.modules())
-    assert all(torch.count_nonzero(w) == w.numel() for w in
-               (m.weight for m in model.modules() if isinstance(m, nn.Conv2d)))  # untouched
+    assert all(
+        torch.count_nonzero(w) == w.numel()
+        for w in (m.weight for m in model.modules() if isinstance(m, nn.Conv2d))
+    )  # untouched
     assert pruned(x).shape == (2, 10)
     ep = _export(pruned, x[:1])
     assert torch.allclose(ep.module()(x[:1]), pruned(x[:1]), atol=1e-5)
@@ -389,8 +406,16 @@ def test_unstructured_masks_survive_fine_tuning_until_removed():
 def trained_small_cnn(digits):
     torch.manual_seed(0)
     model = create_model("small_cnn", 1, 10, 8)
-    fit(model, digits.x_train, digits.y_train, epochs=8, batch_size=64, lr=0.003,
-        weight_decay=5e-4, desc="test teacher")
+    fit(
+        model,
+        digits.x_train,
+        digits.y_train,
+        epochs=8,
+        batch_size=64,
+        lr=0.003,
+        weight_decay=5e-4,
+        desc="test teacher",
+    )
     return model.eval()
 
 
@@ -407,8 +432,9 @@ def test_magnitude_beats_random_on_a_trained_model(trained_small_cnn, digits):
     assert dense_acc > 0.9
 
     def acc_after(importance, fraction, seed=0):
-        res = prune_to_macs(model, x, fraction, importance, 8, (),
-                            (digits.x_train, digits.y_train), seed=seed)
+        res = prune_to_macs(
+            model, x, fraction, importance, 8, (), (digits.x_train, digits.y_train), seed=seed
+        )
         assert res.macs_after <= fraction * res.macs_before
         return accuracy(predict(res.model, digits.x_test), digits.y_test)
 

@@ -27,9 +27,13 @@ CIFAR = (3, 32, 32)
 
 def _spec(name: str) -> dict:
     c, h, w = INPUTS.get(name, CIFAR)
-    return {"name": name, "in_channels": c, "num_classes": NUM_CLASSES, "input_size": h,
-            "input_shape": [c, h, w]}
-
+    return {
+        "name": name,
+        "in_channels": c,
+        "num_classes": NUM_CLASSES,
+        "input_size": h,
+        "input_shape": [c, h, w],
+    }
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -56,7 +60,8 @@ def test_zoo_model_pruned_to_half_its_macs(name, tmp_path):
     # MACs within +-10 % of the target, never above it
     assert res.macs_after == count(res.model, x[:1])[0]
     assert 0.45 * res.macs_before <= res.macs_after <= 0.5 * res.macs_before, (
-        f"{name}: {res.macs_after / res.macs_before:.3f} of the MACs")
+        f"{name}: {res.macs_after / res.macs_before:.3f} of the MACs"
+    )
     assert res.plan["target_met"] and abs(res.fraction_reached / 0.5 - 1) <= 0.1
     # runs, same output shape, exports
     with torch.no_grad():

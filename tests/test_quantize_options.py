@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from ground.errors import UsageError
 from models import create_model
 from pipeline.data import load_dataset
 from pipeline.distill import FeatureHints, feature_pairs, kd_loss_fn
-from ground.errors import UsageError
 from pipeline.train import accuracy, fit, predict
 from pipeline.verify import parity
 from targets import get_backend
@@ -43,16 +43,34 @@ def pte(trained, tmp_path_factory):
 
     def qat(prepared):
         epochs_seen.append(1)
-        fit(prepared, d.x_train, d.y_train, epochs=1, batch_size=64, lr=2e-4, desc="QAT",
-            loss_fn=kd_loss_fn(model, 4.0, 0.7))
+        fit(
+            prepared,
+            d.x_train,
+            d.y_train,
+            epochs=1,
+            batch_size=64,
+            lr=2e-4,
+            desc="QAT",
+            loss_fn=kd_loss_fn(model, 4.0, 0.7),
+        )
 
     out = {}
-    for name, precision, train in (("fp32", "fp32", None), ("ptq", "int8", None),
-                                   ("qat", "int8", qat)):
+    for name, precision, train in (
+        ("fp32", "fp32", None),
+        ("ptq", "int8", None),
+        ("qat", "int8", qat),
+    ):
         folder = tmp_path_factory.mktemp(name)
-        out[name] = b.export(ExportRequest(model, torch.from_numpy(d.x_test[:1]), precision,
-                                           calib if precision == "int8" else None, folder,
-                                           train=train))
+        out[name] = b.export(
+            ExportRequest(
+                model,
+                torch.from_numpy(d.x_test[:1]),
+                precision,
+                calib if precision == "int8" else None,
+                folder,
+                train=train,
+            )
+        )
     assert epochs_seen == [1]  # the QAT hook ran once, between prepare and convert
     return out
 

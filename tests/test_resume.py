@@ -14,22 +14,50 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-ALL = ["train", "prune", "distill", "export/executorch-xnnpack-int8", "verify/executorch-xnnpack-int8",
-       "profile/executorch-xnnpack-int8", "export/tflite-int8", "verify/tflite-int8"]
+ALL = [
+    "train",
+    "prune",
+    "distill",
+    "export/executorch-xnnpack-int8",
+    "verify/executorch-xnnpack-int8",
+    "profile/executorch-xnnpack-int8",
+    "export/tflite-int8",
+    "verify/tflite-int8",
+]
 
 
 def compress(tmp_path, kill_at=""):
     env = {**os.environ, "SLIMSHIP_KILL_AT": kill_at}
     return subprocess.run(
-        [sys.executable, "cli.py", "compress", "--target", "android", "--out", str(tmp_path / "out"),
-         "--run-dir", str(tmp_path / "run"), "--epochs", "10", "--distill-epochs", "8"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+        [
+            sys.executable,
+            "cli.py",
+            "compress",
+            "--target",
+            "android",
+            "--out",
+            str(tmp_path / "out"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--epochs",
+            "10",
+            "--distill-epochs",
+            "8",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
 
 
 def figures(report):
     stages = {k: v["accuracy"]["value"] for k, v in report["stages"].items() if "accuracy" in v}
-    files = {k: (v["parity"]["file_accuracy"]["value"], v["parity"]["state"])
-             for k, v in report["backends"].items()}
+    files = {
+        k: (v["parity"]["file_accuracy"]["value"], v["parity"]["state"])
+        for k, v in report["backends"].items()
+    }
     return stages, files
 
 
@@ -44,11 +72,14 @@ def clean(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at, reused", [
-    ("train teacher:epoch3", []),
-    ("export:tflite", ALL[:6]),
-    ("bundle:assembled", ALL),
-])
+@pytest.mark.parametrize(
+    "kill_at, reused",
+    [
+        ("train teacher:epoch3", []),
+        ("export:tflite", ALL[:6]),
+        ("bundle:assembled", ALL),
+    ],
+)
 def test_a_killed_run_resumes_and_equals_an_uninterrupted_one(tmp_path, clean, kill_at, reused):
     first = compress(tmp_path, kill_at)
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]

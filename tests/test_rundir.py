@@ -53,8 +53,9 @@ def test_a_truncated_artefact_is_rebuilt(tmp_path):
     f = _finished(tmp_path)
     f.write_bytes(b"01234")
     calls = []
-    res = RunDir(tmp_path).stage("s", {"config": 1},
-                                 lambda d: calls.append(1) or write_bytes(d / "w.bin", b"new") or {})
+    res = RunDir(tmp_path).stage(
+        "s", {"config": 1}, lambda d: calls.append(1) or write_bytes(d / "w.bin", b"new") or {}
+    )
     assert not res.reused and calls and f.read_bytes() == b"new"
 
 

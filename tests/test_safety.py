@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 import cli
+from ground.errors import UsageError
 from models import create_model
 from models._user import load_weights
-from ground.errors import UsageError
 
 
 class Evil:
@@ -26,9 +26,19 @@ class Evil:
 
 
 def compress(tmp_path, *args):
-    return CliRunner().invoke(cli.cli, ["compress", "--target", "android", "--out",
-                                        str(tmp_path / "out"), "--run-dir", str(tmp_path / "run"),
-                                        *args])
+    return CliRunner().invoke(
+        cli.cli,
+        [
+            "compress",
+            "--target",
+            "android",
+            "--out",
+            str(tmp_path / "out"),
+            "--run-dir",
+            str(tmp_path / "run"),
+            *args,
+        ],
+    )
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".pkl"])
@@ -59,7 +69,9 @@ def test_trust_pickle_is_explicit_and_recorded(tmp_path):
 
 def test_safe_formats_load(tmp_path):
     model = create_model("small_cnn", 1, 10, 8)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors"
+    )
     torch.save(model.state_dict(), tmp_path / "w.pt")
     for name in ("w.safetensors", "w.pt"):
         state, how = load_weights(tmp_path / name)
@@ -80,16 +92,20 @@ def test_nan_weights_stop_the_run_naming_the_tensor(tmp_path):
 
 def test_a_user_model_file_and_factory(tmp_path):
     src = tmp_path / "mynet.py"
-    src.write_text("import torch.nn as nn\n"
-                   "def build(num_classes):\n"
-                   "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n")
+    src.write_text(
+        "import torch.nn as nn\n"
+        "def build(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n"
+    )
     m = create_model(f"{src}:build", 1, 10, 8)
     assert m(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     result = compress(tmp_path, "--model", f"{src}:nosuch")
     assert result.exit_code == 2 and "has no callable 'nosuch'" in result.output
 
 
-def test_a_full_disk_is_one_line_and_keeps_the_previous_bundle(android_bundle, tmp_path, monkeypatch):
+def test_a_full_disk_is_one_line_and_keeps_the_previous_bundle(
+    android_bundle, tmp_path, monkeypatch
+):
     import errno
     import os
     import shutil
@@ -110,7 +126,11 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_bundle(android_bundle, t
     result = compress(tmp_path, "--epochs", "10", "--distill-epochs", "8")
     assert result.exit_code == 1, result.output
     errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
-    assert errors == ["error: No space left on device: free space (or fix permissions) and run "
-                      "again; finished stages and the previous bundle are kept"]
+    assert errors == [
+        (
+            "error: No space left on device: free space (or fix permissions) and run "
+            "again; finished stages and the previous bundle are kept"
+        )
+    ]
     assert (tmp_path / "out" / "android" / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["android"]

@@ -44,10 +44,12 @@ def test_group_lasso_equals_the_hand_computed_sum_of_group_norms():
     # group of c2's channel k: c2.weight[k], fc.weight[:, k] (the classifier's outputs are not
     # pruned, but its input columns belong to c2's channels)
     w1, g, w2, fc = m.c1.weight, m.bn.weight, m.c2.weight, m.fc.weight
-    by_hand = sum(torch.sqrt(w1[c].pow(2).sum() + g[c] ** 2 + w2[:, c].pow(2).sum())
-                  for c in range(4))
-    by_hand = by_hand + sum(torch.sqrt(w2[k].pow(2).sum() + fc[:, k].pow(2).sum())
-                            for k in range(3))
+    by_hand = sum(
+        torch.sqrt(w1[c].pow(2).sum() + g[c] ** 2 + w2[:, c].pow(2).sum()) for c in range(4)
+    )
+    by_hand = by_hand + sum(
+        torch.sqrt(w2[k].pow(2).sum() + fc[:, k].pow(2).sum()) for k in range(3)
+    )
     assert group_lasso(m, x)().item() == pytest.approx(by_hand.item(), rel=1e-6)
 
 
@@ -81,8 +83,7 @@ def test_channel_dropout_targets_only_the_weakest_channels_and_only_in_training(
     assert torch.allclose(out[:, :2][kept], 2 * ref[:, :2][kept], atol=1e-5)
     assert torch.allclose(out[:, 2:], ref[:, 2:], atol=1e-5)
     # the drop comes after the batch norm: its statistics are those of the undropped conv
-    assert torch.allclose(bn.running_var, 0.9 + 0.1 * (
-        conv(x).reshape(400, 8).var(0)), atol=1e-4)
+    assert torch.allclose(bn.running_var, 0.9 + 0.1 * (conv(x).reshape(400, 8).var(0)), atol=1e-4)
     model.eval()
     assert torch.equal(model[:2](x), bn(conv(x)))
     remove_channel_dropout(hooks)
@@ -109,16 +110,24 @@ def test_dropout_keeps_an_eval_mode_network_that_trained_with_it_accurate():
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16
     y = torch.tensor(d.target)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                          nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
     hooks = add_channel_dropout(model, rate=0.5, fraction=0.5, seed=0)
     opt = torch.optim.Adam(model.parameters(), 0.01)
     model.train()
     for _ in range(60):
         for i in range(0, 1500, 100):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x[i:i + 100]), y[i:i + 100]).backward()
+            nn.functional.cross_entropy(model(x[i : i + 100]), y[i : i + 100]).backward()
             opt.step()
     remove_channel_dropout(hooks)
     model.eval()
@@ -150,8 +159,15 @@ def test_group_lasso_drives_whole_channel_groups_towards_zero(digits):
         torch.manual_seed(0)
         m = create_model("small_cnn", 1, 10, 8)
         st = SparsityTraining(m, torch.zeros(1, 1, 8, 8), TrainConfig(group_lasso=lam))
-        fit(m, digits.x_train, digits.y_train, epochs=6, batch_size=64, lr=3e-3,
-            loss_fn=st.wrap(cross_entropy))
+        fit(
+            m,
+            digits.x_train,
+            digits.y_train,
+            epochs=6,
+            batch_size=64,
+            lr=3e-3,
+            loss_fn=st.wrap(cross_entropy),
+        )
         st.close()
         conv = m.features[3][0]
         n = conv.weight.detach().reshape(conv.out_channels, -1).norm(dim=1)
@@ -160,13 +176,17 @@ def test_group_lasso_drives_whole_channel_groups_towards_zero(digits):
 
 
 def test_options_are_recipe_keys_with_named_errors():
-    from pipeline.config import load_recipe
     from ground.errors import UsageError
+    from pipeline.config import load_recipe
 
     r = load_recipe(None, {"train.group_lasso": 1e-4, "train.targeted_dropout": 0.3})
     assert r.train.group_lasso == 1e-4 and r.train.targeted_fraction == 0.5
-    for key, value in (("train.group_lasso", -1), ("train.targeted_dropout", 1.0),
-                       ("train.dropout", -0.1), ("train.targeted_fraction", 0)):
+    for key, value in (
+        ("train.group_lasso", -1),
+        ("train.targeted_dropout", 1.0),
+        ("train.dropout", -0.1),
+        ("train.targeted_fraction", 0),
+    ):
         with pytest.raises(UsageError, match=f"recipe key {key}"):
             load_recipe(None, {key: value})
     with pytest.raises(UsageError, match="choose one"):

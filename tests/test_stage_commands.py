@@ -26,16 +26,44 @@ def invoke(*args):
 def test_train_then_distill_then_compress_reuse_the_run_directory(tmp_path):
     run, teacher, student = tmp_path / "run", tmp_path / "teacher", tmp_path / "student"
     # two gloo ranks, started by --nproc, as compress --nproc does
-    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--epochs", "4",
-                           "--run-dir", str(run), "--out", str(teacher), "--nproc", "2"],
-                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "train",
+            "--epochs",
+            "4",
+            "--run-dir",
+            str(run),
+            "--out",
+            str(teacher),
+            "--nproc",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "starting 2 training processes" in proc.stdout + proc.stderr
     assert sorted(p.name for p in teacher.iterdir()) == ["model.json", "model.safetensors"]
     assert json.loads((teacher / "model.json").read_text())["spec"]["name"] == "small_cnn"
 
-    result = invoke("distill", "--target", "android", "--epochs", "4", "--distill-epochs", "3",
-                    "--run-dir", str(run), "--out", str(student))
+    result = invoke(
+        "distill",
+        "--target",
+        "android",
+        "--epochs",
+        "4",
+        "--distill-epochs",
+        "3",
+        "--run-dir",
+        str(run),
+        "--out",
+        str(student),
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "[train] reused" in result.output  # the teacher trained by `cli.py train`
     from pipeline.checkpoint import load_model
@@ -51,8 +79,19 @@ def test_train_then_distill_then_compress_reuse_the_run_directory(tmp_path):
     assert n(model) < 0.75 * n(teacher_model)
 
     # compress with the same options finds train, prune and distill done
-    result = invoke("compress", "--target", "android", "--epochs", "4", "--distill-epochs", "3",
-                    "--run-dir", str(run), "--out", str(tmp_path / "dist"))
+    result = invoke(
+        "compress",
+        "--target",
+        "android",
+        "--epochs",
+        "4",
+        "--distill-epochs",
+        "3",
+        "--run-dir",
+        str(run),
+        "--out",
+        str(tmp_path / "dist"),
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     for stage in ("train", "prune", "distill"):
         assert f"[{stage}] reused" in result.output, stage
@@ -70,8 +109,15 @@ def test_train_needs_an_out_directory(tmp_path):
 def test_distill_needs_a_target_and_checks_it_first(tmp_path):
     result = invoke("distill", "--out", str(tmp_path / "s"))
     assert result.exit_code == 2 and "--target" in result.output
-    result = invoke("distill", "--target", "toaster", "--out", str(tmp_path / "s"),
-                    "--run-dir", str(tmp_path / "run"))
+    result = invoke(
+        "distill",
+        "--target",
+        "toaster",
+        "--out",
+        str(tmp_path / "s"),
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
     assert result.exit_code == 2 and "toaster" in result.output
     assert not (tmp_path / "run").exists()
 

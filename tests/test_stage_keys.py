@@ -10,19 +10,31 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.compress import CompressOptions, compress
 from ground.errors import SlimshipError
+from pipeline.compress import CompressOptions, compress
 from pipeline.rundir import RunDir, StageResult
 
 HELD = json.loads((Path(__file__).parent / "data" / "stage_keys.json").read_text())
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 CASES = {
-    "default": dict(target="all"),
-    "cifar10": dict(target="all", model="resnet20", data=str(CIFAR), seed=3, overrides={
-        "train.epochs": 20, "prune.iterative_steps": 3, "prune.importance": "taylor",
-        "prune.rewind_epoch": 2, "prune.sparsity": 0.3, "distill.temperature": 2.0,
-        "quantize.qat_epochs": 1, "quantize.precision": {"onnx": "fp32"}}),
+    "default": {"target": "all"},
+    "cifar10": {
+        "target": "all",
+        "model": "resnet20",
+        "data": str(CIFAR),
+        "seed": 3,
+        "overrides": {
+            "train.epochs": 20,
+            "prune.iterative_steps": 3,
+            "prune.importance": "taylor",
+            "prune.rewind_epoch": 2,
+            "prune.sparsity": 0.3,
+            "distill.temperature": 2.0,
+            "quantize.qat_epochs": 1,
+            "quantize.precision": {"onnx": "fp32"},
+        },
+    },
 }
 
 

@@ -35,10 +35,22 @@ def all_run(android_bundle, tmp_path_factory):
 
 
 def _compress(root, target):
-    return CliRunner().invoke(cli.cli, [
-        "compress", "--target", target, "--out", str(root / "out"), "--run-dir", str(root / "run"),
-        "--epochs", "10", "--distill-epochs", "8",
-    ])
+    return CliRunner().invoke(
+        cli.cli,
+        [
+            "compress",
+            "--target",
+            target,
+            "--out",
+            str(root / "out"),
+            "--run-dir",
+            str(root / "run"),
+            "--epochs",
+            "10",
+            "--distill-epochs",
+            "8",
+        ],
+    )
 
 
 def test_target_all_writes_and_verifies_every_backend(all_run):
@@ -50,8 +62,12 @@ def test_target_all_writes_and_verifies_every_backend(all_run):
     report = json.loads((bundle / "report.json").read_text())
     states = {k: v["parity"]["state"] for k, v in report["backends"].items()}
     mac = sys.platform == "darwin"
-    assert states == {"executorch-xnnpack": "verified", "tflite": "verified", "onnx": "verified",
-                      "coreml": "verified" if mac else "structurally-checked-only"}
+    assert states == {
+        "executorch-xnnpack": "verified",
+        "tflite": "verified",
+        "onnx": "verified",
+        "coreml": "verified" if mac else "structurally-checked-only",
+    }
     if not mac:  # never "verified" for a file that was not run
         coreml = report["backends"]["coreml"]
         assert "macOS" in coreml["parity"]["why_not_run"] and coreml["latency"] is None
@@ -59,15 +75,25 @@ def test_target_all_writes_and_verifies_every_backend(all_run):
     for name in ("tflite", "onnx"):
         assert report["backends"][name]["preflight"]["file_ops"]
     readme = (bundle / "README.md").read_text()
-    for api in ("Module.load(", "EValue.from(", "import ExecuTorch", "Tensor<Float>(",
-                "org.tensorflow.lite.Interpreter", "MLModel(contentsOf:", "OrtEnvironment"):
+    for api in (
+        "Module.load(",
+        "EValue.from(",
+        "import ExecuTorch",
+        "Tensor<Float>(",
+        "org.tensorflow.lite.Interpreter",
+        "MLModel(contentsOf:",
+        "OrtEnvironment",
+    ):
         assert api in readme, api
 
 
-@pytest.mark.parametrize("target, files", [
-    ("ios", {"model.mlpackage", "model.pte"}),
-    ("linux-arm64", {"model.pte", "model.tflite", "model.onnx"}),
-])
+@pytest.mark.parametrize(
+    "target, files",
+    [
+        ("ios", {"model.mlpackage", "model.pte"}),
+        ("linux-arm64", {"model.pte", "model.tflite", "model.onnx"}),
+    ],
+)
 def test_ios_and_linux_arm64(all_run, target, files):
     result = _compress(all_run, target)
     assert result.exit_code == 0, result.output
@@ -81,7 +107,7 @@ def test_ios_and_linux_arm64(all_run, target, files):
 def test_an_op_xnnpack_does_not_take_shows_in_the_preflight(tmp_path):
     """x.mean((2, 3)) without keepdim stays on portable kernels: the preflight must say so."""
     import torch
-    import torch.nn as nn
+    from torch import nn
 
     from targets._base import ExportRequest
 
@@ -94,7 +120,8 @@ def test_an_op_xnnpack_does_not_take_shows_in_the_preflight(tmp_path):
             return self.fc(self.conv(x).mean((2, 3)))  # mean without keepdim: not delegated
 
     exp = get_backend("executorch-xnnpack").export(
-        ExportRequest(MeanHead().eval(), torch.zeros(1, 1, 8, 8), "fp32", None, tmp_path))
+        ExportRequest(MeanHead().eval(), torch.zeros(1, 1, 8, 8), "fp32", None, tmp_path)
+    )
     pre = exp.preflight
     assert pre["delegated_fraction"] < 1.0
     assert any("mean" in op for op in pre["non_delegated_ops"]), pre

@@ -1,8 +1,7 @@
 import numpy as np
 
 from pipeline.verify import compare, parity
-from targets._base import sqnr_db
-from targets._base import Tolerance
+from targets._base import Tolerance, sqnr_db
 
 
 def test_sqnr_and_compare_by_hand():
