@@ -1,0 +1,55 @@
+"""What every stage reads: the run directory, the data, the recipe, the model spec, the seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from models import example_input
+from pipeline import calibration
+from pipeline.config import Recipe
+from pipeline.data import Dataset
+from pipeline.prune import count
+from pipeline.report import counted, measured
+from pipeline.rundir import RunDir
+from pipeline.train import accuracy, predict
+
+
+@dataclass
+class Job:
+    run: RunDir
+    data: Dataset
+    recipe: Recipe
+    spec: dict  # name, in_channels, num_classes, input_size, input_shape of the teacher
+    seed: int
+    example: torch.Tensor = field(init=False)
+    fingerprint: str = field(init=False)  # the data's digest, hashed once for every key
+
+    def __post_init__(self):
+        self.example = example_input(self.spec)
+        self.fingerprint = self.data.fingerprint()
+
+    def figures(self, model, what: str) -> dict:
+        """Accuracy, confidence calibration, MACs and parameters of a PyTorch model."""
+        d = self.data
+        macs, params = count(model, self.example)
+        logits = predict(model, d.x_test)
+        on = f"{what}, PyTorch fp32, {len(d.y_test)} test images"
+        m = calibration.metrics(logits, d.y_test, self.recipe.calibrate.bins)
+        return {
+            "reliability_data": m,  # raw bins for the diagram; the figures are in "calibration"
+            "accuracy": measured(accuracy(logits, d.y_test), "top1", on),
+            "calibration": calibration.figures(m, on),
+            "macs": counted(macs, "MAC", f"{what}, one {tuple(self.example.shape)} input"),
+            "params": counted(params, "parameters", what),
+        }
+
+
+def sparsity_figures(info: dict, what: str) -> dict:
+    on = f"conv and linear weights of the {what}"
+    return {
+        "sparsity": counted(info["sparsity"], "fraction of weights that are zero", on),
+        "zeros": counted(info["zeros"], "weights", on),
+        "weights": counted(info["weights"], "weights", on),
+    }

@@ -1,0 +1,114 @@
+"""report + bundle: report.json from every stage's info (each figure measured, estimated or
+counted), the budgets checked against it, and the bundle published as a whole."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from pathlib import Path
+
+from ground.log import log
+from pipeline import bundle, calibration
+from pipeline.gate import evaluate
+from pipeline.profile import host
+from pipeline.report import counted, parity_figures, summary_table
+from pipeline.rundir import library_versions
+from pipeline.stages._job import Job
+
+
+def publish(job: Job, opts, target, stages: dict, backends: dict, shipped: dict) -> dict:
+    """Write OUT/<target>/ (report, files, golden data) and print the summary table."""
+    report = build(job, opts.seed, target, stages, backends, shipped)
+    if opts.budgets is not None:
+        report["gate"] = evaluate(report, opts.budgets)
+        broken = [ln["name"] for ln in report["gate"] if ln["verdict"] == "fail"]
+        if broken:
+            report["ok"] = False
+            report["problems"].append(f"budget broken: {', '.join(broken)}")
+    out = bundle.publish(Path(opts.out) / target.name, report, backends, job.data, shipped)
+    log(f"bundle written to {out}")
+    print(summary_table(report))
+    return report
+
+
+def build(job: Job, seed: int, target, stages: dict, backends: dict, shipped: dict) -> dict:
+    data = job.data
+    out, problems = {}, []
+    for name, r in backends.items():
+        out[name], problem = _backend(r, stages["distilled"], len(data.y_test))
+        problems += [f"{name}{problem}"] if problem else []
+    return {
+        "slimship_report": 1,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "target": target.name,
+        "model": shipped,
+        "host": host(),
+        "versions": library_versions(),
+        "data": {
+            "name": data.name,
+            "fingerprint": job.fingerprint,
+            **{
+                k: counted(len(y), "images", f"{k} split of {data.name}")
+                for k, y in (("train", data.y_train), ("val", data.y_val), ("test", data.y_test))
+            },
+        },
+        "recipe": job.recipe.to_dict(),
+        "seed": seed,
+        "stages": stages,
+        "backends": out,
+        "ok": not problems,
+        "problems": problems,
+        "teacher_model": job.spec["name"],
+    }
+
+
+def _backend(r: dict, student: dict, n_test: int) -> tuple[dict, str | None]:
+    """One backend's block, and its problem (after the backend's name) if it has one."""
+    if "error" in r:
+        return {"precision": r["precision"], "error": r["error"]}, f": export failed: {r['error']}"
+    e, v, p = r["export"].info, r["verify"].info, r["profile"].info
+    path = r["export"].dir / e["file"]
+    block = {
+        "file": e["file"],
+        "precision": e["precision"],
+        "bytes": counted(_size(path), "bytes", e["file"]),
+        # the model the file was exported from (the calibrated student: same graph)
+        "macs": {**student["macs"], "on": f"{e['file']}'s model, " + student["macs"]["on"]},
+        "params": {**student["params"], "on": f"{e['file']}'s model, " + student["params"]["on"]},
+        # what an app store download sees; unstructured zeros shrink this, not `bytes`
+        "bytes_compressed": counted(_compressed_size(path), "bytes", f"{e['file']}, zlib level 9"),
+        "parity": parity_figures(v, e["file"]) if "test_split" in v else v,
+        "preflight": e["preflight"],
+        "io": e["io"],
+        "calibration": e["calibration"],
+        "qat": e.get("qat"),
+        "latency": p["latency"],
+        "memory": p.get("memory"),
+        "estimates": p.get("estimates"),
+        "op_breakdown": p.get("op_breakdown"),
+        "reused": {"export": r["export"].reused, "verify": r["verify"].reused},
+        "calibration_metrics": calibration.figures(
+            v["calibration"], f"{e['file']}, {n_test} test images"
+        )
+        if "calibration" in v
+        else None,
+        "reliability_data": v.get("calibration"),
+    }
+    if v["state"] != "failed":
+        return block, None
+    where = v.get("first_divergence", {}).get("problem")
+    return block, (
+        f" ({e['file']}): parity failed: {'; '.join(v['problems'])}"
+        + (f"; {where}" if where else "")
+    )
+
+
+def _compressed_size(path: Path) -> int:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return sum(len(zlib.compress(p.read_bytes(), 9)) for p in files)
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
