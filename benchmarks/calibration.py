@@ -12,7 +12,7 @@ distillation from the teacher (pipeline.distill.kd_loss_fn). For every stage it 
 temperature on the held-out validation split (Dataset.x_val, never the test split) and measures
 ECE (15 equal-width bins), NLL, Brier and accuracy on the test split before and after scaling.
 
-Then the distilled student's T is folded into its classifier (pipeline.calibration
+Then the distilled student's T is folded into its classifier (pipeline.confidence
 .fold_temperature) and the student is exported to ExecuTorch XNNPACK: fp32 with T folded
 (its outputs compared with the PyTorch logits / T), and int8 without and with T folded; the
 files are run over the test split and measured like the stages.
@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models import create_model
-from pipeline import calibration as cal
+from pipeline import confidence as cal
 from pipeline.config import DistillConfig, TrainConfig
 from pipeline.data import load_dataset
 from pipeline.distill import kd_loss_fn
@@ -301,7 +301,7 @@ def section(results: dict) -> str:
             "bin count. NLL: mean -log p(label), nats. Brier: mean over images of the sum over "
             "classes of (p - onehot)^2 (range 0..2). T: one temperature per stage, fitted by "
             "minimising NLL on the validation split held out from training "
-            "(`pipeline.calibration.fit_temperature`); scaling does not change accuracy. "
+            "(`pipeline.confidence.fit_temperature`); scaling does not change accuracy. "
             "`pruned` is the pruned model before fine-tuning. File rows: the distilled "
             "student exported to ExecuTorch XNNPACK and run through the ExecuTorch runtime; "
             "'before' is the file exported without T, 'after' the file exported with the "

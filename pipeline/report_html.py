@@ -157,7 +157,7 @@ def _scorecard(report: dict) -> str:
 
 
 def _reliability(report: dict) -> str:
-    from pipeline.calibration import reliability_png
+    from pipeline.confidence import reliability_png
 
     per = {
         k: st["reliability_data"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import calibration as cal
+from pipeline import confidence as cal
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -74,8 +74,8 @@ def check_temperature_folded(root, report):
     """The default, calibrate.apply: always: the fitted T is folded, and the fp32 .tflite emits the distilled
     student's logits / T (issue 12): what the file outputs is the scaled model, and its NLL is
     the one the report gives for the scaled student."""
-    from pipeline.calibration import metrics
     from pipeline.checkpoint import load_model
+    from pipeline.confidence import metrics
     from pipeline.data import load_dataset
     from pipeline.train import predict
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from models import example_input
-from pipeline import calibration
+from pipeline import confidence
 from pipeline.config import Recipe
 from pipeline.data import Dataset
 from pipeline.prune import count
@@ -36,11 +36,11 @@ class Job:
         macs, params = count(model, self.example)
         logits = predict(model, d.x_test)
         on = f"{what}, PyTorch fp32, {len(d.y_test)} test images"
-        m = calibration.metrics(logits, d.y_test, self.recipe.calibrate.bins)
+        m = confidence.metrics(logits, d.y_test, self.recipe.calibrate.bins)
         return {
             "reliability_data": m,  # raw bins for the diagram; the figures are in "calibration"
             "accuracy": measured(accuracy(logits, d.y_test), "top1", on),
-            "calibration": calibration.figures(m, on),
+            "calibration": confidence.figures(m, on),
             "macs": counted(macs, "MAC", f"{what}, one {tuple(self.example.shape)} input"),
             "params": counted(params, "parameters", what),
         }

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ground.log import log
-from pipeline import calibration
+from pipeline import confidence
 from pipeline.checkpoint import load_model, save_model
 from pipeline.report import measured
 from pipeline.rundir import StageResult
@@ -33,14 +33,14 @@ def run(job: Job, student: StageResult) -> StageResult:
 def _calibrate(job: Job, folder: Path, student_dir: Path) -> dict:
     cfg, d = job.recipe.calibrate, job.data
     student, spec, plan = load_model(student_dir)
-    ev = calibration.evaluate(
+    ev = confidence.evaluate(
         predict(student, d.x_val), d.y_val, predict(student, d.x_test), d.y_test, cfg.bins
     )
     fit = ev["fit"]
     applied = 1.0
     if cfg.temperature_scaling:
         applied = fit["temperature"] if cfg.apply == "always" else fit["recommended_temperature"]
-    save_model(folder, calibration.fold_temperature(student, applied, job.example), spec, plan)
+    save_model(folder, confidence.fold_temperature(student, applied, job.example), spec, plan)
     why = _decision(job, fit, applied)
     ch = ev["nll_change"]
     se = f" ± {ch['standard_error']:.4f} (1 s.e.)" if ch["standard_error"] is not None else ""
@@ -84,8 +84,8 @@ def _info(job: Job, ev: dict, applied: float, why: str) -> dict:
         "folded": applied != 1.0,
         "decision": why,
         "cross_validation": fit.get("cv"),
-        "before": calibration.figures(ev["before"], on + ", unscaled"),
-        "after_fitted": calibration.figures(ev["after"], on + ", scaled by the fitted T"),
+        "before": confidence.figures(ev["before"], on + ", unscaled"),
+        "after_fitted": confidence.figures(ev["after"], on + ", scaled by the fitted T"),
         # is the change more than the test split's noise? the per-image spread says
         "nll_change": {
             **measured(

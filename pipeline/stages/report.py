@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 
 from ground.log import log
-from pipeline import bundle, calibration
+from pipeline import bundle, confidence
 from pipeline.gate import evaluate
 from pipeline.profile import host
 from pipeline.report import counted, parity_figures, summary_table
@@ -87,7 +87,7 @@ def _backend(r: dict, student: dict, n_test: int) -> tuple[dict, str | None]:
         "estimates": p.get("estimates"),
         "op_breakdown": p.get("op_breakdown"),
         "reused": {"export": r["export"].reused, "verify": r["verify"].reused},
-        "calibration_metrics": calibration.figures(
+        "calibration_metrics": confidence.figures(
             v["calibration"], f"{e['file']}, {n_test} test images"
         )
         if "calibration" in v

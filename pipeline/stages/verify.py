@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ground.log import log
-from pipeline import calibration
+from pipeline import confidence
 from pipeline.checkpoint import load_model
 from pipeline.rundir import StageResult
 from pipeline.stages import export
@@ -47,7 +47,7 @@ def _verify(job: Job, folder: Path, b, exp, choice, student_dir: Path, calib: di
         job.data.y_test,
         Tolerance(**exp.info["tolerance"]),
     )
-    block["calibration"] = calibration.metrics(out_test, job.data.y_test, job.recipe.calibrate.bins)
+    block["calibration"] = confidence.metrics(out_test, job.data.y_test, job.recipe.calibrate.bins)
     if block["state"] == "failed" and hasattr(b, "first_divergence"):
         block["first_divergence"] = _locate(job, b, exp, choice, student_dir, calib)
     log(

@@ -1,4 +1,4 @@
-"""Calibration: can an app threshold the softmax? ECE, NLL, Brier and reliability diagrams per
+"""Confidence calibration: can an app threshold the softmax? ECE, NLL, Brier and reliability diagrams per
 stage, and temperature scaling (Guo, Pleiss, Sun & Weinberger 2017) folded into the classifier.
 
 Conventions (all computed in float64 from the logits):
