@@ -46,6 +46,11 @@ class Job:
         }
 
 
+def per_backend(stage: str, b, choice) -> str:
+    """A per-backend stage's folder, e.g. export/tflite-int8."""
+    return f"{stage}/{b.name}-{choice.precision}"
+
+
 def sparsity_figures(info: dict, what: str) -> dict:
     on = f"conv and linear weights of the {what}"
     return {

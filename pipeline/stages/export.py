@@ -16,16 +16,12 @@ from ground.log import log
 from pipeline.checkpoint import load_model
 from pipeline.distill import kd_loss_fn
 from pipeline.rundir import StageResult
-from pipeline.stages._job import Job
+from pipeline.stages._job import Job, per_backend
 from pipeline.train import fit
 from targets._base import ExportRequest
 
+NAME = "export"
 RANDOM_INPUTS = 32
-
-
-def name(b, choice) -> str:
-    """The stage's folder for one backend and precision, e.g. export/tflite-int8."""
-    return f"export/{b.name}-{choice.precision}"
 
 
 def calibration_images(job: Job) -> dict:
@@ -57,7 +53,7 @@ def key(choice, student: StageResult, calib: dict, qat: dict | None) -> dict:
 def run(job: Job, b, choice, student: StageResult, calib: dict, teacher: StageResult):
     qat = _qat(job, b, choice, teacher)
     return job.run.stage(
-        name(b, choice),
+        per_backend(NAME, b, choice),
         key(choice, student, calib, qat),
         lambda d: _export(job, d, b, choice, student.dir, calib, qat),
     )

@@ -10,7 +10,9 @@ from ground.log import log
 from pipeline import estimate, profile
 from pipeline.checkpoint import load_model
 from pipeline.rundir import StageResult
-from pipeline.stages._job import Job
+from pipeline.stages._job import Job, per_backend
+
+NAME = "profile"
 
 
 def key(job: Job, exp: StageResult, student: StageResult, devices) -> dict:
@@ -23,7 +25,7 @@ def key(job: Job, exp: StageResult, student: StageResult, devices) -> dict:
 
 def run(job: Job, b, choice, exp: StageResult, student: StageResult, devices):
     return job.run.stage(
-        f"profile/{b.name}-{choice.precision}",
+        per_backend(NAME, b, choice),
         key(job, exp, student, devices),
         lambda d: _profile(job, b, exp, student.dir, devices),
     )

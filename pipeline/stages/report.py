@@ -15,6 +15,8 @@ from pipeline.report import counted, parity_figures, summary_table
 from pipeline.rundir import library_versions
 from pipeline.stages._job import Job
 
+NAME = "report"  # not a run-directory stage: it writes the bundle, every run
+
 
 def publish(job: Job, opts, target, stages: dict, backends: dict, shipped: dict) -> dict:
     """Write OUT/<target>/ (report, files, golden data) and print the summary table."""

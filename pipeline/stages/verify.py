@@ -13,9 +13,11 @@ from pipeline import confidence
 from pipeline.checkpoint import load_model
 from pipeline.rundir import StageResult
 from pipeline.stages import export
-from pipeline.stages._job import Job
+from pipeline.stages._job import Job, per_backend
 from pipeline.verify import parity
 from targets._base import Tolerance, run_all
+
+NAME = "verify"
 
 
 def key(job: Job, exp: StageResult) -> dict:
@@ -24,7 +26,7 @@ def key(job: Job, exp: StageResult) -> dict:
 
 def run(job: Job, b, choice, exp: StageResult, student: StageResult, calib: dict):
     return job.run.stage(
-        f"verify/{b.name}-{choice.precision}",
+        per_backend(NAME, b, choice),
         key(job, exp),
         lambda d: _verify(job, d, b, exp, choice, student.dir, calib),
     )
