@@ -37,7 +37,6 @@ import argparse
 import copy
 import json
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _common import RESULTS, write_section
+
 from models import create_model
 from pipeline import confidence as cal
 from pipeline.config import DistillConfig, TrainConfig
@@ -57,7 +58,6 @@ from pipeline.prune import prune_to_macs
 from pipeline.train import fit, predict
 
 HEADING = "## Calibration (issue 12)"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 SEED = 0
 CALIB_IMAGES = 256  # int8 calibration images, a seeded draw from the training split (as compress)
@@ -563,17 +563,6 @@ def compress_section(results: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_section(text: str, path: Path = RESULTS, heading: str = HEADING) -> None:
-    """Replace this script's section in RESULTS.md (other sections are left as they are)."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(old):
-        new = pattern.sub(lambda _: text + "\n", old, count=1)
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -618,7 +607,7 @@ def main() -> None:
     text = build(results)
     print(text)
     if not args.no_write:
-        write_section(text, heading=heading)
+        write_section(heading, text)
         log(f"wrote {heading!r} in {RESULTS}")
 
 

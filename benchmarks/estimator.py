@@ -49,6 +49,7 @@ torch.set_num_threads(1)
 from pipeline import estimate as E
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import write_section
 from synthetic_models import build, is_synthetic, synthetic_names
 
 BACKEND = "executorch-xnnpack"
@@ -1095,17 +1096,6 @@ def results_markdown(cal: dict, v: dict, data: dict, examples: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if SECTION in old:
-        start = old.index(SECTION)
-        nxt = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[nxt + 1 :] if nxt >= 0 else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def etdump_notes(bds: dict) -> list[str]:
     """What ExecuTorch's profiler reported for these XNNPACK programs, from the ETDumps."""
     out = [
@@ -1292,7 +1282,7 @@ def main() -> int:
         )
         + "\n"
     )
-    write_section(a.results_md, results_markdown(cal, v, data, examples))
+    write_section(SECTION, results_markdown(cal, v, data, examples), a.results_md)
     print(json.dumps(cal["validation"]["all"]))
     return 0
 

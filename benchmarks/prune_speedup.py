@@ -19,12 +19,8 @@ attention matmuls of the ViT). The table goes into benchmarks/RESULTS.md under t
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import random
-import re
 import sys
 import tempfile
 import time
@@ -37,6 +33,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import RESULTS, environment, write_section
+
 import models
 import targets
 from ground.errors import UsageError
@@ -44,7 +42,7 @@ from pipeline.prune import count, prune_to_macs, prune_unstructured
 from targets._base import ExportRequest
 
 HEADING = "## Pruning speed-up (issue 3)"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
 INPUTS = {"dscnn": (1, 49, 10)}  # DS-CNN at its natural input; the rest at CIFAR size
 CIFAR = (3, 32, 32)
 QUICK_MODELS = ["resnet20", "mobilenetv2"]
@@ -345,34 +343,6 @@ def table(results: list[dict]) -> list[str]:
     return lines
 
 
-def environment() -> dict:
-    cpu = "unknown"
-    try:
-        m = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-        cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    def v(pkg):
-        try:
-            return version(pkg)
-        except PackageNotFoundError:
-            return "?"
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "executorch": v("executorch"),
-        "torch-pruning": v("torch-pruning"),
-        "os": platform.platform(),
-        "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
 def section(
     results: list[dict],
     env: dict,
@@ -491,20 +461,6 @@ def _load(env) -> str:
     return "/".join(f"{v:.1f}" for v in la) if la else "?"
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace this script's section in RESULTS.md (other sections are left as they are)."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    new = (
-        pattern.sub(lambda _: text.rstrip() + "\n\n", old)
-        if pattern.search(old)
-        else old.rstrip() + "\n\n" + text.rstrip() + "\n"
-    )
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
-
-
 def render(path: Path, out: Path) -> int:
     saved = json.loads(path.read_text())
     meta = saved.get("meta", {})
@@ -527,7 +483,7 @@ def render(path: Path, out: Path) -> int:
         meta.get("minutes", 0.0),
         meta.get("round_to"),
     )
-    write_section(text, out)
+    write_section(HEADING, text, out)
     log(f"wrote {out} from {path}")
     return 0
 
@@ -587,7 +543,7 @@ def main(argv=None) -> int:
                 )
     env_end, minutes = environment(), (time.time() - t0) / 60
     text = section(results, env, env_end, rounds, args.warmup, args.quick, minutes, args.round_to)
-    write_section(text, args.out)
+    write_section(HEADING, text, args.out)
     if args.json:
         meta = {
             "rounds": rounds,

@@ -21,7 +21,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,8 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _common import environment, write_section
+
 HEADING = "## Scaling (issue 9)"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 CIFAR = REPO.parent / "shared" / "data" / "cifar10"
 CIFAR_IMAGES = 2048
 CONFIGS = [(1, 1), (1, 2), (2, 1)]  # (processes, threads per process)
@@ -151,25 +151,6 @@ def measure(workloads, epochs: int, rounds: int) -> dict:
     return results
 
 
-def host() -> dict:
-    import torch
-
-    model = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "cpu": model,
-        "cores": len(os.sched_getaffinity(0)),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def section(results: dict, h: dict, epochs: int, rounds: int) -> str:
     loads = [x for r in results.values() for c in r.values() for x in c["load_before"]]
     lines = [
@@ -237,15 +218,6 @@ def section(results: dict, h: dict, epochs: int, rounds: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if HEADING in old:
-        start = old.index(HEADING)
-        nxt = old.find("\n## ", start + len(HEADING))
-        old = old[:start] + (old[nxt + 1 :] if nxt != -1 else "")
-    RESULTS.write_text(old.rstrip("\n") + "\n\n" + text)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="digits only, 4 epochs, 1 round")
@@ -267,7 +239,7 @@ def main() -> None:
     saved = Path(__file__).parent / "scaling_results.json"
     if args.render:
         got = json.loads(saved.read_text())
-        write_section(section(got["results"], got["host"], got["epochs"], got["rounds"]))
+        write_section(HEADING, section(got["results"], got["host"], got["epochs"], got["rounds"]))
         return
     epochs, rounds = (4, 1) if args.quick else (args.epochs, args.rounds)
     workloads = ["digits"]
@@ -276,12 +248,12 @@ def main() -> None:
             sys.exit(f"{CIFAR} has no train.npz: run with --quick for digits only")
         workloads.append("cifar10")
     results = measure(workloads, epochs, rounds)
-    h = host()
+    h = environment()
     saved.write_text(
         json.dumps({"host": h, "epochs": epochs, "rounds": rounds, "results": results}, indent=1)
         + "\n"
     )
-    write_section(section(results, h, epochs, rounds))
+    write_section(HEADING, section(results, h, epochs, rounds))
     print(section(results, h, epochs, rounds))
 
 
