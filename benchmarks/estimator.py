@@ -412,7 +412,9 @@ PARAMS = (
     "log_portable_ms",
     "parallel_eff_portable",
 )
-_EFF_IDX = [0, 1, 2, 3, 12]  # theta index of each E.EFF_CLASSES efficiency
+_I = {name: i for i, name in enumerate(PARAMS)}  # theta index by name
+_EFF_IDX = [_I[f"log_eff_{c}"] for c in E.EFF_CLASSES]
+_SHAPE_IDX = [_I["log_m0"], _I["log_n0"], _I["log_k0"]]
 _PAR_CLS = [E.EFF_CLASSES.index(c) for c in E.PARALLEL_CLASSES]
 _LO = [np.log(1e-4)] * 4 + [
     np.log(1e-7),
@@ -555,20 +557,22 @@ def _layer_ms(th, feat, peak_gmac_s, bw_gb_s, threads, cores):
     eff = np.exp(np.asarray(th)[_EFF_IDX])[cls]
     mnk = feat["mnk"]
     gemm = mnk[:, 0] > 0
-    x0 = np.exp(np.asarray(th[8:11]))
+    x0 = np.exp(np.asarray(th)[_SHAPE_IDX])
     shape = np.where(gemm, np.prod(mnk / (mnk + x0), axis=1), 1.0)
     used = min(threads, cores)
     # XNNPACK splits its operators' work over the threads; the portable kernels outside the
     # delegate run on one (their gain is fitted apart)
-    pe = np.where(np.isin(cls, _PAR_CLS), th[6], th[14])
+    pe = np.where(np.isin(cls, _PAR_CLS), th[_I["parallel_eff"]], th[_I["parallel_eff_portable"]])
     ncores = 1 + (used - 1) * pe
     compute = feat["work"] / (peak_gmac_s * 1e9 * ncores * eff * shape) * 1e3
-    memory = feat["bytes"] / (bw_gb_s * 1e9 * np.exp(th[7])) * 1e3
-    portable = np.where(cls == E.EFF_CLASSES.index("portable"), np.exp(th[13]), 0.0)
+    memory = feat["bytes"] / (bw_gb_s * 1e9 * np.exp(th[_I["log_bw_eff"]])) * 1e3
+    portable = np.where(
+        cls == E.EFF_CLASSES.index("portable"), np.exp(th[_I["log_portable_ms"]]), 0.0
+    )
     return (
         np.maximum(compute, memory)
-        + np.exp(th[4])
-        + (np.exp(th[11]) if used > 1 else 0.0)
+        + np.exp(th[_I["log_overhead_ms"]])
+        + (np.exp(th[_I["log_sync_ms"]]) if used > 1 else 0.0)
         + portable
     )
 
@@ -577,7 +581,7 @@ def predict_ms(th, feat, host, prec, threads) -> float:
     t = _layer_ms(
         th, feat, host["peak_gmac_s"][prec], host["dram_copy_gb_s"], threads, host["cores"]
     )
-    return float(t.sum() + np.exp(th[5]))
+    return float(t.sum() + np.exp(th[_I["log_call_overhead_ms"]]))
 
 
 def fit(
@@ -618,19 +622,19 @@ def fit(
 
 
 def theta_dict(th) -> dict:
-    e = np.exp(np.asarray(th, dtype=float))
+    e = {name: float(np.exp(th[i])) for name, i in _I.items()}
     return {
-        "eff": {c: float(e[i]) for c, i in zip(E.EFF_CLASSES, _EFF_IDX)},
-        "overhead_ms": float(e[4]),
-        "call_overhead_ms": float(e[5]),
-        "parallel_eff": float(th[6]),
-        "parallel_eff_portable": float(th[14]),
-        "bw_eff": float(e[7]),
-        "shape_m0": float(e[8]),
-        "shape_n0": float(e[9]),
-        "shape_k0": float(e[10]),
-        "sync_ms": float(e[11]),
-        "portable_ms": float(e[13]),
+        "eff": {c: e[f"log_eff_{c}"] for c in E.EFF_CLASSES},
+        "overhead_ms": e["log_overhead_ms"],
+        "call_overhead_ms": e["log_call_overhead_ms"],
+        "parallel_eff": float(th[_I["parallel_eff"]]),
+        "parallel_eff_portable": float(th[_I["parallel_eff_portable"]]),
+        "bw_eff": e["log_bw_eff"],
+        "shape_m0": e["log_m0"],
+        "shape_n0": e["log_n0"],
+        "shape_k0": e["log_k0"],
+        "sync_ms": e["log_sync_ms"],
+        "portable_ms": e["log_portable_ms"],
     }
 
 
