@@ -91,7 +91,7 @@ def cache_dir(option: str | Path | None = None) -> Path:
 
 @contextlib.contextmanager
 def machine(cache: Path, cpu: str = DEFAULT_CPU):
-    """Prepare the root if needed and hold it for runs: yields a Machine. Mounts are undone
+    """Prepare the root if needed and hold it for runs: yields an Arm64Root. Mounts are undone
     when the block ends, however it ends."""
     cache = Path(cache)
     _check_host()
@@ -101,7 +101,7 @@ def machine(cache: Path, cpu: str = DEFAULT_CPU):
         try:
             _unmount_under(cache)  # a run killed with SIGKILL may have left them
             ready = prepare(cache)
-            m = Machine(cache / "root", cpu, ready)
+            m = Arm64Root(cache / "root", cpu, ready)
             _mount(["-t", "proc", "proc", str(m.root / "proc")], "/proc inside the root")
             m.check()
             yield m
@@ -110,7 +110,9 @@ def machine(cache: Path, cpu: str = DEFAULT_CPU):
 
 
 @dataclass
-class Machine:
+class Arm64Root:
+    """The emulated aarch64 machine: a Debian root run through chroot and qemu-user-static."""
+
     root: Path
     cpu: str
     ready: dict
