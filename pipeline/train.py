@@ -57,14 +57,10 @@ def fit(
     any number of processes), the returned losses are averaged over ranks, and every rank returns
     the same weights. loss_fn gets batches on the training device.
     """
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     world = distributed.active_world()
-    if world == 1:
-        order, per_rank = (lambda epoch: torch.randperm(len(xt), generator=gen)), len(xt)
-    else:
-        order, per_rank = _sharded_order(len(xt), seed), -(-len(xt) // world)
+    order, per_rank = _epoch_order(len(xt), seed, world)
     local_batch = -(-batch_size // world)  # ceil: 64 on 3 ranks is 3 x 22
     steps_per_epoch = max(1, -(-per_rank // local_batch))
     dev = distributed.device()
@@ -75,32 +71,12 @@ def fit(
         opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
     )
     history = []
-    bar = tqdm(
-        range(epochs),
-        desc=desc,
-        unit="epoch",
-        leave=False,
-        dynamic_ncols=True,
-        disable=not distributed.is_main(),
-    )
+    show = {"leave": False, "dynamic_ncols": True, "disable": not distributed.is_main()}
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", **show)
     for epoch in bar:
         net.train()
-        perm = order(epoch)
-        total, seen = 0.0, 0
-        for i in range(0, len(perm), local_batch):
-            idx = perm[i : i + local_batch]
-            xb, yb = xt[idx].to(dev), yt[idx].to(dev)
-            loss = loss_fn(net(xb), yb, xb)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{desc}: loss became {loss.item()} at epoch {len(history) + 1}"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
+        batches = _batches(order(epoch), xt, yt, local_batch)
+        total, seen = _epoch(net, batches, loss_fn, opt, sched, desc, epoch + 1)
         if world > 1:
             sums = distributed.all_reduce_sum(torch.tensor([total, seen], dtype=torch.float64))
             total, seen = sums.tolist()
@@ -114,6 +90,37 @@ def fit(
     model.to("cpu")
     model.eval()
     return history
+
+
+def _epoch_order(n: int, seed: int, world: int):
+    """(order(epoch) -> this rank's indices for that epoch, images per rank)."""
+    if world == 1:
+        gen = torch.Generator().manual_seed(seed)
+        return (lambda epoch: torch.randperm(n, generator=gen)), n
+    return _sharded_order(n, seed), -(-n // world)
+
+
+def _batches(perm, xt, yt, local_batch: int):
+    dev = distributed.device()
+    for i in range(0, len(perm), local_batch):
+        idx = perm[i : i + local_batch]
+        yield xt[idx].to(dev), yt[idx].to(dev)
+
+
+def _epoch(net, batches, loss_fn, opt, sched, desc: str, epoch: int) -> tuple[float, int]:
+    """One optimisation pass: (summed loss, images seen)."""
+    total, seen = 0.0, 0
+    for xb, yb in batches:
+        loss = loss_fn(net(xb), yb, xb)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss became {loss.item()} at epoch {epoch}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(yb)
+        seen += len(yb)
+    return total, seen
 
 
 def _sharded_order(n: int, seed: int):
