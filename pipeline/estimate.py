@@ -17,8 +17,9 @@ Estimated, for a device profile (targets/devices.yaml):
 - `estimate_energy`: MACs x pJ/MAC + DRAM bytes x pJ/byte from the device's energy model.
 - `estimate_for_devices`: both, for a list of devices, as report figures.
 
-Measured / counted from exported ExecuTorch files live in pipeline/profile.py (`planned_memory`,
-`op_breakdown`, `peak_rss`); they are re-exported here for one import.
+Measured / counted from exported files live in pipeline/profile.py (`peak_rss`) and, for
+ExecuTorch, in targets/executorch_xnnpack.py (`planned_memory`, `op_breakdown`, which
+pipeline/profile.py re-exports); they are re-exported here for one import.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+# compress.py's profile stage still calls these by name (until it calls Backend.profile_extras)
+from targets.executorch_xnnpack import op_breakdown, planned_memory  # noqa: F401
+
 
 def host() -> dict:
     return {
@@ -62,7 +65,7 @@ def measure_latency(
 
 
 # ---------------------------------------------------------------------------------------------
-# issue 5: planned memory, ExecuTorch per-op breakdown, peak RSS of a fresh process
+# issue 5: peak RSS of a fresh process (a backend's own extras: Backend.profile_extras)
 
 _RSS_SCRIPT = r"""
 import importlib, importlib.util, json, sys, time
@@ -181,116 +184,6 @@ def peak_rss(
     }
 
 
-def planned_memory(pte_path: Path) -> dict:
-    """ExecuTorch's memory plan of a .pte as counted figures (forward method)."""
-    from targets.executorch_xnnpack import planned_memory as _plan
-
-    plans = _plan(Path(pte_path))
-    name = "forward" if "forward" in plans else next(iter(plans))
-    p = plans[name]
-    on = (
-        f"{Path(pte_path).name}, method {name}: sum of the execution plan's "
-        f"non_const_buffer_sizes {p['buffer_sizes']}"
-    )
-    return {
-        "planned_bytes": {"value": p["planned_bytes"], "unit": "B", "source": "counted", "on": on},
-        "buffers": len([s for s in p["buffer_sizes"] if s]),
-        "note": (
-            "the plan covers tensors passed between instructions (inputs, outputs, "
-            "non-delegated intermediates); the XNNPACK delegate allocates the activations "
-            "inside it itself at load time, outside the plan"
-            if p["delegates"]
-            else "no delegate: every activation is in the plan"
-        ),
-    }
-
-
-def op_breakdown(
-    pte_path: Path,
-    x,
-    runs: int = 20,
-    warmup: int = 3,
-    threads: int | None = 1,
-    top: int | None = None,
-) -> dict:
-    """ExecuTorch's own profiler (ETDump + devtools Inspector) on a .pte: time per event.
-
-    Returns {"rows": [{"name", "block", "delegated", "p50": fig, "mean": fig, "share"}...],
-    "top": names of the slowest operator rows, "total": the Method::execute figure}.
-    Rows are in program order. "share" is the row's p50 over Method::execute's p50.
-    """
-    from targets.executorch_xnnpack import op_breakdown as _ob
-
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 3:
-        x = x[None]
-    r = _ob(Path(pte_path), x, runs=runs, warmup=warmup, threads=threads)
-    on = (
-        f"{Path(pte_path).name}, ExecuTorch ETDump via devtools Inspector, {threads} thread(s), "
-        f"{runs} runs after {warmup} warm-up"
-    )
-    total = next((row for row in r["rows"] if row["name"] == "Method::execute"), None)
-    tot = total["p50_ms"] if total else None
-    rows = []
-    for row in r["rows"]:
-        o = on if row["block"] == "Execute" else f"{Path(pte_path).name}, load (once)"
-        rows.append(
-            {
-                "name": row["name"],
-                "block": row["block"],
-                "delegated": row["delegated"],
-                "p50": {
-                    "value": round(row["p50_ms"], 6),
-                    "unit": "ms",
-                    "source": "measured",
-                    "on": o,
-                },
-                "mean": {
-                    "value": round(row["mean_ms"], 6),
-                    "unit": "ms",
-                    "source": "measured",
-                    "on": o,
-                },
-                "samples": row["samples"],
-                "share": (
-                    round(row["p50_ms"] / tot, 4) if tot and row["block"] == "Execute" else None
-                ),
-            }
-        )
-    ops = [
-        row
-        for row in rows
-        if row["block"] == "Execute" and row["name"] not in ("Method::execute", "DELEGATE_CALL")
-    ]
-    ops.sort(key=lambda row: -row["p50"]["value"])
-    return {
-        "rows": rows,
-        "top": [row["name"] for row in ops[: top or 10]],
-        "total": (
-            rows[[x["name"] for x in rows].index("Method::execute")]["p50"] if total else None
-        ),
-        "resolution": "XNNPACK operator events are timed in whole microseconds",
-    }
-
-
-SUFFIX_BACKEND = {
-    ".pte": "executorch-xnnpack",
-    ".tflite": "tflite",
-    ".onnx": "onnx",
-    ".mlpackage": "coreml",
-}
-
-
-def file_input_shape(backend, path: Path) -> list[int]:
-    """The first input's shape as the file declares it."""
-    if backend.name == "executorch-xnnpack":
-        from executorch.runtime import Runtime
-
-        meta = Runtime.get().load_program(Path(path)).metadata("forward")
-        return [int(s) for s in meta.input_tensor_meta(0).sizes()]
-    return [int(s) for s in backend.describe(path)["inputs"][0]["shape"]]
-
-
 def profile_file(
     path: Path,
     threads: int = 1,
@@ -301,20 +194,21 @@ def profile_file(
     """`cli.py profile`: measure a .pte/.tflite/.onnx without the pipeline (random input of
     the file's own shape). A file that is not what its suffix says is a one-line error."""
     from ground.errors import UsageError
-    from targets import get_backend
+    from targets import backends_by_suffix
 
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such file")
-    if path.suffix not in SUFFIX_BACKEND:
+    by_suffix = backends_by_suffix()
+    if path.suffix not in by_suffix:
         raise UsageError(
             f"{path}: unknown model file type {path.suffix or '(none)'}; "
-            f"expected one of {', '.join(SUFFIX_BACKEND)}"
+            f"expected one of {', '.join(by_suffix)}"
         )
-    b = get_backend(SUFFIX_BACKEND[path.suffix])
+    b = by_suffix[path.suffix]
     try:
         desc = b.describe(path)
-        shape = file_input_shape(b, path)
+        shape = b.input_shape(path)
     except Exception as e:  # noqa: BLE001  (whatever the runtime raises on a bad file)
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise UsageError(

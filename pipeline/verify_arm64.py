@@ -23,7 +23,7 @@ from pipeline import report_html
 from pipeline.report import measured
 from pipeline.rundir import file_record, library_versions, sha256_path, write_bytes, write_json
 from pipeline.verify import compare, judge, structural_problems
-from targets import arm64
+from targets import arm64, get_backend
 from targets._base import Tolerance
 from targets.arm64_runner import RUNTIMES
 
@@ -107,7 +107,8 @@ def _check(m, bundle: Path, name: str, entry: dict, golden: dict, report: dict, 
     broken = structural_problems(ref, out)
     figures = compare(ref, out) if not broken else None
     broken += judge(figures, tol) if figures else []
-    delegate, not_delegated = DELEGATE_CHECKS[name](path, res, host)
+    # did the ARM delegate run, not a silent fallback to other kernels?
+    delegate, not_delegated = get_backend(name).arm64_delegate_check(path, res, host)
     problems += [f"{file}: on aarch64: {p}" for p in broken + not_delegated]
     return {
         "file": file,
@@ -148,72 +149,6 @@ def _figures(f: dict, file: str, cpu: str) -> dict:
     out["sqnr_db"] = measured(f["sqnr_db"], "dB", on) if np.isfinite(f["sqnr_db"]) else None
     out["identical"] = f["max_abs_diff"] == 0.0
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# did the ARM delegate run? One check per backend: (evidence, problems)
-
-
-def _tflite_delegate(path: Path, res: dict, host: dict) -> tuple[dict, list[str]]:
-    ev = res["evidence"]
-    want = (host.get("preflight") or {}).get("delegated_nodes")
-    problems = []
-    if ev["delegate_nodes"] == 0:
-        problems.append(
-            "no XNNPACK delegate node after allocation: the interpreter ran without its delegate"
-        )
-    elif want is not None and ev["delegated_file_nodes"] != want:
-        problems.append(
-            f"XNNPACK took {ev['delegated_file_nodes']} of {ev['file_nodes']} "
-            f"nodes, {want} on this host"
-        )
-    return {**ev, "host_delegated_nodes": want, "runtime_log": res.get("runtime_log", [])}, problems
-
-
-def _executorch_delegate(path: Path, res: dict, host: dict) -> tuple[dict, list[str]]:
-    from targets import get_backend
-    from targets.executorch_xnnpack import delegate_events
-
-    ops = get_backend("executorch-xnnpack").describe(path)["file_ops"]
-    in_file = {k.split(":", 1)[1]: n for k, n in ops.items() if k.startswith("delegate:")}
-    ran = delegate_events(res["etdump"])
-    problems = []
-    if ran["delegate_calls"] != sum(in_file.values()):
-        problems.append(
-            f"{ran['delegate_calls']} delegate calls ran, the file has "
-            f"{sum(in_file.values())} ({in_file})"
-        )
-    if not ran["delegated_ops"]:
-        problems.append("no XNNPACK operator ran inside the delegate call")
-    kernels = sorted({op.rsplit(" #", 1)[0] for op in ran["delegated_ops"]})
-    return {
-        **res["evidence"],
-        "file_delegates": in_file,
-        "delegate_calls": ran["delegate_calls"],
-        "executions": ran["executions"],
-        "xnnpack_ops_run": len(ran["delegated_ops"]),
-        "xnnpack_kernels": kernels,
-    }, problems
-
-
-def _onnx_delegate(path: Path, res: dict, host: dict) -> tuple[dict, list[str]]:
-    ev = res["evidence"]
-    ok = ev.get("providers") == ["CPUExecutionProvider"]
-    return (
-        {
-            **ev,
-            "note": "ONNX Runtime's CPU provider (its aarch64 MLAS kernels); there is "
-            "no delegate to check",
-        },
-        [] if ok else [f"execution providers {ev.get('providers')}, not the CPU provider"],
-    )
-
-
-DELEGATE_CHECKS = {
-    "tflite": _tflite_delegate,
-    "executorch-xnnpack": _executorch_delegate,
-    "onnx": _onnx_delegate,
-}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import importlib
 from targets._registry import (
     BackendChoice,
     Target,
+    backends_by_suffix,
     get_backend,
     get_target,
     list_backends,
@@ -25,6 +26,7 @@ for _m in _BACKEND_MODULES:
 __all__ = [
     "BackendChoice",
     "Target",
+    "backends_by_suffix",
     "get_backend",
     "get_target",
     "list_backends",

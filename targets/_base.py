@@ -1,7 +1,8 @@
-"""The one shape every backend has: export, load, run, describe.
+"""The one shape every backend has: export, load, run, describe, and the answers the pipeline
+needs about its files (input shape, profile extras, app snippet, arm64 delegate check).
 
 The pipeline talks to runtimes only through these objects; it never imports executorch,
-litert_torch, coremltools or onnxruntime itself. Backend modules import their library inside
+litert_torch, coremltools or onnxruntime itself, nor keeps a table keyed by backend name. Backend modules import their library inside
 the functions, so `cli.py --help` and `cli.py targets` stay fast.
 """
 
@@ -68,8 +69,10 @@ class Exported:
 
 class Backend(Protocol):
     name: str  # "<runtime>-<delegate>", e.g. "executorch-xnnpack"
-    filename: str  # file name in the bundle, e.g. "model.pte"
+    filename: str  # file name in the bundle, e.g. "model.pte"; its suffix names the file type
     precisions: tuple[str, ...]
+    qat_precisions: tuple[str, ...]  # precisions whose export honours ExportRequest.train
+    runtime: str  # the module a fresh process imports to run a file (peak RSS)
 
     def can_run(self) -> tuple[bool, str]:
         """Whether files of this backend execute on this host, and if not, why."""
@@ -80,6 +83,23 @@ class Backend(Protocol):
 
     def describe(self, path: Path) -> dict:
         """Counted facts about a file: ops, delegated fraction, size."""
+
+    def input_shape(self, path: Path) -> list[int]:
+        """The first input's shape as the file declares it."""
+
+    def profile_extras(self, path: Path, x: np.ndarray) -> dict:
+        """Report keys this backend's profile adds beyond latency and peak RSS ({} if none)."""
+
+    def app_snippet(self, entry: dict, shape: list[int]) -> list[str]:
+        """README lines showing an app how to run the file (entry: model.json's backend)."""
+
+    def arm64_delegate_check(self, path: Path, res: dict, host: dict) -> tuple[dict, list[str]]:
+        """(evidence, problems): whether the ARM delegate really ran in verify-arm64's run."""
+
+
+def declared_input_shape(backend: Backend, path: Path) -> list[int]:
+    """`input_shape` for backends whose `describe` lists the file's inputs."""
+    return [int(s) for s in backend.describe(path)["inputs"][0]["shape"]]
 
 
 def run_all(runner: Runner, x: np.ndarray) -> np.ndarray:

@@ -31,6 +31,11 @@ def list_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
+def backends_by_suffix() -> dict:
+    """File suffix (of each backend's `filename`) -> backend, in registration order."""
+    return {Path(b.filename).suffix: b for b in _BACKENDS.values()}
+
+
 @dataclass(frozen=True)
 class BackendChoice:
     backend: str

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from targets._base import Exported, ExportRequest, Runner, Tolerance
+from targets import _snippets
+from targets._base import Exported, ExportRequest, Runner, Tolerance, declared_input_shape
 from targets._registry import register_backend
 
 INPUT, OUTPUT = "x", "logits"
@@ -67,6 +68,7 @@ class CoreML:
     name = "coreml"
     filename = "model.mlpackage"
     precisions = ("fp32", "fp16", "int8", "palettize6", "palettize4")
+    qat_precisions = ()
     runtime = "coremltools"
 
     def can_run(self) -> tuple[bool, str]:
@@ -197,6 +199,19 @@ class CoreML:
 
     def structural_check(self, path: Path, expected_io: dict) -> dict:
         return structural_check(path, expected_io)
+
+    def input_shape(self, path: Path) -> list[int]:
+        return declared_input_shape(self, path)
+
+    def profile_extras(self, path: Path, x: np.ndarray) -> dict:
+        return {}
+
+    def app_snippet(self, entry: dict, shape: list[int]) -> list[str]:
+        return _snippets.coreml(entry, shape)
+
+    def arm64_delegate_check(self, path: Path, res: dict, host: dict) -> tuple[dict, list[str]]:
+        """Never asked: Core ML has no aarch64 Linux runtime, so verify-arm64 does not run it."""
+        raise NotImplementedError(f"{self.name} has no aarch64 Linux runtime")
 
 
 def structural_check(path: Path, expected_io: dict) -> dict:

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ground.log import guarded
+from targets import _snippets
 from targets._base import Exported, ExportRequest, Runner, Tolerance
 from targets._registry import register_backend
 
@@ -19,6 +21,7 @@ class ExecuTorchXnnpack:
     name = "executorch-xnnpack"
     filename = "model.pte"
     precisions = ("fp32", "int8")
+    qat_precisions = ("int8",)
     runtime = "executorch.runtime"
 
     def can_run(self) -> tuple[bool, str]:
@@ -162,6 +165,45 @@ class ExecuTorchXnnpack:
                     ops["delegate:" + plan.delegates[ins.instr_args.delegate_index].id] += 1
         return {"file_ops": dict(ops), "bytes": Path(path).stat().st_size}
 
+    def input_shape(self, path: Path) -> list[int]:
+        from executorch.runtime import Runtime
+
+        meta = Runtime.get().load_program(Path(path)).metadata("forward")
+        return [int(s) for s in meta.input_tensor_meta(0).sizes()]
+
+    def profile_extras(self, path: Path, x: np.ndarray) -> dict:
+        """The memory plan and the per-op times, each an {"error": ...} if it cannot be had."""
+        return {
+            "memory": guarded(lambda: planned_memory(path)),
+            "op_breakdown": guarded(lambda: op_breakdown(path, x, threads=1)),
+        }
+
+    def app_snippet(self, entry: dict, shape: list[int]) -> list[str]:
+        return _snippets.executorch(entry, shape)
+
+    def arm64_delegate_check(self, path: Path, res: dict, host: dict) -> tuple[dict, list[str]]:
+        """Every delegate call in the file ran on aarch64, with XNNPACK operators inside."""
+        ops = self.describe(path)["file_ops"]
+        in_file = {k.split(":", 1)[1]: n for k, n in ops.items() if k.startswith("delegate:")}
+        ran = delegate_events(res["etdump"])
+        problems = []
+        if ran["delegate_calls"] != sum(in_file.values()):
+            problems.append(
+                f"{ran['delegate_calls']} delegate calls ran, the file has "
+                f"{sum(in_file.values())} ({in_file})"
+            )
+        if not ran["delegated_ops"]:
+            problems.append("no XNNPACK operator ran inside the delegate call")
+        kernels = sorted({op.rsplit(" #", 1)[0] for op in ran["delegated_ops"]})
+        return {
+            **res["evidence"],
+            "file_delegates": in_file,
+            "delegate_calls": ran["delegate_calls"],
+            "executions": ran["executions"],
+            "xnnpack_ops_run": len(ran["delegated_ops"]),
+            "xnnpack_kernels": kernels,
+        }, problems
+
 
 def _quantize_pt2e(model, args, calibration):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -247,10 +289,10 @@ def _tensor_io(name: str, t: torch.Tensor) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# counted and profiled facts about .pte files (issue 5); pipeline/profile.py wraps them as figures
+# counted and profiled facts about .pte files (issue 5), and the same as report figures
 
 
-def planned_memory(path: Path) -> dict:
+def _memory_plans(path: Path) -> dict:
     """The memory plan of each method: `non_const_buffer_sizes` of its execution plan, in bytes.
 
     Buffer 0 is reserved by the format (always 0). These buffers hold the tensors the runtime
@@ -273,7 +315,7 @@ def planned_memory(path: Path) -> dict:
     return plans
 
 
-def op_breakdown(
+def _etdump_rows(
     path: Path,
     x: np.ndarray,
     runs: int = 20,
@@ -338,6 +380,94 @@ def op_breakdown(
         "warmup": warmup,
         "threads": threads,
         "time_unit": "ms (Inspector default: ETDump ns ticks -> ms)",
+    }
+
+
+def planned_memory(pte_path: Path) -> dict:
+    """ExecuTorch's memory plan of a .pte as counted figures (forward method)."""
+    plans = _memory_plans(Path(pte_path))
+    name = "forward" if "forward" in plans else next(iter(plans))
+    p = plans[name]
+    on = (
+        f"{Path(pte_path).name}, method {name}: sum of the execution plan's "
+        f"non_const_buffer_sizes {p['buffer_sizes']}"
+    )
+    return {
+        "planned_bytes": {"value": p["planned_bytes"], "unit": "B", "source": "counted", "on": on},
+        "buffers": len([s for s in p["buffer_sizes"] if s]),
+        "note": (
+            "the plan covers tensors passed between instructions (inputs, outputs, "
+            "non-delegated intermediates); the XNNPACK delegate allocates the activations "
+            "inside it itself at load time, outside the plan"
+            if p["delegates"]
+            else "no delegate: every activation is in the plan"
+        ),
+    }
+
+
+def op_breakdown(
+    pte_path: Path,
+    x,
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int | None = 1,
+    top: int | None = None,
+) -> dict:
+    """ExecuTorch's own profiler (ETDump + devtools Inspector) on a .pte: time per event.
+
+    Returns {"rows": [{"name", "block", "delegated", "p50": fig, "mean": fig, "share"}...],
+    "top": names of the slowest operator rows, "total": the Method::execute figure}.
+    Rows are in program order. "share" is the row's p50 over Method::execute's p50.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    r = _etdump_rows(Path(pte_path), x, runs=runs, warmup=warmup, threads=threads)
+    on = (
+        f"{Path(pte_path).name}, ExecuTorch ETDump via devtools Inspector, {threads} thread(s), "
+        f"{runs} runs after {warmup} warm-up"
+    )
+    total = next((row for row in r["rows"] if row["name"] == "Method::execute"), None)
+    tot = total["p50_ms"] if total else None
+    rows = []
+    for row in r["rows"]:
+        o = on if row["block"] == "Execute" else f"{Path(pte_path).name}, load (once)"
+        rows.append(
+            {
+                "name": row["name"],
+                "block": row["block"],
+                "delegated": row["delegated"],
+                "p50": {
+                    "value": round(row["p50_ms"], 6),
+                    "unit": "ms",
+                    "source": "measured",
+                    "on": o,
+                },
+                "mean": {
+                    "value": round(row["mean_ms"], 6),
+                    "unit": "ms",
+                    "source": "measured",
+                    "on": o,
+                },
+                "samples": row["samples"],
+                "share": (
+                    round(row["p50_ms"] / tot, 4) if tot and row["block"] == "Execute" else None
+                ),
+            }
+        )
+    ops = [
+        row
+        for row in rows
+        if row["block"] == "Execute" and row["name"] not in ("Method::execute", "DELEGATE_CALL")
+    ]
+    ops.sort(key=lambda row: -row["p50"]["value"])
+    return {
+        "rows": rows,
+        "top": [row["name"] for row in ops[: top or 10]],
+        "total": (
+            rows[[x["name"] for x in rows].index("Method::execute")]["p50"] if total else None
+        ),
+        "resolution": "XNNPACK operator events are timed in whole microseconds",
     }
 
 

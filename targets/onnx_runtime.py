@@ -40,7 +40,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from targets._base import Exported, ExportRequest, Runner, Tolerance, compare
+from targets import _snippets
+from targets._base import (
+    Exported,
+    ExportRequest,
+    Runner,
+    Tolerance,
+    compare,
+    declared_input_shape,
+)
 from targets._registry import register_backend
 
 OPSET = 18
@@ -59,6 +67,7 @@ class OnnxRuntime:
     name = "onnx"
     filename = "model.onnx"
     precisions = ("fp32", "int8")
+    qat_precisions = ()
     runtime = "onnxruntime"
 
     def can_run(self) -> tuple[bool, str]:
@@ -133,6 +142,28 @@ class OnnxRuntime:
             ),
             "bytes": Path(path).stat().st_size,
         }
+
+    def input_shape(self, path: Path) -> list[int]:
+        return declared_input_shape(self, path)
+
+    def profile_extras(self, path: Path, x: np.ndarray) -> dict:
+        return {}
+
+    def app_snippet(self, entry: dict, shape: list[int]) -> list[str]:
+        return _snippets.onnx(entry, shape)
+
+    def arm64_delegate_check(self, path: Path, res: dict, host: dict) -> tuple[dict, list[str]]:
+        """No delegate: the file must have run on the CPU provider alone."""
+        ev = res["evidence"]
+        ok = ev.get("providers") == ["CPUExecutionProvider"]
+        return (
+            {
+                **ev,
+                "note": "ONNX Runtime's CPU provider (its aarch64 MLAS kernels); there is "
+                "no delegate to check",
+            },
+            [] if ok else [f"execution providers {ev.get('providers')}, not the CPU provider"],
+        )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from targets._base import Exported, ExportRequest, Runner, Tolerance
+from targets import _snippets
+from targets._base import Exported, ExportRequest, Runner, Tolerance, declared_input_shape
 from targets._registry import register_backend
 from targets._standalone import TFLITE_SIGNATURE as SIGNATURE
 from targets._standalone import dequantize_io, load_tflite, quantize_io  # noqa: F401  (re-exported)
@@ -40,6 +41,7 @@ class Tflite:
     name = "tflite"
     filename = "model.tflite"
     precisions = ("fp32", "int8")
+    qat_precisions = ()
     runtime = "ai_edge_litert"
 
     def can_run(self) -> tuple[bool, str]:
@@ -122,6 +124,33 @@ class Tflite:
             "bytes": path.stat().st_size,
             "delegation": _delegation(path),
         }
+
+    def input_shape(self, path: Path) -> list[int]:
+        return declared_input_shape(self, path)
+
+    def profile_extras(self, path: Path, x: np.ndarray) -> dict:
+        return {}
+
+    def app_snippet(self, entry: dict, shape: list[int]) -> list[str]:
+        return _snippets.tflite(entry, shape)
+
+    def arm64_delegate_check(self, path: Path, res: dict, host: dict) -> tuple[dict, list[str]]:
+        """XNNPACK took the same nodes on aarch64 as on this host."""
+        ev = res["evidence"]
+        want = (host.get("preflight") or {}).get("delegated_nodes")
+        problems = []
+        if ev["delegate_nodes"] == 0:
+            problems.append(
+                "no XNNPACK delegate node after allocation: the interpreter ran without "
+                "its delegate"
+            )
+        elif want is not None and ev["delegated_file_nodes"] != want:
+            problems.append(
+                f"XNNPACK took {ev['delegated_file_nodes']} of {ev['file_nodes']} "
+                f"nodes, {want} on this host"
+            )
+        evidence = {**ev, "host_delegated_nodes": want, "runtime_log": res.get("runtime_log", [])}
+        return evidence, problems
 
 
 def _quantize_pt2e(model, args, calibration):
