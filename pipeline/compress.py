@@ -12,7 +12,7 @@ from models import get_model_entry
 from models._user import is_user_model, load_weights, user_factory
 from pipeline import flow
 from pipeline.config import Recipe, load_recipe
-from targets import get_backend, get_target
+from targets import get_backend, get_target, list_backends
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,14 @@ def _backend_choices(target, recipe: Recipe) -> list:
         replace(c, precision=q.precision.get(c.backend, c.precision)) for c in target.backends
     ]
     if q.qat_epochs and not any(
-        c.backend == "executorch-xnnpack" and c.precision == "int8" for c in choices
+        c.precision in get_backend(c.backend).qat_precisions for c in choices
     ):
+        offered = [
+            f"{b.title} {p}" for b in map(get_backend, list_backends()) for p in b.qat_precisions
+        ]
         raise UsageError(
             f"recipe key quantize.qat_epochs: quantization-aware training is for "
-            f"ExecuTorch int8, which target {target.name} does not build here"
+            f"{' or '.join(offered)}, which target {target.name} does not build here"
         )
     return choices
 

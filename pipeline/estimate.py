@@ -18,8 +18,8 @@ Estimated, for a device profile (targets/devices.yaml):
 - `estimate_for_devices`: both, for a list of devices, as report figures.
 
 Measured / counted from exported files live in pipeline/profile.py (`peak_rss`) and, for
-ExecuTorch, in targets/executorch_xnnpack.py (`planned_memory`, `op_breakdown`, which
-pipeline/profile.py re-exports); they are re-exported here for one import.
+ExecuTorch, in targets/executorch_xnnpack.py (`planned_memory`, `op_breakdown`, reached
+through the backend's `profile_extras`).
 """
 
 from __future__ import annotations
@@ -907,11 +907,3 @@ def estimate_for_devices(
             "caveat": caveat,
         }
     return out
-
-
-def __getattr__(name):  # re-export the file-level measurements kept in pipeline/profile.py
-    if name in ("planned_memory", "op_breakdown", "peak_rss"):
-        from pipeline import profile
-
-        return getattr(profile, name)
-    raise AttributeError(name)

@@ -3,7 +3,7 @@
     target: android                 # optional: the report's target must match
     max_regression_percent: 10      # with a baseline report: a figure worse by more fails
     budgets:
-      - backend: executorch-xnnpack # or "*" for every backend in the report
+      - backend: NAME               # a backend of the report (cli.py targets), or "*" for all
         max_file_bytes: 4000000
         max_latency_ms: 15          # latency_on: host (measured) or a device profile (estimated)
         latency_stat: p50           # p50 or p90

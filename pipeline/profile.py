@@ -9,9 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-# compress.py's profile stage still calls these by name (until it calls Backend.profile_extras)
-from targets.executorch_xnnpack import op_breakdown, planned_memory  # noqa: F401
-
 
 def host() -> dict:
     return {

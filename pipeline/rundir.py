@@ -25,21 +25,14 @@ from ground.log import log
 from pipeline import distributed
 
 MANIFEST = "manifest.json"
-_LIBS = (
-    "torch",
-    "executorch",
-    "torch-pruning",
-    "litert-torch",
-    "ai-edge-litert",
-    "coremltools",
-    "onnx",
-    "onnxruntime",
-)
+_LIBS = ("torch", "torch-pruning")  # and every backend's own libraries
 
 
 def library_versions() -> dict[str, str]:
+    from targets import get_backend, list_backends
+
     out = {}
-    for lib in _LIBS:
+    for lib in _LIBS + tuple(lib for b in list_backends() for lib in get_backend(b).libraries):
         try:
             out[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:

@@ -71,6 +71,8 @@ class Backend(Protocol):
     name: str  # "<runtime>-<delegate>", e.g. "executorch-xnnpack"
     filename: str  # file name in the bundle, e.g. "model.pte"; its suffix names the file type
     precisions: tuple[str, ...]
+    title: str  # the runtime as people name it, e.g. "ExecuTorch"
+    libraries: tuple[str, ...]  # its Python distributions (versions recorded in run keys)
     qat_precisions: tuple[str, ...]  # precisions whose export honours ExportRequest.train
     runtime: str  # the module a fresh process imports to run a file (peak RSS)
 

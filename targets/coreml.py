@@ -66,6 +66,8 @@ _ARRAY_KINDS = ("conv", "linear", "conv_transpose")
 @register_backend
 class CoreML:
     name = "coreml"
+    title = "Core ML"  # for people: messages and the bundle README
+    libraries = ("coremltools",)  # distributions whose versions go into every stage key
     filename = "model.mlpackage"
     precisions = ("fp32", "fp16", "int8", "palettize6", "palettize4")
     qat_precisions = ()

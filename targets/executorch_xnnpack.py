@@ -19,6 +19,8 @@ from targets._registry import register_backend
 @register_backend
 class ExecuTorchXnnpack:
     name = "executorch-xnnpack"
+    title = "ExecuTorch"  # for people: messages and the bundle README
+    libraries = ("executorch",)  # distributions whose versions go into every stage key
     filename = "model.pte"
     precisions = ("fp32", "int8")
     qat_precisions = ("int8",)

@@ -65,6 +65,8 @@ INT8_VS_FP32_TOL = Tolerance(min_agreement=0.97)
 @register_backend
 class OnnxRuntime:
     name = "onnx"
+    title = "ONNX Runtime"  # for people: messages and the bundle README
+    libraries = ("onnx", "onnxruntime")  # distributions whose versions go into every stage key
     filename = "model.onnx"
     precisions = ("fp32", "int8")
     qat_precisions = ()

@@ -39,6 +39,11 @@ _QUANT_FORMULA = {
 @register_backend
 class Tflite:
     name = "tflite"
+    title = "LiteRT"  # for people: messages and the bundle README
+    libraries = (
+        "litert-torch",
+        "ai-edge-litert",
+    )  # distributions whose versions go into every stage key
     filename = "model.tflite"
     precisions = ("fp32", "int8")
     qat_precisions = ()

@@ -72,9 +72,9 @@ def request(job: Job, model, choice, calib: dict, folder: Path, train=None) -> E
 
 
 def _qat(job: Job, b, choice, teacher: StageResult) -> dict | None:
-    """Quantization-aware training for ExecuTorch int8: KD from the dense teacher."""
+    """Quantization-aware training (where the backend offers it): KD from the dense teacher."""
     q, d = job.recipe.quantize, job.recipe.distill
-    if not q.qat_epochs or b.name != "executorch-xnnpack" or choice.precision != "int8":
+    if not q.qat_epochs or choice.precision not in b.qat_precisions:
         return None
 
     def train(prepared):

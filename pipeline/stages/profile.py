@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from ground.log import log
+from ground.log import guarded, log
 from pipeline import estimate, profile
 from pipeline.checkpoint import load_model
 from pipeline.rundir import StageResult
@@ -47,11 +47,10 @@ def _profile(job: Job, b, exp, student_dir: Path, devices) -> dict:
         f"[profile] {b.name}: p50 {out['latency'][0]['p50']['value']:.3f} ms "
         f"({out['latency'][0]['threads']} thread)"
     )
-    out["memory"] = _guarded(lambda: profile.peak_rss(b.name, path, x.shape, threads=1))
-    if b.name == "executorch-xnnpack":
-        out["memory"].update(_guarded(lambda: estimate.planned_memory(path)))
-        out["op_breakdown"] = _guarded(lambda: profile.op_breakdown(path, x, threads=1))
-    return out
+    out["memory"] = guarded(lambda: profile.peak_rss(b.name, path, x.shape, threads=1))
+    extras = b.profile_extras(path, x)  # e.g. ExecuTorch's memory plan and per-op times
+    out["memory"].update(extras.pop("memory", {}))
+    return out | extras
 
 
 def _estimates(job: Job, exp, student_dir: Path, devices) -> dict:
@@ -59,19 +58,8 @@ def _estimates(job: Job, exp, student_dir: Path, devices) -> dict:
         return {}
     model, _, _ = load_model(student_dir)
     precision = "int8" if exp.info["precision"] == "int8" else "fp32"
-    return _guarded(
+    return guarded(
         lambda: estimate.estimate_for_devices(
             model, job.example, precision, list(devices), threads=1
         )
     )
-
-
-def _guarded(fn) -> dict:
-    """A profiling extra that fails is reported with its error, not raised: the file itself
-    was already verified, and the report says what could not be measured."""
-    try:
-        return fn()
-    except Exception as e:  # noqa: BLE001
-        msg = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-        log(f"[profile] not measured: {msg}")
-        return {"error": msg}
