@@ -1,0 +1,141 @@
+"""Pruning a copy with torch-pruning's MetaPruner: the planned widths (or one global ratio) as
+its per-layer ratios, the importance criterion that picks which channels go, the history."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+
+from ground.errors import UsageError
+from pipeline.prune.checks import _check_runs
+from pipeline.prune.graph import _attention_modules, _expand, _short
+from pipeline.prune.plan import _pruned_attributes
+from pipeline.prune.widths import _Analysis
+
+IMPORTANCE_FACTORIES = {
+    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "bn_scale": lambda: tp.importance.BNScaleImportance(),
+    "taylor": lambda: tp.importance.GroupTaylorImportance(),  # first order (Molchanov et al.)
+    "hessian": lambda: tp.importance.GroupHessianImportance(),  # OBD (LeCun et al. 1990)
+    "random": lambda: tp.importance.RandomImportance(),  # a control, not a method
+}
+
+
+def _prune_copy(
+    model,
+    example,
+    ana: _Analysis,
+    kept: dict[int, int] | None,
+    importance,
+    round_to,
+    data,
+    seed,
+    global_ratio: float | None = None,
+):
+    """Prune a deep copy: per-group widths (`kept`) or one global ratio. Returns the copy and
+    the step record {history, attributes}."""
+    m = copy.deepcopy(model).eval()
+    attn = _attention_modules(m)
+    num_heads = {a.qkv: int(a.num_heads) for a in attn.values()}
+    kw = _ratios(m, ana, kept, global_ratio, num_heads)
+    pruner = _run_pruner(m, example, ana, importance, round_to, data, seed, kw)
+    for a in attn.values():  # heads removed: fix the module's head count and size
+        a.num_heads = int(pruner.num_heads[a.qkv])
+        a.head_dim = a.qkv.out_features // (3 * a.num_heads)
+    m.zero_grad(set_to_none=True)
+    history = [
+        [name, bool(is_out), [int(getattr(i, "idx", i)) for i in idxs]]
+        for name, is_out, idxs in pruner.DG.pruning_history()
+    ]
+    _check_runs(model, m, example, history)
+    return m.eval(), {"history": history, "attributes": _pruned_attributes(m)}
+
+
+def _ratios(m, ana: _Analysis, kept, global_ratio, num_heads) -> dict:
+    """MetaPruner's keyword arguments for the planned widths, or for one global ratio."""
+    kw = {}
+    if num_heads:
+        kw = {"num_heads": num_heads, "prune_num_heads": True, "prune_head_dims": False}
+    if kept is None:
+        kw.update(pruning_ratio=global_ratio, global_pruning=True, max_pruning_ratio=0.9)
+        if num_heads:
+            hr = ana.head_ratio if ana.head_ratio is not None else global_ratio
+            kw.update(head_pruning_ratio=hr)
+        return kw
+    modules = dict(m.named_modules())
+    ratios, head_ratios = {}, {}
+    for gi, k in kept.items():
+        g = ana.groups[gi]
+        if k >= g.size:
+            continue
+        if g.qkv is not None:  # MetaPruner removes ceil(ratio * heads) heads
+            head_ratios[modules[g.qkv]] = (g.size - k - 0.5) / g.size
+            # it removes heads only in a scope that prunes some width; with
+            # prune_head_dims=False that width ratio then removes nothing itself
+            ratios[modules[g.qkv]] = 0.5
+        else:  # int(size * (1 - ratio)) == k exactly, already a multiple of round_to
+            ratios[modules[g.root]] = 1 - (k + 0.5) / g.size
+    kw.update(pruning_ratio=0.0, pruning_ratio_dict=ratios)
+    if num_heads:
+        kw.update(head_pruning_ratio=0.0, head_pruning_ratio_dict=head_ratios)
+    return kw
+
+
+def _run_pruner(m, example, ana: _Analysis, importance, round_to, data, seed, kw):
+    """Prune `m` in place, group by group; a group torch-pruning cannot trace or remove is
+    named in the error. Returns the pruner (its graph holds the history)."""
+    imp = IMPORTANCE_FACTORIES[importance]()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
+        try:
+            pruner = tp.pruner.MetaPruner(
+                m,
+                example,
+                importance=imp,
+                ignored_layers=_expand(m, ana.ignored),
+                round_to=round_to,
+                **kw,
+            )
+        except Exception as e:  # tracing failed: nothing was pruned
+            raise UsageError(
+                f"prune: torch-pruning cannot trace the model ({_short(e)}); "
+                f"list the layers it cannot follow in prune.ignored_layers "
+                f"in the recipe"
+            ) from e
+        _prepare_importance(importance, imp, m, data)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for group in pruner.step(interactive=True):
+                root = pruner.DG._module2name.get(group[0][0].target.module, "?")
+                try:
+                    group.prune()
+                except Exception as e:
+                    raise UsageError(
+                        f"prune: torch-pruning fails to remove channels of layer {root!r} "
+                        f"({_short(e)}); add {root!r} to prune.ignored_layers in the recipe"
+                    ) from e
+    return pruner
+
+
+def _prepare_importance(name, imp, model, data):
+    """Gradient-based criteria read .grad (Taylor) or accumulated per-sample grads (Hessian)."""
+    if name not in ("taylor", "hessian"):
+        return
+    if data is None:
+        raise UsageError(f"prune.importance {name} needs training data for gradients")
+    x, y = (torch.from_numpy(a[:128]) for a in data)
+    model.eval()
+    model.zero_grad()
+    if name == "taylor":
+        F.cross_entropy(model(x), y).backward()
+        return
+    imp.zero_grad()
+    for i in range(min(len(x), 32)):  # OBD needs per-sample squared gradients
+        model.zero_grad()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        imp.accumulate_grad(model)

@@ -1,0 +1,164 @@
+"""The planner: the dependency graph read once into groups and a counted cost model, and the
+kept width of every group chosen from the widths round_to allows (see the package docstring)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch_pruning as tp
+from torch import nn
+
+from pipeline.prune.graph import (
+    _attention_modules,
+    _build_graph,
+    _expand,
+    _ignored_modules,
+    _out_channel_groups,
+)
+
+_ROOT_TYPES = [tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM]
+
+
+@dataclass
+class _Group:
+    root: str  # module name of the group's root layer
+    size: int  # channels, or heads for attention
+    choices: list[int]  # allowed kept units, descending, choices[0] == size
+    qkv: str | None = None  # attention: the fused qkv linear whose heads go
+
+
+@dataclass
+class _Analysis:
+    groups: list[_Group]
+    terms: list[tuple[float, tuple[int, ...]]]  # (dense cost, groups whose fractions scale it)
+    const: float  # cost no group changes (or the model cannot see)
+    ignored: list[str]
+    num_heads: dict[str, int] = field(default_factory=dict)  # qkv name -> heads
+    head_ratio: float | None = None
+
+
+def _analyse(model, example, ignored_layers, round_to, target, head_pruning_ratio) -> _Analysis:
+    m = copy.deepcopy(model).eval()
+    names = {mod: n for n, mod in m.named_modules()}
+    ignored = _ignored_modules(m, ignored_layers)
+    ignored_mods = _expand(m, ignored)
+    num_heads = {a.qkv: int(a.num_heads) for a in _attention_modules(m).values()}
+    dg = _build_graph(m, example)
+    groups, member, out_of = [], {}, {}
+    for group in dg.get_all_groups(ignored_layers=ignored_mods, root_module_types=_ROOT_TYPES):
+        gi = len(groups)
+        groups.append(_group(dg, group, names, num_heads, round_to or 1, head_pruning_ratio))
+        for dep, _ in group:
+            t = dep.target.module
+            if isinstance(t, nn.Module):
+                member.setdefault(t, set()).add(gi)
+                if dg.is_out_channel_pruning_fn(dep.handler):
+                    out_of.setdefault(t, gi)
+    # cost terms: dense cost of each layer x the keep-fractions of the groups that shape it
+    if target == "channels":
+        terms, total = _channel_terms(names, set(ignored_mods), out_of)
+    else:
+        terms, total = _counted_terms(m, example, target, member)
+    covered = sum(w for w, _ in terms)
+    return _Analysis(
+        groups,
+        terms,
+        total - covered,
+        ignored,
+        {names[q]: h for q, h in num_heads.items()},
+        head_pruning_ratio,
+    )
+
+
+def _group(dg, group, names, num_heads, step, head_pruning_ratio) -> _Group:
+    """The group's size and the kept units it may take: channels in steps of round_to, or
+    attention heads."""
+    root = group[0][0].target.module
+    targets = [d.target.module for d, _ in group if isinstance(d.target.module, nn.Module)]
+    qkv = [
+        d.target.module
+        for d, _ in group
+        if d.target.module in num_heads and dg.is_out_channel_pruning_fn(d.handler)
+    ]
+    size = dg.get_out_channels(root)
+    if qkv:
+        h = num_heads[qkv[0]]
+        if head_pruning_ratio is None:  # planned like channels, one head at a time
+            choices = list(range(h, 0, -1))
+        else:  # fixed by the recipe; MetaPruner removes ceil(ratio * heads)
+            k = max(1, h - math.ceil(head_pruning_ratio * h - 1e-9))
+            choices = [h, k] if k < h else [h]
+        return _Group(names[root], h, choices, names[qkv[0]])
+    if any(_out_channel_groups(dg, t) > 1 for t in targets):
+        return _Group(names[root], size, [size])  # grouped conv/norm: left as it is
+    return _Group(names[root], size, [size] + list(range((size - 1) // step * step, 0, -step)))
+
+
+def _channel_terms(names, skip, out_of) -> tuple[list, float]:
+    """Channels target: every conv/linear width, scaled by the group that prunes its output."""
+    terms, total = [], 0.0
+    for mod in names:
+        if isinstance(mod, (nn.Conv2d, nn.Linear)) and mod not in skip:
+            w = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
+            terms.append((float(w), (out_of[mod],) if mod in out_of else ()))
+            total += w
+    return terms, total
+
+
+def _counted_terms(m, example, target, member) -> tuple[list, float]:
+    """MACs/params target: every leaf module's count, scaled by all the groups it belongs to."""
+    macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
+        m, example, layer_wise=True
+    )
+    per = layer_macs if target == "macs" else layer_params
+    terms = []
+    for mod in m.modules():
+        if next(mod.children(), None) is not None or not per.get(mod):
+            continue
+        terms.append((float(per[mod]), tuple(sorted(member.get(mod, ())))))
+    return terms, float(macs if target == "macs" else params)
+
+
+def _plan_widths(ana: _Analysis, budget: float) -> dict[int, int]:
+    """Kept units per group: step down the group that stays widest, then give steps back."""
+    idx = {gi: 0 for gi in range(len(ana.groups))}
+    groups = ana.groups
+
+    def kept(gi):
+        return groups[gi].choices[idx[gi]]
+
+    def cost():
+        frac = [kept(gi) / g.size for gi, g in enumerate(groups)]
+        return ana.const + sum(w * math.prod(frac[g] for g in gs) for w, gs in ana.terms)
+
+    # a recipe-fixed head count is not planned: take it at once
+    for gi, g in enumerate(groups):
+        if g.qkv is not None and ana.head_ratio is not None:
+            idx[gi] = len(g.choices) - 1
+    while cost() > budget:
+        cand = [
+            gi
+            for gi, g in enumerate(groups)
+            if idx[gi] + 1 < len(g.choices)
+            and not (g.qkv is not None and ana.head_ratio is not None)
+        ]
+        if not cand:
+            break
+        gi = max(
+            cand, key=lambda i: (groups[i].choices[idx[i] + 1] / groups[i].size, groups[i].size)
+        )
+        idx[gi] += 1
+    changed = True
+    while changed:  # give back steps while the budget allows, narrowest groups first
+        changed = False
+        for gi in sorted(idx, key=lambda i: kept(i) / groups[i].size):
+            if idx[gi] == 0 or (groups[gi].qkv is not None and ana.head_ratio is not None):
+                continue
+            idx[gi] -= 1
+            if cost() <= budget:
+                changed = True
+            else:
+                idx[gi] += 1
+    return {gi: kept(gi) for gi in idx}
