@@ -46,7 +46,7 @@ def _classifier(model: nn.Module) -> nn.Module | None:
 
 def group_lasso(model: nn.Module, example: torch.Tensor) -> Callable[[], torch.Tensor]:
     """sum over channel groups of the L2 norm of every weight slice tied to the channel."""
-    from pipeline.prune import _build_graph
+    from pipeline.prune.graph import _build_graph
 
     dg = _build_graph(model.eval(), example)
     ignored = [m for m in [_classifier(model)] if m is not None]

@@ -28,7 +28,6 @@ layer and the `prune.ignored_layers` entry that avoids it.
 """
 
 from pipeline.prune.counting import channels, count, layer_widths
-from pipeline.prune.graph import _build_graph
 from pipeline.prune.iterative import cubic_schedule, prune_iteratively
 from pipeline.prune.oneshot import prune, prune_to_macs, prune_with_config
 from pipeline.prune.plan import apply_plan, rewind
@@ -40,7 +39,6 @@ from pipeline.prune.unstructured import (
 )
 
 __all__ = [
-    "_build_graph",  # pipeline/regularize.py groups channels on the same graph
     "apply_masks",
     "apply_plan",
     "channels",
