@@ -55,6 +55,7 @@ from pipeline.config import DistillConfig, TrainConfig
 from pipeline.data import load_dataset
 from pipeline.distill import kd_loss_fn
 from pipeline.prune import prune_to_macs
+from pipeline.reliability_plot import reliability_png
 from pipeline.train import fit, predict
 
 HEADING = "## Calibration (issue 12)"
@@ -207,7 +208,7 @@ def run(key: str, work: Path, export: bool) -> dict:
     }
     work.mkdir(parents=True, exist_ok=True)
     (work / f"{key}.json").write_text(json.dumps(out, indent=1))
-    png = cal.reliability_png(
+    png = reliability_png(
         {**stages, **{k: v for k, v in files.items() if "before" in v}},
         title=f"{d.summary()} ({cfg['model']}): test split, T fitted on val",
     )

@@ -51,65 +51,12 @@ def publish(dest: Path, report: dict, backends: dict, data: Dataset, spec: dict)
 
 def _assemble(folder: Path, report: dict, backends: dict, data: Dataset, spec: dict) -> None:
     golden = {"x": data.x_test[:GOLDEN_COUNT], "y": data.y_test[:GOLDEN_COUNT]}
-    entries = {}
-    for name, r in backends.items():
-        if "error" in r:
-            continue
-        src = r["export"].dir / r["file"]
-        if src.is_dir():
-            shutil.copytree(src, folder / r["file"])
-        else:
-            shutil.copy2(src, folder / r["file"])
-        outputs = r["verify"].dir / "outputs.npz"
-        if outputs.exists():  # only files that ran here have golden outputs
-            with np.load(outputs) as o:
-                golden[golden_key(name)] = o["test"][:GOLDEN_COUNT]
-        rb = report["backends"][name]
-        entries[name] = {
-            "file": r["file"],
-            "sha256": sha256_path(src),
-            "precision": r["precision"],
-            "io": rb["io"],
-            "golden_key": golden_key(name) if golden_key(name) in golden else None,
-            "parity": {
-                "state": rb["parity"]["state"],
-                **{
-                    k: rb["parity"]["test_split"][k]["value"]
-                    for k in ("sqnr_db", "top1_agreement", "max_abs_diff")
-                    if "test_split" in rb["parity"]
-                },
-            },
-        }
-    c, h, w = spec["input_shape"]
-    model_json = {
-        "model": spec["name"],
-        "inputs": [{"name": "x", "shape": [1, c, h, w], "dtype": "float32", "layout": "NCHW"}],
-        "outputs": [
-            {
-                "name": "logits",
-                "shape": [1, len(data.labels)],
-                "dtype": "float32",
-                "meaning": "unnormalised class scores; softmax gives probabilities",
-            }
-        ],
-        "preprocessing": data.preprocessing.describe(),
-        "labels": data.labels,
-        "temperature": {
-            k: report["stages"]["temperature"][k]
-            for k in ("temperature_applied", "temperature_fitted", "folded", "decision")
-        }
-        if "temperature" in report["stages"]
-        else None,
-        "backends": entries,
-        "golden": {
-            "file": "golden.npz",
-            "inputs_key": "x",
-            "labels_key": "y",
-            "count": len(golden["y"]),
-            "note": "x is already preprocessed model input",
-        },
-        "ok": report["ok"],
+    entries = {
+        name: _copy_file(folder, name, r, report["backends"][name], golden)
+        for name, r in backends.items()
+        if "error" not in r
     }
+    model_json = _model_json(report, data, spec, entries, len(golden["y"]))
     write_json(folder / "model.json", model_json)
     write_bytes(folder / "README.md", bundle_readme.render(model_json).encode())
     with atomic_path(folder / "golden.npz") as t, open(t, "wb") as f:
@@ -125,6 +72,69 @@ def _assemble(folder: Path, report: dict, backends: dict, data: Dataset, spec: d
             "files": files,
         },
     )
+
+
+def _copy_file(folder: Path, name: str, r: dict, rb: dict, golden: dict) -> dict:
+    """Copy one backend's file into the bundle, add its golden outputs; its model.json entry."""
+    src = r["export"].dir / r["file"]
+    if src.is_dir():
+        shutil.copytree(src, folder / r["file"])
+    else:
+        shutil.copy2(src, folder / r["file"])
+    outputs = r["verify"].dir / "outputs.npz"
+    if outputs.exists():  # only files that ran here have golden outputs
+        with np.load(outputs) as o:
+            golden[golden_key(name)] = o["test"][:GOLDEN_COUNT]
+    return {
+        "file": r["file"],
+        "sha256": sha256_path(src),
+        "precision": r["precision"],
+        "io": rb["io"],
+        "golden_key": golden_key(name) if golden_key(name) in golden else None,
+        "parity": {
+            "state": rb["parity"]["state"],
+            **{
+                k: rb["parity"]["test_split"][k]["value"]
+                for k in ("sqnr_db", "top1_agreement", "max_abs_diff")
+                if "test_split" in rb["parity"]
+            },
+        },
+    }
+
+
+def _model_json(report: dict, data: Dataset, spec: dict, entries: dict, golden_count: int) -> dict:
+    """What an app needs to feed the model and read its output, with the bundle's files."""
+    c, h, w = spec["input_shape"]
+    temperature = report["stages"].get("temperature")
+    return {
+        "model": spec["name"],
+        "inputs": [{"name": "x", "shape": [1, c, h, w], "dtype": "float32", "layout": "NCHW"}],
+        "outputs": [
+            {
+                "name": "logits",
+                "shape": [1, len(data.labels)],
+                "dtype": "float32",
+                "meaning": "unnormalised class scores; softmax gives probabilities",
+            }
+        ],
+        "preprocessing": data.preprocessing.describe(),
+        "labels": data.labels,
+        "temperature": {
+            k: temperature[k]
+            for k in ("temperature_applied", "temperature_fitted", "folded", "decision")
+        }
+        if temperature is not None
+        else None,
+        "backends": entries,
+        "golden": {
+            "file": "golden.npz",
+            "inputs_key": "x",
+            "labels_key": "y",
+            "count": golden_count,
+            "note": "x is already preprocessed model input",
+        },
+        "ok": report["ok"],
+    }
 
 
 def _swap_into_place(tmp: Path, dest: Path) -> None:

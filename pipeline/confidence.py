@@ -20,7 +20,6 @@ T into the last nn.Linear (W/T, b/T) makes the model itself emit the scaled logi
 from __future__ import annotations
 
 import copy
-import io
 import math
 
 import numpy as np
@@ -190,21 +189,7 @@ def fit_temperature_info(
             "as T -> 0, so T is not identifiable from this split; not scaled",
         )
         return out
-    lo, hi = math.log(1 / t_hi), math.log(1 / t_lo)  # log beta
-    if _nll_and_grad(math.exp(lo), z, y)[1] >= 0:
-        log_beta, out["at_bound"] = lo, "upper"  # minimiser at T >= t_hi
-    elif _nll_and_grad(math.exp(hi), z, y)[1] <= 0:
-        log_beta, out["at_bound"] = hi, "lower"  # minimiser at T <= t_lo
-    else:
-        for _ in range(200):
-            mid = 0.5 * (lo + hi)
-            if _nll_and_grad(math.exp(mid), z, y)[1] > 0:
-                hi = mid
-            else:
-                lo = mid
-            if hi - lo < 1e-12:
-                break
-        log_beta = 0.5 * (lo + hi)
+    log_beta, out["at_bound"] = _minimise_log_beta(z, y, bounds)
     t = 1.0 / math.exp(log_beta)
     out.update(temperature=t, nll_val_after=_nll_and_grad(1.0 / t, z, y)[0])
     out["recommended_temperature"] = t
@@ -213,6 +198,25 @@ def fit_temperature_info(
         if not out["cv"]["scaling_helps"]:
             out["recommended_temperature"] = 1.0
     return out
+
+
+def _minimise_log_beta(z, y, bounds) -> tuple[float, str | None]:
+    """(log beta minimising the NLL, the bound it was clipped to or None), by bisection."""
+    t_lo, t_hi = bounds
+    lo, hi = math.log(1 / t_hi), math.log(1 / t_lo)  # log beta
+    if _nll_and_grad(math.exp(lo), z, y)[1] >= 0:
+        return lo, "upper"  # minimiser at T >= t_hi
+    if _nll_and_grad(math.exp(hi), z, y)[1] <= 0:
+        return hi, "lower"  # minimiser at T <= t_lo
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _nll_and_grad(math.exp(mid), z, y)[1] > 0:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 1e-12:
+            break
+    return 0.5 * (lo + hi), None
 
 
 def _cross_validate(z, y, bounds, k) -> dict:
@@ -338,73 +342,3 @@ def _check_fold(model, folded, name, T, example):
 
 # --------------------------------------------------------------------------------------------
 # reliability diagrams
-
-
-def reliability_figure(per_stage: dict[str, dict], title: str | None = None):
-    """Small multiples, one reliability diagram per stage, as a matplotlib Figure (Agg canvas,
-    no pyplot state). A stage maps to a `metrics` result, or to {"before": m, "after": m}
-    (e.g. `evaluate`'s result), drawn together: bars before scaling, outline after."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    n = max(1, len(per_stage))
-    cols = min(n, 4)
-    rows = -(-n // cols)
-    fig = Figure(figsize=(3.0 * cols, 3.2 * rows), dpi=100)
-    FigureCanvasAgg(fig)
-    for i, (stage, m) in enumerate(per_stage.items()):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        pairs = [("before", m["before"]), ("after", m["after"])] if "before" in m else [("", m)]
-        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="0.5")
-        for label, mm in pairs:
-            r = mm["reliability"]
-            edges = np.asarray(r["edges"])
-            width = np.diff(edges)
-            acc = np.array([np.nan if a is None else a for a in r["accuracy"]])
-            keep = np.isfinite(acc)
-            text = f"ECE {mm['ece']:.3f}, NLL {mm['nll']:.3f}"
-            if label == "after" and "temperature" in m:
-                text += f" (T={m['temperature']:.2f})"
-            if label == "after":
-                ax.bar(
-                    edges[:-1][keep],
-                    acc[keep],
-                    width[keep],
-                    align="edge",
-                    fill=False,
-                    edgecolor="tab:orange",
-                    lw=1.2,
-                    label=f"after: {text}",
-                )
-            else:
-                ax.bar(
-                    edges[:-1][keep],
-                    acc[keep],
-                    width[keep],
-                    align="edge",
-                    color="tab:blue",
-                    alpha=0.6,
-                    edgecolor="white",
-                    lw=0.5,
-                    label=f"{label + ': ' if label else ''}{text}",
-                )
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_title(stage, fontsize=9)
-        ax.set_xlabel(f"confidence ({pairs[0][1]['bins']} bins)", fontsize=8)
-        if i % cols == 0:
-            ax.set_ylabel("accuracy", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(loc="upper left", fontsize=6, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def reliability_png(per_stage: dict[str, dict], title: str | None = None) -> bytes:
-    """`reliability_figure` rendered to PNG bytes (for a data: URI in report.html)."""
-    fig = reliability_figure(per_stage, title)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()

@@ -142,7 +142,13 @@ def peak_rss(
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise RuntimeError(f"peak_rss: {backend_name} on {Path(path).name} failed: {tail[0]}")
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    return _rss_figures(
+        json.loads(proc.stdout.strip().splitlines()[-1]), backend_name, path, threads, input_shape
+    )
+
+
+def _rss_figures(r: dict, backend_name: str, path: Path, threads, input_shape) -> dict:
+    """The child's /proc readings as report figures."""
     on = (
         f"{Path(path).name} via {backend_name}, fresh `python -c` process, {threads} "
         f"thread(s), input {tuple(input_shape)}"

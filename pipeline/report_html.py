@@ -157,7 +157,7 @@ def _scorecard(report: dict) -> str:
 
 
 def _reliability(report: dict) -> str:
-    from pipeline.confidence import reliability_png
+    from pipeline.reliability_plot import reliability_png
 
     per = {
         k: st["reliability_data"]

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pipeline import confidence as cal
+from pipeline.reliability_plot import reliability_png
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -224,5 +225,5 @@ def test_folding_refuses_a_model_that_does_not_end_in_a_linear():
 def test_reliability_png():
     z, y = _calibrated(2000, seed=4)
     per_stage = {"teacher": cal.metrics(z * 2, y), "distilled": cal.evaluate(z * 2, y, z * 2, y)}
-    png = cal.reliability_png(per_stage, title="test")
+    png = reliability_png(per_stage, title="test")
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

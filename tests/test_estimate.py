@@ -12,6 +12,7 @@ from pipeline import estimate as E
 from pipeline import profile
 from pipeline.prune import count
 from targets.devices import get_device, list_devices
+from targets.executorch_xnnpack import op_breakdown, planned_memory
 
 X = torch.randn(1, 3, 32, 32)
 
@@ -255,7 +256,7 @@ def small_pte(tmp_path_factory):
 
 
 def test_planned_memory(small_pte):
-    pm = profile.planned_memory(small_pte)
+    pm = planned_memory(small_pte)
     assert pm["planned_bytes"]["source"] == "counted"
     # at least the fp32 input (3x32x32) and output (10) tensors are planned
     assert pm["planned_bytes"]["value"] >= (3 * 32 * 32 + 10) * 4
@@ -263,7 +264,7 @@ def test_planned_memory(small_pte):
 
 
 def test_op_breakdown_has_real_op_names(small_pte):
-    ob = profile.op_breakdown(small_pte, np.zeros((1, 3, 32, 32), np.float32), runs=3, warmup=1)
+    ob = op_breakdown(small_pte, np.zeros((1, 3, 32, 32), np.float32), runs=3, warmup=1)
     names = [r["name"] for r in ob["rows"]]
     assert "Method::execute" in names and "DELEGATE_CALL" in names
     assert any(n.startswith("Convolution (NHWC, F32)") for n in names)  # XNNPACK's own events
