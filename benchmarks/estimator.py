@@ -13,7 +13,7 @@
    (cached in --work).
 3. Measures steady-state latency through the backend's own runner, 1 and 2 threads, in
    interleaved rounds; the ETDump per-op breakdown of each file (1 thread).
-4. Fits the estimator's efficiency factors (pipeline/estimate.py) by least squares on log time,
+4. Fits the estimator's efficiency factors (pipeline/estimate/) by least squares on log time,
    leave-one-model-out: for each zoo model, fit on the other zoo models and the random
    networks, and predict it.
 5. Writes targets/host_calibration.json (fit on all models + the LOMO error), the full case table
@@ -838,8 +838,8 @@ def build_calibration(v: dict, host: dict, data: dict, q: float, w_layer: float)
 
 
 def check_consistency(cal_dict: dict, v: dict, host: dict) -> float:
-    """The vectorised fit and pipeline/estimate.py must give the same numbers."""
-    cal = E.Calibration.from_dict(cal_dict)
+    """The vectorised fit and pipeline/estimate/ must give the same numbers."""
+    cal = E.HostFit.from_dict(cal_dict)
     machine = host_machine(host)
     worst = 0.0
     for (name, prec), feat in v["feats"].items():
@@ -1147,7 +1147,7 @@ def device_examples(names: list[str], cal_path: Path) -> dict:
     import models
     from targets.devices import get_device, list_devices
 
-    cal = E.Calibration.from_dict(json.loads(cal_path.read_text()))
+    cal = E.HostFit.from_dict(json.loads(cal_path.read_text()))
     devs = list_devices()
     rows = {}
     for name in names:
@@ -1200,7 +1200,7 @@ def main() -> int:
         default=5.0,
         help="measured = this percentile of all timed runs of a case",
     )
-    ap.add_argument("--calibration", type=Path, default=E.CALIBRATION_PATH)
+    ap.add_argument("--calibration", type=Path, default=E.HOST_FIT_PATH)
     ap.add_argument(
         "--results-json", type=Path, default=ROOT / "benchmarks" / "estimator_results.json"
     )
@@ -1256,8 +1256,8 @@ def main() -> int:
     cal = build_calibration(v, data["host"], data, a.frac, a.w_layer)
     worst = check_consistency(cal, v, data["host"])
     a.calibration.write_text(json.dumps(cal, indent=1) + "\n")
-    E.load_calibration.cache_clear()
-    print(f"  wrote {a.calibration} (vectorised fit vs pipeline/estimate.py: {worst:.1e})")
+    E.load_host_fit.cache_clear()
+    print(f"  wrote {a.calibration} (vectorised fit vs pipeline/estimate/: {worst:.1e})")
     examples = device_examples(names, a.calibration)
     examples["notes"] = etdump_notes(v["et"])
     err_fig = {
@@ -1275,7 +1275,7 @@ def main() -> int:
                 "estimator_error": err_fig,
                 "validation": cal["validation"],
                 "host": data["host"],
-                "calibration": {k: cal[k] for k in E.Calibration._FIELDS},
+                "calibration": {k: cal[k] for k in E.HostFit._FIELDS},
                 "cases": v["rows"],
                 "etdump_layers_fitted": v["layer_pairs"],
                 "etdump": [

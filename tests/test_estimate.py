@@ -17,7 +17,7 @@ from targets.executorch_xnnpack import op_breakdown, planned_memory
 X = torch.randn(1, 3, 32, 32)
 
 
-def _cal(**kw) -> E.Calibration:
+def _cal(**kw) -> E.HostFit:
     base = {
         "eff": {
             "fp32": {"conv": 0.5, "dwconv": 0.25, "linear": 0.4, "other": 0.1},
@@ -30,7 +30,7 @@ def _cal(**kw) -> E.Calibration:
         "host_clock_ghz": 2.0,
     }
     base.update(kw)
-    return E.Calibration(**base)
+    return E.HostFit(**base)
 
 
 def _layer(kind="conv", macs=0, ops=0, wb=0, ain=0, aout=0) -> E.Layer:
@@ -210,7 +210,7 @@ def test_energy_by_hand():
 def test_estimate_for_devices_uses_the_calibration_file():
     # targets/host_calibration.json is committed (written by benchmarks/estimator.py):
     # a missing one is a failure, not a reason to skip
-    E.load_calibration()
+    E.load_host_fit()
     m = models.create_model("small_cnn", 3, 10, 32).eval()
     out = E.estimate_for_devices(m, X, "int8", list_devices(), threads=[1, 2])
     for key, d in out.items():
@@ -224,9 +224,11 @@ def test_estimate_for_devices_uses_the_calibration_file():
 
 @pytest.mark.parametrize("here", ["same", "other"])
 def test_the_caveat_says_which_machine_the_calibration_was_fitted_on(monkeypatch, here):
-    cal = E.load_calibration()
+    cal = E.load_host_fit()
     fitted = cal.meta["host_cpu"]
-    monkeypatch.setattr(E, "this_cpu", lambda: fitted if here == "same" else "Some Other CPU")
+    monkeypatch.setattr(
+        E.hostfit, "this_cpu", lambda: fitted if here == "same" else "Some Other CPU"
+    )
     m = models.create_model("small_cnn", 3, 10, 32).eval()
     caveat = E.estimate_for_devices(m, X, "int8", ["pixel-8"], cal=cal)["pixel-8"]["caveat"]
     if here == "same":
