@@ -78,3 +78,35 @@ def test_imports_run_one_way():
     for package, forbidden in above.items():
         wrong = sorted(f for f in _imported_packages(package) if f[1] in forbidden)
         assert not wrong, f"{package}/ imports from above it: {wrong}"
+
+
+def test_pipeline_modules_functions_and_classes_stay_small():
+    """Issue 23's budget: modules <= 400 lines, functions <= 60, classes <= 200; compress is a
+    composition of stages (<= 150 lines)."""
+    over = []
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
+        src = path.read_text()
+        if src.count("\n") > 400:
+            over.append(f"{path.name}: {src.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(src)):
+            limit = {ast.FunctionDef: 60, ast.AsyncFunctionDef: 60, ast.ClassDef: 200}.get(
+                type(node)
+            )
+            if limit and node.end_lineno - node.lineno + 1 > limit:
+                over.append(f"{path.name}:{node.lineno} {node.name}")
+    assert not over, over
+    assert (ROOT / "pipeline" / "compress.py").read_text().count("\n") <= 150
+
+
+BACKEND_WORDS = re.compile(
+    r"executorch-xnnpack|[\"'](tflite|coreml|onnx)[\"']|"
+    r"^\s*(import|from)\s+(executorch|litert_torch|coremltools|onnxruntime)\b",
+    re.MULTILINE,
+)
+
+
+def test_pipeline_names_no_backend_and_imports_no_runtime():
+    found = []
+    for path in (ROOT / "pipeline").rglob("*.py"):
+        found += [f"{path.name}: {m.group(0)}" for m in BACKEND_WORDS.finditer(path.read_text())]
+    assert not found, found
