@@ -4,6 +4,7 @@ place last, so a crash never leaves a bundle that looks complete but is not."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -13,12 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from ground import faults
+from ground.errors import UsageError
 from pipeline import bundle_readme, report_html
 from pipeline.data import Dataset
 from pipeline.rundir import (
     atomic_path,
     file_record,
     list_files,
+    sha256_file,
     sha256_path,
     umask_mode,
     write_bytes,
@@ -30,6 +33,45 @@ GOLDEN_COUNT = 8
 
 def golden_key(backend: str) -> str:
     return backend.replace("-", "_")
+
+
+def is_bundle(folder: Path) -> bool:
+    """Whether `folder` holds a manifest.json that slimship wrote."""
+    try:
+        m = json.loads((Path(folder) / "manifest.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(m, dict) and {"created", "target", "files"} <= m.keys()
+
+
+def check_output(dest: Path) -> None:
+    """Before any work: `dest` (OUT/<target>) may be replaced only if it is a bundle of ours."""
+    dest = Path(dest)
+    for parent in (dest.parent, *dest.parent.parents):
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"--out {dest.parent}: {parent} is not a directory; give a directory")
+    if dest.exists() and not (dest.is_dir() and is_bundle(dest)):
+        raise UsageError(
+            f"--out {dest.parent}: {dest} exists and is not a slimship bundle (no manifest.json "
+            "of ours); move it away or give another --out, so that nothing of yours is replaced"
+        )
+
+
+def verify(folder: Path) -> None:
+    """Every file manifest.json lists is present with its size and sha256 (a bundle that was
+    changed after it was written is refused, naming the first file that differs)."""
+    folder = Path(folder)
+    if not is_bundle(folder):
+        raise UsageError(f"{folder}: not a slimship bundle (no readable manifest.json of ours)")
+    for rec in json.loads((folder / "manifest.json").read_text())["files"]:
+        p = folder / str(rec.get("path", ""))
+        if folder.resolve() not in p.resolve().parents or not p.is_file():
+            raise UsageError(f"{p}: listed in {folder / 'manifest.json'} but missing")
+        if p.stat().st_size != rec.get("bytes") or sha256_file(p) != rec.get("sha256"):
+            raise UsageError(
+                f"{p}: differs from {folder / 'manifest.json'} (changed after the bundle was "
+                "written); rebuild the bundle or restore the file"
+            )
 
 
 def publish(dest: Path, report: dict, backends: dict, data: Dataset, spec: dict) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from ground.errors import UsageError
 from models import get_model_entry
 from models._user import is_user_model, load_weights, user_factory
-from pipeline import flow
+from pipeline import bundle, flow
 from pipeline.config import Recipe, load_recipe
 from targets import get_backend, get_target, list_backends
 
@@ -53,9 +53,10 @@ def check_options(opts: CompressOptions):
         user_factory(opts.model)  # a missing file or factory fails before any work
     loaded = load_weights(opts.weights, opts.trust_pickle) if opts.weights is not None else None
     recipe = load_recipe(opts.config, opts.overrides)
-    choices = (
-        [] if target is None else _backend_choices(target, recipe)
-    )  # a scheme a backend lacks fails here
+    # a scheme a backend lacks fails here
+    choices = [] if target is None else _backend_choices(target, recipe)
+    if not opts.stop_after:  # a folder of the user's own is never replaced
+        bundle.check_output(Path(opts.out) / target.name)
     _check_models(recipe)
     return target, loaded, recipe, choices
 

@@ -5,12 +5,13 @@ directory when its key is unchanged; `stop_after` ends after train or distill (`
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from ground.errors import SlimshipError
 from ground.log import log
 from models import get_model_entry
-from pipeline import distributed
+from pipeline import distributed, lock
 from pipeline.data import load_dataset
 from pipeline.rundir import RunDir, write_bytes, write_json
 from pipeline.stages import confidence, distill, export, profile, prune, report, train, verify
@@ -20,11 +21,31 @@ from targets import get_backend
 
 def run(opts, target, loaded, recipe, choices) -> dict | None:
     """The report on rank 0 (or a single process); None on the other ranks of a distributed run."""
-    job = _job(opts, recipe)
+    data = load_dataset(opts.data)
+    distributed.init_from_env()  # under torchrun: join its process group
+    log(f"data {data.summary()}")
+    root = opts.run_dir or Path("runs") / f"{opts.model}-{data.name}-seed{opts.seed}"
+    with _exclusive(Path(root), None if opts.stop_after else Path(opts.out) / target.name):
+        return _stages(_job(opts, recipe, data, root), opts, target, loaded, choices)
+
+
+def _exclusive(root: Path, bundle: Path | None) -> ExitStack:
+    """The run directory and the bundle folder, held by this run (rank 0) until it ends."""
+    held = ExitStack()
+    if distributed.is_main():
+        held.enter_context(lock.exclusive(root / ".lock", f"run directory {root}"))
+        if bundle is not None:
+            # a run that fails before its bundle leaves no --out folder behind
+            where, fresh = bundle.parent / f".{bundle.name}.lock", not bundle.parent.exists()
+            held.enter_context(lock.exclusive(where, f"bundle folder {bundle}", tidy_folder=fresh))
+    return held
+
+
+def _stages(job: Job, opts, target, loaded, choices) -> dict | None:
     teacher = train.run(job, opts.weights, loaded)
     if opts.stop_after == "train":
         return distributed.main_only(lambda: _write_model(opts, teacher), "writing the model")
-    pruned = prune.run(job, teacher, _round_to(recipe, target, opts.model))
+    pruned = prune.run(job, teacher, _round_to(job.recipe, target, opts.model))
     student = distill.run(job, teacher, pruned)
     if opts.stop_after == "distill":
         return distributed.main_only(lambda: _write_model(opts, student), "writing the model")
@@ -36,11 +57,8 @@ def run(opts, target, loaded, recipe, choices) -> dict | None:
     )
 
 
-def _job(opts, recipe) -> Job:
-    data = load_dataset(opts.data)
-    distributed.init_from_env()  # under torchrun: join its process group
-    log(f"data {data.summary()}")
-    run_dir = RunDir(opts.run_dir or Path("runs") / f"{opts.model}-{data.name}-seed{opts.seed}")
+def _job(opts, recipe, data, root: Path) -> Job:
+    run_dir = RunDir(root)
     log(f"run directory {run_dir.root}")
     if distributed.is_main():
         write_json(run_dir.root / "recipe.json", recipe.to_dict())

@@ -78,7 +78,15 @@ def load_budgets(path: str | Path) -> Budgets:
 
 
 def load_report(path: str | Path) -> dict:
+    """A report.json, or a bundle folder's; a report inside a bundle is checked against the
+    bundle's manifest.json first (a tampered file is refused, naming it)."""
+    from pipeline.bundle import is_bundle, verify
+
     p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    if is_bundle(p.parent):
+        verify(p.parent)
     try:
         report = json.loads(p.read_text())
     except FileNotFoundError:
@@ -158,6 +166,11 @@ def evaluate(report: dict, budgets: Budgets, baseline: dict | None = None) -> li
                         i,
                     )
                 )
+    if not lines:
+        raise UsageError(
+            "nothing to check: no budget line matches a backend of the report "
+            f"(its backends: {', '.join(sorted(report['backends'])) or 'none'})"
+        )
     return lines
 
 

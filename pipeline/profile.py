@@ -187,6 +187,26 @@ def _rss_figures(r: dict, backend_name: str, path: Path, threads, input_shape) -
     }
 
 
+def _backend_of(path: Path):
+    """The backend whose file `path` is, after checking it exists (and, inside a bundle,
+    that it matches the bundle's manifest)."""
+    from ground.errors import UsageError
+    from pipeline.bundle import is_bundle, verify
+    from targets import backends_by_suffix
+
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if is_bundle(path.parent):
+        verify(path.parent)
+    by_suffix = backends_by_suffix()
+    if path.suffix not in by_suffix:
+        raise UsageError(
+            f"{path}: unknown model file type {path.suffix or '(none)'}; "
+            f"expected one of {', '.join(by_suffix)}"
+        )
+    return by_suffix[path.suffix]
+
+
 def profile_file(
     path: Path,
     threads: int = 1,
@@ -197,18 +217,9 @@ def profile_file(
     """`cli.py profile`: measure a .pte/.tflite/.onnx without the pipeline (random input of
     the file's own shape). A file that is not what its suffix says is a one-line error."""
     from ground.errors import UsageError
-    from targets import backends_by_suffix
 
     path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path}: no such file")
-    by_suffix = backends_by_suffix()
-    if path.suffix not in by_suffix:
-        raise UsageError(
-            f"{path}: unknown model file type {path.suffix or '(none)'}; "
-            f"expected one of {', '.join(by_suffix)}"
-        )
-    b = by_suffix[path.suffix]
+    b = _backend_of(path)
     try:
         desc = b.describe(path)
         shape = b.input_shape(path)

@@ -57,12 +57,15 @@ def verify_bundle(bundle: Path, cache: Path | None = None, cpu: str = arm64.DEFA
 
 
 def _read_bundle(bundle: Path) -> tuple[dict, dict, dict]:
+    from pipeline.bundle import verify
+
     for name in ("model.json", "golden.npz", "report.json"):
         if not (bundle / name).is_file():
             raise UsageError(
                 f"{bundle}: no {name}; give a bundle folder written by "
                 "`cli.py compress` (e.g. dist/android)"
             )
+    verify(bundle)
     with np.load(bundle / "golden.npz") as g:
         golden = dict(g)
     return (
