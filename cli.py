@@ -40,6 +40,15 @@ def one_line_errors(fn):
     return wrapper
 
 
+def _output_files(*flags) -> None:
+    """Files a command will write, checked before it works: not a directory."""
+    from ground.errors import UsageError
+
+    for flag, path in flags:
+        if path is not None and Path(path).is_dir():
+            raise UsageError(f"{flag} {path}: is a directory; give a file name")
+
+
 # Recipe keys with a flag of their own on `compress`; any other key: --set section.key=value.
 # (flag, recipe key, type, help); type list: the flag repeats; "mapping": repeats as NAME=VALUE
 RECIPE_FLAGS = [
@@ -443,6 +452,7 @@ def gate(report, budget, baseline, junit, json_out):
     from pipeline.gate import evaluate, junit_xml, load_budgets, load_report, table
     from pipeline.rundir import write_bytes, write_json
 
+    _output_files(("--junit", junit), ("--json", json_out))
     budgets = load_budgets(budget)
     lines = evaluate(load_report(report), budgets, load_report(baseline) if baseline else None)
     click.echo(table(lines))
@@ -470,6 +480,9 @@ def profile(files, threads, runs, input_shape, json_out):
     from pipeline.profile import profile_file
     from pipeline.rundir import write_json
 
+    _output_files(("--json", json_out))
+    if threads < 1:
+        raise UsageError(f"--threads {threads}: must be at least 1")
     shape = None
     if input_shape:
         try:

@@ -4,6 +4,7 @@ errors that name the key, and the resolved recipe is written next to the outputs
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,8 @@ import yaml
 
 from ground.errors import UsageError
 
+MAX_YAML_BYTES = 1 << 20  # a recipe or budgets file is a few lines
+MAX_INT = 10**9  # bigger integers are typos (epochs, images, runs), not settings
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "hessian", "random")
 PRUNE_TARGETS = ("macs", "params", "channels")
 PRUNE_SCOPES = ("local", "global")
@@ -223,6 +226,8 @@ class ProfileConfig:
         _positive("profile.runs", self.runs)
         if self.runs < 20:
             raise UsageError(f"recipe key profile.runs must be at least 20, got {self.runs}")
+        if not self.threads:
+            raise UsageError("recipe key profile.threads must list at least one thread count")
         for t in self.threads:
             _positive("profile.threads", t)
 
@@ -273,13 +278,12 @@ def parse_setting(text: str) -> tuple[str, object]:
     """'section.key=value' from --set; the value is read as YAML (2, 0.5, true, [a, b], l2)."""
     key, sep, raw = text.partition("=")
     if not sep or key.count(".") != 1 or not all(key.split(".")):
-        raise UsageError(f"--set {text}: expected section.key=value, e.g. prune.scope=global")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise UsageError(f"--set {text}: the value is not valid YAML") from None
+        raise UsageError(
+            f"--set {short(text)}: expected section.key=value, e.g. prune.scope=global"
+        )
+    value = parse_yaml(raw, f"--set {short(text)}")
     if value is None:
-        raise UsageError(f"--set {text}: no value given")
+        raise UsageError(f"--set {short(text)}: no value given")
     return key, value
 
 
@@ -287,15 +291,7 @@ def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recip
     """Defaults, then the YAML file, then CLI overrides given as {"section.key": value}."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"--config {path}: no such file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UsageError(
-                f"--config {path}: not valid YAML ({str(e).splitlines()[0]})"
-            ) from None
+        data = read_yaml_file(path, "--config") or {}
         if not isinstance(data, dict):
             raise UsageError(f"--config {path}: the recipe must be a mapping of sections")
     for dotted, value in (overrides or {}).items():
@@ -307,6 +303,51 @@ def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recip
             raise UsageError(f"recipe key {section} must be a mapping")
         data[section][key] = value
     return from_dict(Recipe, data, "").check()
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load without aliases: ten lines of anchors and aliases can expand to gigabytes
+    ("billion laughs"), and a recipe has no need of them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("anchors and aliases (&name, *name) are not accepted")
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, where: str):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of 5,000 digits
+        raise UsageError(
+            f"{where}: not valid YAML ({short(str(e).splitlines()[0], 120)})"
+        ) from None
+
+
+def read_yaml_file(path: str | Path, flag: str):
+    """A recipe or budgets file (a pipe such as <(cat b.yaml) too), size-limited, UTF-8."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; give a YAML file")
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+    except FileNotFoundError:
+        raise UsageError(f"{flag} {path}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot be read ({e.strerror})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise UsageError(f"{flag} {path}: larger than {MAX_YAML_BYTES >> 20} MiB; not a recipe")
+    try:
+        return parse_yaml(raw.decode("utf-8"), f"{flag} {path}")
+    except UnicodeDecodeError:
+        raise UsageError(f"{flag} {path}: not UTF-8 text; save it as UTF-8") from None
+
+
+def short(value, limit: int = 60) -> str:
+    """A value as an error line may show it: its repr (a string as is), cut to `limit`."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def from_dict(cls, data, prefix: str, what: str = "recipe"):
@@ -352,18 +393,22 @@ def _coerce(tp, value, key, what="recipe"):
         return tuple(_coerce(args[0], v, f"{key}[{i}]", what) for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
-            raise UsageError(f"{what} key {key} must be true or false, got {value!r}")
+            raise UsageError(f"{what} key {key} must be true or false, got {short(value)}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UsageError(f"{what} key {key} must be an integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_INT:
+            raise UsageError(
+                f"{what} key {key} must be an integer of at most {MAX_INT:,}, got {short(value)}"
+            )
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UsageError(f"{what} key {key} must be a number, got {value!r}")
+            raise UsageError(f"{what} key {key} must be a number, got {short(value)}")
+        if not math.isfinite(value) or abs(value) > 1e300:
+            raise UsageError(f"{what} key {key} must be a finite number, got {short(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise UsageError(f"{what} key {key} must be a string, got {value!r}")
+            raise UsageError(f"{what} key {key} must be a string, got {short(value)}")
         return value
     raise TypeError(f"unsupported recipe type {tp} for {key}")

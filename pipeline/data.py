@@ -17,6 +17,8 @@ from ground.errors import UsageError
 SPLIT_SEED = 0  # fixed, so the test split is the same whatever the training seed
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.1  # of what remains after the test split; held out from training
+MAX_CLASSES = 10_000  # a label beyond this is a data error, not a classifier of that size
+MIN_PER_CLASS = 3  # training images per class: the stratified validation split needs some
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ def load_dataset(spec: str, limit_train: int | None = None) -> Dataset:
         xtr, ytr, xte, yte = _split(x, y, TEST_FRACTION)
     if limit_train:
         xtr, ytr = xtr[:limit_train], ytr[:limit_train]
+    _check_splits(spec, xtr, ytr, xte, yte)
     labels = _labels_for(path, int(max(ytr.max(), yte.max())) + 1)
     return _build(
         path.name,
@@ -153,7 +156,16 @@ def _split(x, y, fraction):
     """Stratified split with a fixed seed: (x_keep, y_keep, x_out, y_out)."""
     from sklearn.model_selection import train_test_split
 
-    xa, xb, ya, yb = train_test_split(x, y, test_size=fraction, random_state=SPLIT_SEED, stratify=y)
+    try:
+        xa, xb, ya, yb = train_test_split(
+            x, y, test_size=fraction, random_state=SPLIT_SEED, stratify=y
+        )
+    except ValueError:  # a class too small to be in both parts, or too few images in all
+        counts = np.bincount(y) if len(y) else np.zeros(1, int)
+        raise UsageError(
+            f"--data: {len(y)} images, the smallest class has {counts.min()}: too few to split "
+            f"{fraction:.0%} off with every class in both parts; give more images per class"
+        ) from None
     return xa, ya, xb, yb
 
 
@@ -169,12 +181,56 @@ def _read_npz(path: Path):
         raise UsageError(f"--data {path}: not a readable .npz ({e})") from None
     if x.ndim == 3:
         x = x[..., None]
-    if x.ndim != 4 or len(x) != len(y):
+    if x.ndim != 4 or len(x) != len(y) or y.ndim != 1:
         raise UsageError(
             f"--data {path}: x must be (N, H, W[, C]) with one label per image, "
             f"got x{tuple(x.shape)} y{tuple(y.shape)}"
         )
-    return x, y
+    return _checked_pixels(path, x), _checked_labels(path, y)
+
+
+def _checked_pixels(path: Path, x: np.ndarray) -> np.ndarray:
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise UsageError(f"--data {path}: x must hold numbers, got dtype {x.dtype}")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise UsageError(f"--data {path}: x has {bad} NaN/Inf pixel values; fix or drop them")
+    return x
+
+
+def _checked_labels(path: Path, y: np.ndarray) -> np.ndarray:
+    """Integer class indices 0..C-1: float labels must be whole numbers (2.5 is not a class)."""
+    if np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all():
+        y = y.astype(np.int64)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise UsageError(
+            f"--data {path}: y must be integer class indices 0..C-1, got dtype {y.dtype}"
+            + (f" (e.g. '{y[0]}')" if len(y) else "")
+        )
+    if len(y) and (y.min() < 0 or y.max() >= MAX_CLASSES):
+        raise UsageError(
+            f"--data {path}: labels must be in 0..{MAX_CLASSES - 1}, found {y.min()}..{y.max()}"
+        )
+    return y
+
+
+def _check_splits(spec: str, xtr, ytr, xte, yte) -> None:
+    """Same image shape in both splits, enough images, every class present in training."""
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise UsageError(
+            f"--data {spec}: training images are {xtr.shape[1:]} (H, W, C) but test images "
+            f"are {xte.shape[1:]}; both splits must have one size"
+        )
+    if len(yte) == 0:
+        raise UsageError(f"--data {spec}: the test split has no images")
+    n = int(max(ytr.max(initial=-1), yte.max(initial=-1))) + 1
+    counts = np.bincount(ytr, minlength=n)
+    if len(counts) == 0 or counts.min() < MIN_PER_CLASS:
+        few = [str(c) for c in np.flatnonzero(counts < MIN_PER_CLASS)[:5]]
+        raise UsageError(
+            f"--data {spec}: {len(ytr)} training images; class(es) {', '.join(few)} have fewer "
+            f"than {MIN_PER_CLASS} (every class needs {MIN_PER_CLASS} for the validation split)"
+        )
 
 
 def _labels_for(path: Path, n: int) -> list[str]:

@@ -20,14 +20,13 @@ malformed budgets file or report.
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import yaml
-
 from ground.errors import UsageError
-from pipeline.config import from_dict
+from pipeline.config import from_dict, read_yaml_file, short
 
 
 @dataclass(frozen=True)
@@ -56,17 +55,16 @@ LIMITS = [f.name for f in fields(Budget) if f.name.startswith(("max_", "min_"))]
 
 
 def load_budgets(path: str | Path) -> Budgets:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--budget {path}: no such file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise UsageError(f"--budget {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    data = read_yaml_file(path, "--budget")
     b = from_dict(Budgets, data if data is not None else {}, "", "budget")
     if not b.budgets:
         raise UsageError(f"--budget {path}: budget key budgets must list at least one budget")
     for i, line in enumerate(b.budgets):
+        if not re.fullmatch(r"\*|[A-Za-z0-9][A-Za-z0-9._-]*", line.backend):
+            raise UsageError(
+                f"budget key budgets[{i}].backend must be a backend name (cli.py targets) or "
+                f'"*", got {short(line.backend)!r}'
+            )
         if line.latency_stat not in ("p50", "p90"):
             raise UsageError(
                 f"budget key budgets[{i}].latency_stat must be p50 or p90, "
