@@ -16,3 +16,9 @@ class UsageError(SlimshipError):
 def unknown(kind: str, name: str, available) -> UsageError:
     """The registry error every lookup uses: what was asked and what exists."""
     return UsageError(f"unknown {kind} {name!r}; available: {', '.join(sorted(available))}")
+
+
+def short(value, limit: int = 60) -> str:
+    """A value as an error line may show it: its repr (a string as is), cut to `limit`."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

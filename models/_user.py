@@ -98,4 +98,10 @@ def load_weights(path: str | Path, trust_pickle: bool = False) -> tuple[dict, st
 
 
 def _unpickle(p: Path):
-    return torch.load(p, map_location="cpu", weights_only=False)  # --trust-pickle only
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)  # --trust-pickle only
+    except Exception as e:  # noqa: BLE001  (EOFError on an empty file, UnpicklingError, ...)
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UsageError(
+            f"--weights {p}: not a readable checkpoint ({type(e).__name__}: {first})"
+        ) from None

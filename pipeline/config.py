@@ -9,11 +9,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from ground.errors import UsageError, short
+from pipeline.yamlfile import parse_yaml, read_yaml_file
 
-from ground.errors import UsageError
-
-MAX_YAML_BYTES = 1 << 20  # a recipe or budgets file is a few lines
 MAX_INT = 10**9  # bigger integers are typos (epochs, images, runs), not settings
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "hessian", "random")
 PRUNE_TARGETS = ("macs", "params", "channels")
@@ -303,51 +301,6 @@ def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recip
             raise UsageError(f"recipe key {section} must be a mapping")
         data[section][key] = value
     return from_dict(Recipe, data, "").check()
-
-
-class _Loader(yaml.SafeLoader):
-    """safe_load without aliases: ten lines of anchors and aliases can expand to gigabytes
-    ("billion laughs"), and a recipe has no need of them."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            raise yaml.YAMLError("anchors and aliases (&name, *name) are not accepted")
-        return super().compose_node(parent, index)
-
-
-def parse_yaml(text: str, where: str):
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of 5,000 digits
-        raise UsageError(
-            f"{where}: not valid YAML ({short(str(e).splitlines()[0], 120)})"
-        ) from None
-
-
-def read_yaml_file(path: str | Path, flag: str):
-    """A recipe or budgets file (a pipe such as <(cat b.yaml) too), size-limited, UTF-8."""
-    p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{flag} {path}: is a directory; give a YAML file")
-    try:
-        with open(p, "rb") as f:
-            raw = f.read(MAX_YAML_BYTES + 1)
-    except FileNotFoundError:
-        raise UsageError(f"{flag} {path}: no such file") from None
-    except OSError as e:
-        raise UsageError(f"{flag} {path}: cannot be read ({e.strerror})") from None
-    if len(raw) > MAX_YAML_BYTES:
-        raise UsageError(f"{flag} {path}: larger than {MAX_YAML_BYTES >> 20} MiB; not a recipe")
-    try:
-        return parse_yaml(raw.decode("utf-8"), f"{flag} {path}")
-    except UnicodeDecodeError:
-        raise UsageError(f"{flag} {path}: not UTF-8 text; save it as UTF-8") from None
-
-
-def short(value, limit: int = 60) -> str:
-    """A value as an error line may show it: its repr (a string as is), cut to `limit`."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def from_dict(cls, data, prefix: str, what: str = "recipe"):

@@ -25,8 +25,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ground.errors import UsageError
-from pipeline.config import from_dict, read_yaml_file, short
+from ground.errors import UsageError, short
+from pipeline.config import from_dict
+from pipeline.yamlfile import read_yaml_file
 
 
 @dataclass(frozen=True)

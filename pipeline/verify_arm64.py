@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -57,22 +58,30 @@ def verify_bundle(bundle: Path, cache: Path | None = None, cpu: str = arm64.DEFA
 
 
 def _read_bundle(bundle: Path) -> tuple[dict, dict, dict]:
-    from pipeline.bundle import verify
-
+    """model.json, golden.npz and report.json; each missing or unreadable one is named. (The
+    model files are checked against model.json's sha256 as they are run, so that a corrupted
+    file is reported with what it did on aarch64.)"""
     for name in ("model.json", "golden.npz", "report.json"):
         if not (bundle / name).is_file():
             raise UsageError(
                 f"{bundle}: no {name}; give a bundle folder written by "
                 "`cli.py compress` (e.g. dist/android)"
             )
-    verify(bundle)
-    with np.load(bundle / "golden.npz") as g:
-        golden = dict(g)
     return (
-        json.loads((bundle / "model.json").read_text()),
-        golden,
-        json.loads((bundle / "report.json").read_text()),
+        _readable(bundle / "model.json", lambda p: json.loads(p.read_text())),
+        _readable(bundle / "golden.npz", lambda p: dict(np.load(p, allow_pickle=False))),
+        _readable(bundle / "report.json", lambda p: json.loads(p.read_text())),
     )
+
+
+def _readable(path: Path, read):
+    try:
+        return read(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UsageError(
+            f"{path}: unreadable ({type(e).__name__}: {first}); copy the bundle again"
+        ) from None
 
 
 def _why_not_run(name: str, entry: dict) -> str | None:

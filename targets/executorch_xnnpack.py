@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
+import signal
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -14,6 +18,13 @@ from ground.log import guarded
 from targets import _snippets
 from targets._base import Exported, ExportRequest, Runner, Tolerance
 from targets._registry import register_backend
+
+_INPUT_SHAPE = """
+import json, sys
+from executorch.runtime import Runtime, Verification
+program = Runtime.get().load_program(sys.argv[1], verification=Verification.InternalConsistency)
+print(json.dumps([int(s) for s in program.metadata("forward").input_tensor_meta(0).sizes()]))
+"""
 
 
 @register_backend
@@ -168,10 +179,22 @@ class ExecuTorchXnnpack:
         return {"file_ops": dict(ops), "bytes": Path(path).stat().st_size}
 
     def input_shape(self, path: Path) -> list[int]:
-        from executorch.runtime import Runtime
-
-        meta = Runtime.get().load_program(Path(path)).metadata("forward")
-        return [int(s) for s in meta.input_tensor_meta(0).sizes()]
+        """Read by loading the program, verified, in a child process: on some corrupt files the
+        runtime aborts its process (its error message is not UTF-8 and pybind11 terminates),
+        and a bad file must be an error that names it, not a crash."""
+        proc = subprocess.run(
+            [sys.executable, "-c", _INPUT_SHAPE, str(Path(path).resolve())],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if proc.returncode < 0:
+            sig = signal.Signals(-proc.returncode).name
+            raise ValueError(f"the ExecuTorch runtime died loading it ({sig})")
+        if proc.returncode != 0:
+            raise ValueError((proc.stderr.strip().splitlines() or ["(no output)"])[-1])
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
     def profile_extras(self, path: Path, x: np.ndarray) -> dict:
         """The memory plan and the per-op times, each an {"error": ...} if it cannot be had."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -130,3 +132,27 @@ def test_any_override_value_loads_or_is_one_short_line(key, value):
         load_recipe(None, {key: value})
     except UsageError as e:
         assert "\n" not in str(e) and len(str(e)) < 400
+
+
+@pytest.mark.parametrize("content", [b"", bytes(range(256)) * 2])
+def test_trust_pickle_on_an_empty_or_random_file_is_one_line(tmp_path, content):
+    (tmp_path / "w.pt").write_bytes(content)
+    _refused(tmp_path, "not a readable checkpoint", "compress", "--target", "android",
+             "--weights", tmp_path / "w.pt", "--trust-pickle", "--run-dir", tmp_path / "run",
+             "--out", tmp_path / "out")  # fmt: skip
+
+
+def test_a_pte_with_flipped_header_bytes_is_an_error_not_an_abort(android_bundle, tmp_path):
+    data = bytearray((android_bundle["bundle"] / "model.pte").read_bytes())
+    data[4] ^= 0xFF
+    data[5] ^= 0xFF
+    (tmp_path / "model.pte").write_bytes(bytes(data))
+    _refused(tmp_path, "not a readable .pte file", "profile", tmp_path / "model.pte")
+
+
+@pytest.mark.parametrize("name, cut", [("model.json", 0), ("golden.npz", 100), ("report.json", 10)])
+def test_verify_arm64_names_an_unreadable_bundle_file(android_bundle, tmp_path, name, cut):
+    bundle = tmp_path / "android"
+    shutil.copytree(android_bundle["bundle"], bundle)
+    (bundle / name).write_bytes((bundle / name).read_bytes()[:cut])
+    _refused(tmp_path, f"{name}: unreadable", "verify-arm64", bundle)
