@@ -136,3 +136,27 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path):
 
     with lock.exclusive(tmp_path / ".lock", "x"):
         pass
+
+
+def test_a_run_whose_export_fails_keeps_the_previous_bundle(android_bundle, tmp_path, monkeypatch):
+    from targets.tflite import Tflite
+
+    run, out = tmp_path / "run", tmp_path / "out"
+    shutil.copytree(android_bundle["run"], run)
+    shutil.copytree(android_bundle["bundle"], out / "android")
+    shutil.rmtree(run / "export" / "tflite-int8")  # the export runs again, and fails
+
+    def broken_converter(self, req):
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(Tflite, "export", broken_converter)
+    result = CliRunner().invoke(
+        cli.cli,
+        ["compress", "--target", "android", "--out", str(out), "--run-dir", str(run),
+         "--epochs", "10", "--distill-epochs", "8"],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    bundle.verify(out / "android")  # the good bundle, untouched
+    assert json.loads((out / "android" / "report.json").read_text())["ok"]
+    failed = json.loads((out / "android.failed" / "report.json").read_text())
+    assert not failed["ok"] and "converter crashed" in failed["backends"]["tflite"]["error"]

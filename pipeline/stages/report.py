@@ -21,13 +21,18 @@ NAME = "report"  # not a run-directory stage: it writes the bundle, every run
 def publish(job: Job, opts, target, stages: dict, backends: dict, shipped: dict) -> dict:
     """Write OUT/<target>/ (report, files, golden data) and print the summary table."""
     report = build(job, opts.seed, target, stages, backends, shipped)
+    verified = report["ok"]  # every file exported and verified (budgets aside)
     if opts.budgets is not None:
         report["gate"] = evaluate(report, opts.budgets)
         broken = [ln["name"] for ln in report["gate"] if ln["verdict"] == "fail"]
         if broken:
             report["ok"] = False
             report["problems"].append(f"budget broken: {', '.join(broken)}")
-    out = bundle.publish(Path(opts.out) / target.name, report, backends, job.data, shipped)
+    dest = Path(opts.out) / target.name
+    if not verified and bundle.is_bundle(dest):  # a good bundle is not replaced by a broken one
+        dest = dest.with_name(f"{dest.name}.failed")
+        log(f"not replacing {dest.with_suffix('')}: this run's files did not all export and verify")
+    out = bundle.publish(dest, report, backends, job.data, shipped)
     log(f"bundle written to {out}")
     print(summary_table(report))
     return report
