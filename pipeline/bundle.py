@@ -50,6 +50,10 @@ def check_output(dest: Path) -> None:
     for parent in (dest.parent, *dest.parent.parents):
         if parent.exists() and not parent.is_dir():
             raise UsageError(f"--out {dest.parent}: {parent} is not a directory; give a directory")
+        if parent.exists():  # the nearest folder that exists is where the bundle gets created
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"--out {dest.parent}: {parent} is not writable by this user")
+            break
     if dest.exists() and not (dest.is_dir() and is_bundle(dest)):
         raise UsageError(
             f"--out {dest.parent}: {dest} exists and is not a slimship bundle (no manifest.json "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -156,3 +157,15 @@ def test_verify_arm64_names_an_unreadable_bundle_file(android_bundle, tmp_path, 
     shutil.copytree(android_bundle["bundle"], bundle)
     (bundle / name).write_bytes((bundle / name).read_bytes()[:cut])
     _refused(tmp_path, f"{name}: unreadable", "verify-arm64", bundle)
+
+
+def test_a_budget_given_through_a_pipe_is_read(android_bundle):
+    """`--budget <(cat b.yaml)`: the shell passes /dev/fd/N, which is not a regular file."""
+    r, w = os.pipe()
+    os.write(w, b"budgets:\n  - {backend: '*', max_file_bytes: 100000000}\n")
+    os.close(w)
+    try:
+        code, errors, output = _run("gate", android_bundle["bundle"], "--budget", f"/dev/fd/{r}")
+    finally:
+        os.close(r)
+    assert code == 0 and not errors, output
