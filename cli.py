@@ -109,7 +109,14 @@ DATA_OPTION = click.option(
     "--data",
     default="digits",
     show_default=True,
-    help="'digits' (bundled), an .npz with x and y, or a directory with train.npz/test.npz.",
+    help="'digits' (bundled), an .npz with x and y, a directory with train.npz/test.npz, or an "
+    "image folder (one sub-folder of images per class; optional train/ val/ test/).",
+)
+INPUT_SIZE_OPTION = click.option(
+    "--input-size",
+    type=click.IntRange(8, 1024),
+    help="Image folders: decode every image at N x N (RGB, shorter side resized, center crop) "
+    "[default: 224].",
 )
 CONFIG_OPTION = click.option(
     "--config", type=click.Path(path_type=Path), help="Recipe YAML (see README)."
@@ -184,6 +191,7 @@ def cli():
 )
 @MODEL_OPTION
 @DATA_OPTION
+@INPUT_SIZE_OPTION
 @CONFIG_OPTION
 @SEED_OPTION
 @RUN_DIR_OPTION
@@ -241,6 +249,7 @@ def compress(
         budgets=budgets,
         weights=weights,
         trust_pickle=trust_pickle,
+        input_size=flags.get("input_size"),
     )
     if nproc > 1:  # check here once, then run this same command in nproc workers
         check_options(opts)
@@ -303,6 +312,7 @@ def _stage_command(
         weights=weights,
         trust_pickle=trust_pickle,
         stop_after=stop_after,
+        input_size=flags.get("input_size"),
     )
     if nproc > 1:
         check_options(opts)
@@ -320,6 +330,7 @@ _STAGE_OPTIONS = [
     ),
     MODEL_OPTION,
     DATA_OPTION,
+    INPUT_SIZE_OPTION,
     CONFIG_OPTION,
     SEED_OPTION,
     RUN_DIR_OPTION,

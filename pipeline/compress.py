@@ -32,6 +32,7 @@ class CompressOptions:
     # its model (model.json + model.safetensors) into `out`; the run directory is the one
     # compress uses, so a later compress with the same options reuses the stages
     stop_after: str | None = None
+    input_size: int | None = None  # image folders: images decoded at N x N
 
 
 STOP_AFTER = ("train", "distill")

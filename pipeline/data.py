@@ -1,4 +1,5 @@
-"""Datasets: the bundled scikit-learn digits (default), or arrays from .npz files.
+"""Datasets: the bundled scikit-learn digits (default), arrays from .npz files, or an image
+folder (pipeline/imagefolder.py).
 
 Every dataset comes back preprocessed (float32, NCHW) together with the exact preprocessing
 that maps raw data to model input, so the bundle can tell an app team how to feed the model.
@@ -7,12 +8,13 @@ that maps raw data to model input, so the bundle can tell an app team how to fee
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ground.errors import UsageError
+from pipeline import imagefolder
 
 SPLIT_SEED = 0  # fixed, so the test split is the same whatever the training seed
 TEST_FRACTION = 0.2
@@ -30,6 +32,7 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     layout: str = "NCHW"
+    resize: str | None = None  # image folders: how a file becomes `raw` (RGB, resize, crop)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         x = raw.astype(np.float32) * np.float32(self.scale)
@@ -39,7 +42,7 @@ class Preprocessing:
         return x.transpose(0, 3, 1, 2).copy(order="C")
 
     def describe(self) -> dict:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if v is not None}
         d["formula"] = "x = ((raw * scale) - mean[c]) / std[c], then HWC -> CHW"
         return d
 
@@ -55,6 +58,7 @@ class Dataset:
     y_test: np.ndarray
     labels: list[str]
     preprocessing: Preprocessing
+    notes: list[str] = field(default_factory=list)  # e.g. images converted or upsampled
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -75,19 +79,30 @@ class Dataset:
         return (
             f"{self.name}: {len(self.y_train)} train / {len(self.y_val)} val / "
             f"{len(self.y_test)} test, input {c}x{hgt}x{w}, {self.num_classes} classes"
+            + "".join(f"; {n}" for n in self.notes)
         )
 
 
-def load_dataset(spec: str, limit_train: int | None = None) -> Dataset:
-    """`digits`, a directory holding train.npz and test.npz, or one .npz with x and y."""
+def load_dataset(
+    spec: str, limit_train: int | None = None, input_size: int | None = None
+) -> Dataset:
+    """`digits`, a directory holding train.npz and test.npz, one .npz with x and y, or an
+    image folder (decoded at `input_size`, 224 unless given)."""
+    path = Path(spec)
+    folder = spec != "digits" and path.is_dir() and not (path / "train.npz").is_file()
+    if input_size is not None and not folder:
+        raise UsageError(
+            f"--input-size {input_size}: applies to image folders; --data {spec} has a fixed size"
+        )
     if spec == "digits":
         return _digits()
-    path = Path(spec)
     if not path.exists():
         raise UsageError(
-            f"--data {spec}: no such file or directory (use 'digits', an .npz, "
-            "or a directory with train.npz and test.npz)"
+            f"--data {spec}: no such file or directory (use 'digits', an .npz, a directory "
+            "with train.npz and test.npz, or an image folder)"
         )
+    if folder:
+        return _image_folder(path, input_size or 224)
     if path.is_dir():
         train, test = path / "train.npz", path / "test.npz"
         if not (train.is_file() and test.is_file()):
@@ -113,6 +128,39 @@ def load_dataset(spec: str, limit_train: int | None = None) -> Dataset:
     )
 
 
+def _image_folder(path: Path, size: int) -> Dataset:
+    if not imagefolder.is_image_folder(path):
+        raise UsageError(f"--data {path}: no train.npz/test.npz and no class sub-folders of images")
+    classes, parts = imagefolder.read_splits(path, size)
+    if "all" in parts:
+        xtr, ytr, xte, yte = _split(parts["all"].x, parts["all"].y, TEST_FRACTION)
+    else:
+        (xtr, ytr), (xte, yte) = ((parts[s].x, parts[s].y) for s in ("train", "test"))
+    _check_splits(str(path), xtr, ytr, xte, yte)
+    n = len(ytr) + len(yte)
+    converted, upsampled = (
+        sum(getattr(p, k) for p in parts.values()) for k in ("converted", "upsampled")
+    )
+    notes = [f"{converted} of {n} images converted to RGB"] if converted else []
+    notes += (
+        [f"{upsampled} of {n} images upsampled (shorter side below {size} px)"] if upsampled else []
+    )
+    d = _build(
+        path.name,
+        xtr,
+        ytr,
+        xte,
+        yte,
+        classes,
+        scale=1 / 255,
+        raw=f"RGB uint8 images (H, W, 3) = ({size}, {size}, 3), values 0..255",
+        resize=imagefolder.resize_text(size),
+        val=(parts["val"].x, parts["val"].y) if "val" in parts else None,
+    )
+    d.notes = notes
+    return d
+
+
 def _digits() -> Dataset:
     from sklearn.datasets import load_digits
 
@@ -131,13 +179,14 @@ def _digits() -> Dataset:
     )
 
 
-def _build(name, xtr, ytr, xte, yte, labels, scale, raw) -> Dataset:
-    xtr, ytr, xval, yval = _split(xtr, ytr, VAL_FRACTION)
+def _build(name, xtr, ytr, xte, yte, labels, scale, raw, resize=None, val=None) -> Dataset:
+    """Preprocessing from the training images; `val` (x, y), or a split of the training set."""
+    xtr, ytr, xval, yval = (xtr, ytr, *val) if val else _split(xtr, ytr, VAL_FRACTION)
     scaled = xtr.astype(np.float64) * scale
     axes = tuple(range(scaled.ndim - 1))
     mean = tuple(round(float(m), 6) for m in scaled.mean(axis=axes))
     std = tuple(round(max(float(s), 1e-6), 6) for s in scaled.std(axis=axes))
-    pre = Preprocessing(raw=raw, scale=scale, mean=mean, std=std)
+    pre = Preprocessing(raw=raw, scale=scale, mean=mean, std=std, resize=resize)
     as_int = lambda y: np.asarray(y, dtype=np.int64)
     return Dataset(
         name,

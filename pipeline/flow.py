@@ -21,7 +21,7 @@ from targets import get_backend
 
 def run(opts, target, loaded, recipe, choices) -> dict | None:
     """The report on rank 0 (or a single process); None on the other ranks of a distributed run."""
-    data = load_dataset(opts.data)
+    data = load_dataset(opts.data, input_size=opts.input_size)
     distributed.init_from_env()  # under torchrun: join its process group
     log(f"data {data.summary()}")
     root = opts.run_dir or Path("runs") / f"{opts.model}-{data.name}-seed{opts.seed}"

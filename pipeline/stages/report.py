@@ -54,6 +54,7 @@ def build(job: Job, seed: int, target, stages: dict, backends: dict, shipped: di
         "data": {
             "name": data.name,
             "fingerprint": job.fingerprint,
+            **({"notes": data.notes} if data.notes else {}),
             **{
                 k: counted(len(y), "images", f"{k} split of {data.name}")
                 for k, y in (("train", data.y_train), ("val", data.y_val), ("test", data.y_test))

@@ -1,0 +1,124 @@
+"""--data DIR in the ImageFolder convention: one sub-folder per class of JPEG/PNG/WebP images,
+either directly in DIR (slimship then splits them, stratified, with a fixed seed) or under
+DIR/train and DIR/test (and optionally DIR/val).
+
+Every image is decoded with Pillow, converted to RGB, resized so that its shorter side is
+`size` (bilinear) and center-cropped to size x size: the steps an app must repeat, which
+model.json's preprocessing states. The images are decoded into memory (uint8, N x size x size
+x 3); streaming them from disk is not built yet, so memory grows with the number of images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ground.errors import UsageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Images:
+    x: np.ndarray  # (N, size, size, 3) uint8
+    y: np.ndarray  # (N,) int64, index into the classes
+    converted: int = 0  # images that were not RGB (grayscale, RGBA, palette) before conversion
+    upsampled: int = 0  # images whose shorter side was below `size`
+    files: list[str] = field(default_factory=list)
+
+
+def is_image_folder(path: Path) -> bool:
+    """A directory whose sub-folders are classes (or train/test splits of classes)."""
+    return path.is_dir() and any(p.is_dir() for p in path.iterdir())
+
+
+def resize_text(size: int) -> str:
+    return (
+        f"convert to RGB; resize so the shorter side is {size} px (Pillow, bilinear); "
+        f"center-crop {size}x{size}"
+    )
+
+
+def read_splits(path: Path, size: int) -> tuple[list[str], dict[str, Images]]:
+    """(class names, {split: images}) with split in train/val/test; a folder without split
+    sub-folders comes back as {"all": images}."""
+    given = [s for s in SPLITS if (path / s).is_dir()]
+    if not given:
+        classes = _classes(path)
+        return classes, {"all": _read(path, classes, size)}
+    if "train" not in given or "test" not in given:
+        raise UsageError(f"--data {path}: has {'/'.join(given)}/ but needs both train/ and test/")
+    classes = _classes(path / "train")
+    for split in given[1:]:
+        other = _classes(path / split)
+        if other != classes:
+            diff = sorted(set(classes) ^ set(other))
+            raise UsageError(
+                f"--data {path / split}: its class folders differ from {path / 'train'}'s "
+                f"({', '.join(diff[:5])}); every split needs the same classes"
+            )
+    return classes, {s: _read(path / s, classes, size) for s in given}
+
+
+def _classes(folder: Path) -> list[str]:
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UsageError(f"--data {folder}: no class sub-folders")
+    return classes
+
+
+def _read(folder: Path, classes: list[str], size: int) -> Images:
+    out = Images(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64))
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        files = _image_files(folder / name)
+        for f in files:
+            xs.append(_decode(f, size, out))
+            ys.append(label)
+            out.files.append(str(f.relative_to(folder)))
+    out.x, out.y = np.stack(xs), np.asarray(ys, np.int64)
+    return out
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    files = sorted(p for p in class_dir.iterdir() if not p.name.startswith("."))
+    for p in files:
+        if p.is_dir() or p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UsageError(
+                f"--data {p}: not an image file (expected {', '.join(IMAGE_SUFFIXES)}); move it "
+                "out of the class folder"
+            )
+    if not files:
+        raise UsageError(f"--data {class_dir}: empty class folder; add images or remove it")
+    return files
+
+
+def _decode(path: Path, size: int, tally: Images) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode != "RGB":
+                tally.converted += 1
+                img = img.convert("RGB")
+            return _resize_crop(img, size, tally)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UsageError(f"--data {path}: corrupt or truncated image ({first})") from None
+
+
+def _resize_crop(img, size: int, tally: Images) -> np.ndarray:
+    from PIL import Image
+
+    w, h = img.size
+    if min(w, h) < size:
+        tally.upsampled += 1
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
