@@ -256,6 +256,7 @@ def _checked_labels(path: Path, y: np.ndarray) -> np.ndarray:
             f"--data {path}: y must be integer class indices 0..C-1, got dtype {y.dtype}"
             + (f" (e.g. '{y[0]}')" if len(y) else "")
         )
+    y = y.astype(np.int64)  # uint8 labels would wrap in the range checks below
     if len(y) and (y.min() < 0 or y.max() >= MAX_CLASSES):
         raise UsageError(
             f"--data {path}: labels must be in 0..{MAX_CLASSES - 1}, found {y.min()}..{y.max()}"
