@@ -32,12 +32,17 @@ def run(opts, target, loaded, recipe, choices) -> dict | None:
 def _exclusive(root: Path, bundle: Path | None) -> ExitStack:
     """The run directory and the bundle folder, held by this run (rank 0) until it ends."""
     held = ExitStack()
-    if distributed.is_main():
-        held.enter_context(lock.exclusive(root / ".lock", f"run directory {root}"))
+    if not distributed.is_main():
+        return held
+    with ExitStack() as taking:  # a busy bundle releases the run directory again
+        taking.enter_context(lock.exclusive(root / ".lock", f"run directory {root}"))
         if bundle is not None:
             # a run that fails before its bundle leaves no --out folder behind
             where, fresh = bundle.parent / f".{bundle.name}.lock", not bundle.parent.exists()
-            held.enter_context(lock.exclusive(where, f"bundle folder {bundle}", tidy_folder=fresh))
+            taking.enter_context(
+                lock.exclusive(where, f"bundle folder {bundle}", tidy_folder=fresh)
+            )
+        held.push(taking.pop_all())
     return held
 
 
