@@ -55,6 +55,7 @@ def test_a_bad_recipe_file_is_one_line(tmp_path, case):
     [
         (["--temperature", "nan"], "distill.temperature must be a finite number"),
         (["--set", "train.lr=.inf"], "train.lr must be a finite number"),
+        (["--set", "train.ignored=[&a [1, 2], *a, *a]"], "aliases"),
         (["--set", "train.epochs=" + "9" * 5000], "not valid YAML"),
         (["--set", "train.epochs=" + "9" * 4000], "integer of at most"),
     ],
@@ -106,10 +107,11 @@ def test_splits_of_different_image_sizes_are_one_line(tmp_path):
         ("budgets:\n  - {backend: 5, max_file_bytes: 100}\n", "backend must be a string"),
         ("budgets:\n  - {backend: '*', max_file_bytes: big}\n", "max_file_bytes must be an int"),
         ('budgets:\n  - {backend: "a\\x01b", max_file_bytes: 100}\n', "must be a backend name"),
+        ("budgets:\n  - {backend: '\xff', max_file_bytes: 100}\n", "not UTF-8"),
     ],
 )
 def test_a_bad_budget_is_one_line(android_bundle, tmp_path, budget, pattern):
-    (tmp_path / "b.yaml").write_text(budget)
+    (tmp_path / "b.yaml").write_bytes(budget.encode("latin-1"))
     _refused(tmp_path, pattern, "gate", android_bundle["bundle"], "--budget", tmp_path / "b.yaml")
 
 
