@@ -97,6 +97,9 @@ def publish(dest: Path, report: dict, backends: dict, data: Dataset, spec: dict)
 
 def _assemble(folder: Path, report: dict, backends: dict, data: Dataset, spec: dict) -> None:
     golden = {"x": data.x_test[:GOLDEN_COUNT], "y": data.y_test[:GOLDEN_COUNT]}
+    # the image files themselves, so an app can check its own decoding and preprocessing
+    for i, f in enumerate(data.test_files[:GOLDEN_COUNT]):
+        golden[f"raw_{i}"] = np.frombuffer(Path(f).read_bytes(), np.uint8)
     entries = {
         name: _copy_file(folder, name, r, report["backends"][name], golden)
         for name, r in backends.items()
@@ -178,6 +181,16 @@ def _model_json(report: dict, data: Dataset, spec: dict, entries: dict, golden_c
             "labels_key": "y",
             "count": golden_count,
             "note": "x is already preprocessed model input",
+            **(
+                {
+                    "raw_keys": [
+                        f"raw_{i}" for i in range(min(golden_count, len(data.test_files)))
+                    ],
+                    "raw_note": "raw_i: the bytes of the image file x[i] was made from",
+                }
+                if data.test_files
+                else {}
+            ),
         },
         "ok": report["ok"],
     }

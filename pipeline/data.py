@@ -32,7 +32,7 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     layout: str = "NCHW"
-    resize: str | None = None  # image folders: how a file becomes `raw` (RGB, resize, crop)
+    resize: dict | None = None  # image folders: how a file becomes `raw` (RGB, resize, crop)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         x = raw.astype(np.float32) * np.float32(self.scale)
@@ -59,6 +59,7 @@ class Dataset:
     labels: list[str]
     preprocessing: Preprocessing
     notes: list[str] = field(default_factory=list)  # e.g. images converted or upsampled
+    test_files: list[Path] = field(default_factory=list)  # image folders: x_test's source files
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -133,9 +134,13 @@ def _image_folder(path: Path, size: int) -> Dataset:
         raise UsageError(f"--data {path}: no train.npz/test.npz and no class sub-folders of images")
     classes, parts = imagefolder.read_splits(path, size)
     if "all" in parts:
-        xtr, ytr, xte, yte = _split(parts["all"].x, parts["all"].y, TEST_FRACTION)
+        a = parts["all"]
+        # split the indices: the same partition as splitting the images, with their files
+        itr, ytr, ite, yte = _split(np.arange(len(a.y)), a.y, TEST_FRACTION)
+        xtr, xte, test_files = a.x[itr], a.x[ite], [a.files[i] for i in ite]
     else:
         (xtr, ytr), (xte, yte) = ((parts[s].x, parts[s].y) for s in ("train", "test"))
+        test_files = parts["test"].files
     _check_splits(str(path), xtr, ytr, xte, yte)
     n = len(ytr) + len(yte)
     converted, upsampled = (
@@ -154,10 +159,10 @@ def _image_folder(path: Path, size: int) -> Dataset:
         classes,
         scale=1 / 255,
         raw=f"RGB uint8 images (H, W, 3) = ({size}, {size}, 3), values 0..255",
-        resize=imagefolder.resize_text(size),
+        resize=imagefolder.resize_steps(size),
         val=(parts["val"].x, parts["val"].y) if "val" in parts else None,
     )
-    d.notes = notes
+    d.notes, d.test_files = notes, test_files
     return d
 
 

@@ -27,7 +27,7 @@ class Images:
     y: np.ndarray  # (N,) int64, index into the classes
     converted: int = 0  # images that were not RGB (grayscale, RGBA, palette) before conversion
     upsampled: int = 0  # images whose shorter side was below `size`
-    files: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # the source file of each image
 
 
 def is_image_folder(path: Path) -> bool:
@@ -35,11 +35,16 @@ def is_image_folder(path: Path) -> bool:
     return path.is_dir() and any(p.is_dir() for p in path.iterdir())
 
 
-def resize_text(size: int) -> str:
-    return (
-        f"convert to RGB; resize so the shorter side is {size} px (Pillow, bilinear); "
-        f"center-crop {size}x{size}"
-    )
+def resize_steps(size: int) -> dict:
+    """How an image file becomes the (size, size, 3) `raw` array, for model.json."""
+    return {
+        "decode": "the file as RGB (Pillow's convert('RGB') for grayscale, RGBA, palette)",
+        "resize_shorter_side": size,
+        "resize_rule": "shorter side -> size; longer side -> max(size, round(longer * size / "
+        "shorter)); Pillow Image.resize(..., Image.BILINEAR)",
+        "center_crop": [size, size],
+        "crop_rule": "left = (width - size) // 2, top = (height - size) // 2",
+    }
 
 
 def read_splits(path: Path, size: int) -> tuple[list[str], dict[str, Images]]:
@@ -78,7 +83,7 @@ def _read(folder: Path, classes: list[str], size: int) -> Images:
         for f in files:
             xs.append(_decode(f, size, out))
             ys.append(label)
-            out.files.append(str(f.relative_to(folder)))
+            out.files.append(f)
     out.x, out.y = np.stack(xs), np.asarray(ys, np.int64)
     return out
 

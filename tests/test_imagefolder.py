@@ -3,6 +3,7 @@ resized and center-cropped at --input-size, through compress; bad folders are on
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 import cli
 from pipeline.data import load_dataset
+from targets import get_backend
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -49,23 +51,53 @@ def test_an_image_folder_is_decoded_at_the_input_size_and_counted(tmp_path):
     assert len(d.y_train) + len(d.y_val) + len(d.y_test) == 200
     upsampled = "2 of 200 images upsampled (shorter side below 24 px)"
     assert d.notes == ["3 of 200 images converted to RGB", upsampled]
-    assert "center-crop 24x24" in d.preprocessing.describe()["resize"]
+    assert d.preprocessing.describe()["resize"]["center_crop"] == [24, 24]
 
 
 def test_compress_runs_on_an_image_folder(tmp_path):
     folder = write_folder(tmp_path / "imgs")
     result = CliRunner().invoke(cli.cli, [
-        "compress", "--target", "android", "--data", str(folder), "--input-size", "32",
+        "compress", "--target", "android", "--data", str(folder), "--input-size", "28",
         "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run"),
         "--epochs", "2", "--distill-epochs", "1",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output + repr(result.exception)
     bundle = tmp_path / "out" / "android"
     model = json.loads((bundle / "model.json").read_text())
-    assert model["inputs"][0]["shape"] == [1, 3, 32, 32] and model["labels"] == CLASSES
-    assert model["preprocessing"]["resize"].startswith("convert to RGB")
+    assert model["inputs"][0]["shape"] == [1, 3, 28, 28] and model["labels"] == CLASSES
     report = json.loads((bundle / "report.json").read_text())
     assert {b["parity"]["state"] for b in report["backends"].values()} == {"verified"}
+    app_engineers_check(bundle, model)
+
+
+def _model_input(raw_file: bytes, pre: dict) -> np.ndarray:
+    """What an app does with an image file, from model.json's preprocessing alone."""
+    steps, n = pre["resize"], pre["resize"]["resize_shorter_side"]
+    img = Image.open(io.BytesIO(raw_file)).convert("RGB")
+    w, h = img.size
+    short = min(w, h)
+    size = (max(n, round(w * n / short)), max(n, round(h * n / short)))
+    img = img.resize(size, Image.BILINEAR)
+    left, top = (size[0] - n) // 2, (size[1] - n) // 2
+    raw = np.asarray(img.crop((left, top, left + n, top + n)), np.uint8)
+    assert steps["center_crop"] == [n, n] and pre["layout"] == "NCHW"
+    x = raw.astype(np.float32) * np.float32(pre["scale"])
+    x = (x - np.asarray(pre["mean"], np.float32)) / np.asarray(pre["std"], np.float32)
+    return x.transpose(2, 0, 1)[None].copy()
+
+
+def app_engineers_check(bundle: Path, model: dict) -> None:
+    """From the raw files in golden.npz and model.json only: the model inputs, bit for bit, and
+    each file's golden outputs through its own runtime."""
+    golden = np.load(bundle / "golden.npz")
+    keys = model["golden"]["raw_keys"]
+    assert len(keys) == model["golden"]["count"] == 8
+    for i, key in enumerate(keys):
+        x = _model_input(golden[key].tobytes(), model["preprocessing"])
+        np.testing.assert_array_equal(x[0], golden["x"][i])
+        for name, entry in model["backends"].items():
+            out = get_backend(name).load(bundle / entry["file"])(x)
+            np.testing.assert_allclose(out[0], golden[entry["golden_key"]][i], rtol=0, atol=1e-6)
 
 
 def _bad(tmp_path, make):
