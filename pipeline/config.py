@@ -231,6 +231,22 @@ class ProfileConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation (pipeline/augment.py); off by default."""
+
+    flip: bool = False  # random horizontal flip, p = 0.5
+    pad_crop: int = 0  # pad by this many pixels (black), crop back at a random offset; 0: off
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or self.pad_crop > 0
+
+    def check(self):
+        if not 0 <= self.pad_crop <= 64:
+            raise UsageError(f"recipe key augment.pad_crop must be in 0..64, got {self.pad_crop}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
@@ -238,6 +254,7 @@ class Recipe:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def check(self) -> Recipe:
         for f in dataclasses.fields(self):

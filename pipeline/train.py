@@ -45,10 +45,12 @@ def fit(
     desc: str = "train",
     loss_fn: LossFn = cross_entropy,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[float]:
     """AdamW with a one-cycle schedule; returns the mean loss of each epoch.
 
     on_epoch(epoch, model) runs after each epoch (1-based), e.g. to keep a rewind snapshot.
+    augment, if given, transforms each training batch before the forward pass.
 
     Under torch.distributed every rank calls fit with the same arguments (pipeline/distributed.py):
     the model is wrapped in DistributedDataParallel (gradients averaged over ranks), each epoch's
@@ -75,7 +77,7 @@ def fit(
     bar = tqdm(range(epochs), desc=desc, unit="epoch", **show)
     for epoch in bar:
         net.train()
-        batches = _batches(order(epoch), xt, yt, local_batch)
+        batches = _batches(order(epoch), xt, yt, local_batch, augment)
         total, seen = _epoch(net, batches, loss_fn, opt, sched, desc, epoch + 1)
         if world > 1:
             sums = distributed.all_reduce_sum(torch.tensor([total, seen], dtype=torch.float64))
@@ -100,11 +102,12 @@ def _epoch_order(n: int, seed: int, world: int):
     return _sharded_order(n, seed), -(-n // world)
 
 
-def _batches(perm, xt, yt, local_batch: int):
+def _batches(perm, xt, yt, local_batch: int, augment=None):
     dev = distributed.device()
     for i in range(0, len(perm), local_batch):
         idx = perm[i : i + local_batch]
-        yield xt[idx].to(dev), yt[idx].to(dev)
+        xb = xt[idx].to(dev)
+        yield (augment(xb) if augment else xb), yt[idx].to(dev)
 
 
 def _epoch(net, batches, loss_fn, opt, sched, desc: str, epoch: int) -> tuple[float, int]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
 from models import example_input
-from pipeline import confidence
+from pipeline import augment, confidence
+from pipeline.augment import Augment
 from pipeline.config import Recipe
 from pipeline.data import Dataset
 from pipeline.prune import count
@@ -25,10 +27,18 @@ class Job:
     seed: int
     example: torch.Tensor = field(init=False)
     fingerprint: str = field(init=False)  # the data's digest, hashed once for every key
+    augment: Augment | None = field(init=False)  # for training batches only
 
     def __post_init__(self):
         self.example = example_input(self.spec)
         self.fingerprint = self.data.fingerprint()
+        self.augment = augment.for_training(self.recipe.augment, self.data.preprocessing)
+
+    def augment_key(self) -> dict:
+        """The augmentation, for the keys of stages that train; {} when off, so that runs
+        without it keep the keys they had before it existed."""
+        a = self.recipe.augment
+        return {"augment": dataclasses.asdict(a)} if a.enabled else {}
 
     def figures(self, model, what: str) -> dict:
         """Accuracy, confidence calibration, MACs and parameters of a PyTorch model."""

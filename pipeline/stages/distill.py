@@ -30,6 +30,7 @@ def key(job: Job, teacher: StageResult, pruned: StageResult) -> dict:
         },
         "inputs": [teacher.digest, pruned.digest],
         "data": job.fingerprint,
+        **job.augment_key(),
     }
 
 
@@ -99,6 +100,7 @@ def _fit(job: Job, student, loss, hints: FeatureHints | None) -> None:
             seed=job.seed,
             desc="distill student",
             loss_fn=loss,
+            augment=job.augment,
         )
     finally:
         if hints is not None:

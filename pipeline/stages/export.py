@@ -93,9 +93,11 @@ def _qat(job: Job, b, choice, teacher: StageResult) -> dict | None:
             seed=job.seed,
             desc="QAT",
             loss_fn=kd_loss_fn(dense, d.temperature, d.alpha),
+            augment=job.augment,
         )
 
     config = {"epochs": q.qat_epochs, "lr": q.qat_lr, "kd": asdict(d), "teacher": teacher.digest}
+    config |= job.augment_key()
     return {"config": config, "train": train}
 
 

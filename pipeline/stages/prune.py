@@ -46,6 +46,7 @@ def key(job: Job, teacher: StageResult, round_to: int) -> dict:
         },
         "inputs": [teacher.digest],
         "data": job.fingerprint,
+        **(job.augment_key() if finetune else {}),
     }
 
 
@@ -162,6 +163,7 @@ def _finetune_between_steps(job: Job, teacher, steps: int):
                 loss_fn=sparse.wrap(
                     kd_loss_fn(teacher, cfg.distill.temperature, cfg.distill.alpha)
                 ),
+                augment=job.augment,
             )
         finally:
             sparse.close()

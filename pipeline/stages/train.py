@@ -38,6 +38,7 @@ def key(job: Job, weights: Path | None, loaded) -> dict:
             "rewind_snapshot": job.recipe.prune.rewind_epoch or None,
         },
         "data": job.fingerprint,
+        **job.augment_key(),
     }
 
 
@@ -100,6 +101,7 @@ def _train(job: Job, folder: Path, model) -> dict:
             desc="train teacher",
             on_epoch=snapshot if k else None,
             loss_fn=sparse.wrap(cross_entropy),
+            augment=job.augment,
         )
     finally:
         sparse.close()
