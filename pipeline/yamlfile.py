@@ -24,7 +24,7 @@ class _Loader(yaml.SafeLoader):
 
 def parse_yaml(text: str, where: str):
     try:
-        return yaml.load(text, Loader=_Loader)
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader that also refuses aliases
     except (yaml.YAMLError, ValueError) as e:  # ValueError: an integer of 5,000 digits
         raise UsageError(
             f"{where}: not valid YAML ({short(str(e).splitlines()[0], 120)})"

@@ -99,9 +99,17 @@ class Backend(Protocol):
         """(evidence, problems): whether the ARM delegate really ran in verify-arm64's run."""
 
 
-def declared_input_shape(backend: Backend, path: Path) -> list[int]:
-    """`input_shape` for backends whose `describe` lists the file's inputs."""
-    return [int(s) for s in backend.describe(path)["inputs"][0]["shape"]]
+class BackendDefaults:
+    """What a backend answers unless it knows better: no QAT, the input shape as `describe`
+    lists the file's inputs, no profiling beyond latency and peak RSS."""
+
+    qat_precisions: tuple[str, ...] = ()
+
+    def input_shape(self, path: Path) -> list[int]:
+        return [int(s) for s in self.describe(path)["inputs"][0]["shape"]]
+
+    def profile_extras(self, path: Path, x: np.ndarray) -> dict:
+        return {}
 
 
 def run_all(runner: Runner, x: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from targets import _snippets
-from targets._base import Exported, ExportRequest, Runner, Tolerance, declared_input_shape
+from targets._base import BackendDefaults, Exported, ExportRequest, Runner, Tolerance
 from targets._registry import register_backend
 
 INPUT, OUTPUT = "x", "logits"
@@ -64,13 +64,12 @@ _ARRAY_KINDS = ("conv", "linear", "conv_transpose")
 
 
 @register_backend
-class CoreML:
+class CoreML(BackendDefaults):
     name = "coreml"
     title = "Core ML"  # for people: messages and the bundle README
     libraries = ("coremltools",)  # distributions whose versions go into every stage key
     filename = "model.mlpackage"
     precisions = ("fp32", "fp16", "int8", "palettize6", "palettize4")
-    qat_precisions = ()
     runtime = "coremltools"
 
     def can_run(self) -> tuple[bool, str]:
@@ -201,12 +200,6 @@ class CoreML:
 
     def structural_check(self, path: Path, expected_io: dict) -> dict:
         return structural_check(path, expected_io)
-
-    def input_shape(self, path: Path) -> list[int]:
-        return declared_input_shape(self, path)
-
-    def profile_extras(self, path: Path, x: np.ndarray) -> dict:
-        return {}
 
     def app_snippet(self, entry: dict, shape: list[int]) -> list[str]:
         return _snippets.coreml(entry, shape)

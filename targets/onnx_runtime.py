@@ -42,12 +42,12 @@ import torch.nn.functional as F
 
 from targets import _snippets
 from targets._base import (
+    BackendDefaults,
     Exported,
     ExportRequest,
     Runner,
     Tolerance,
     compare,
-    declared_input_shape,
 )
 from targets._registry import register_backend
 
@@ -63,13 +63,12 @@ INT8_VS_FP32_TOL = Tolerance(min_agreement=0.97)
 
 
 @register_backend
-class OnnxRuntime:
+class OnnxRuntime(BackendDefaults):
     name = "onnx"
     title = "ONNX Runtime"  # for people: messages and the bundle README
     libraries = ("onnx", "onnxruntime")  # distributions whose versions go into every stage key
     filename = "model.onnx"
     precisions = ("fp32", "int8")
-    qat_precisions = ()
     runtime = "onnxruntime"
 
     def can_run(self) -> tuple[bool, str]:
@@ -144,12 +143,6 @@ class OnnxRuntime:
             ),
             "bytes": Path(path).stat().st_size,
         }
-
-    def input_shape(self, path: Path) -> list[int]:
-        return declared_input_shape(self, path)
-
-    def profile_extras(self, path: Path, x: np.ndarray) -> dict:
-        return {}
 
     def app_snippet(self, entry: dict, shape: list[int]) -> list[str]:
         return _snippets.onnx(entry, shape)

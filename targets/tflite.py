@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from targets import _snippets
-from targets._base import Exported, ExportRequest, Runner, Tolerance, declared_input_shape
+from targets._base import BackendDefaults, Exported, ExportRequest, Runner, Tolerance
 from targets._registry import register_backend
 from targets._standalone import TFLITE_SIGNATURE as SIGNATURE
 from targets._standalone import dequantize_io, load_tflite, quantize_io  # noqa: F401  (re-exported)
@@ -37,7 +37,7 @@ _QUANT_FORMULA = {
 
 
 @register_backend
-class Tflite:
+class Tflite(BackendDefaults):
     name = "tflite"
     title = "LiteRT"  # for people: messages and the bundle README
     libraries = (
@@ -46,7 +46,6 @@ class Tflite:
     )  # distributions whose versions go into every stage key
     filename = "model.tflite"
     precisions = ("fp32", "int8")
-    qat_precisions = ()
     runtime = "ai_edge_litert"
 
     def can_run(self) -> tuple[bool, str]:
@@ -129,12 +128,6 @@ class Tflite:
             "bytes": path.stat().st_size,
             "delegation": _delegation(path),
         }
-
-    def input_shape(self, path: Path) -> list[int]:
-        return declared_input_shape(self, path)
-
-    def profile_extras(self, path: Path, x: np.ndarray) -> dict:
-        return {}
 
     def app_snippet(self, entry: dict, shape: list[int]) -> list[str]:
         return _snippets.tflite(entry, shape)
