@@ -170,7 +170,13 @@ def _model_json(report: dict, data: Dataset, spec: dict, entries: dict, golden_c
         "labels": data.labels,
         "temperature": {
             k: temperature[k]
-            for k in ("temperature_applied", "temperature_fitted", "folded", "decision")
+            for k in (
+                "temperature_applied",
+                "temperature_fitted",
+                "folded",
+                "decision",
+                "app_divides_logits_by",
+            )
         }
         if temperature is not None
         else None,

@@ -29,6 +29,7 @@ def render(model_json: dict) -> str:
             f"std = {list(pre['std'])}, then HWC to CHW."
         ),
         "",
+        *_temperature_step(model_json.get("temperature")),
         (
             "`golden.npz` holds preprocessed inputs (`x`) and each file's outputs for them: run them "
             "in the app and compare, before anything else."
@@ -51,3 +52,18 @@ def render(model_json: dict) -> str:
     for name, b in model_json["backends"].items():
         lines += get_backend(name).app_snippet(b, shape)
     return "\n".join(lines) + "\n"
+
+
+def _temperature_step(t: dict | None) -> list[str]:
+    """The calibration step the files could not carry, when there is one."""
+    if not t or not t.get("app_divides_logits_by"):
+        return []
+    return [
+        "## Postprocessing",
+        "",
+        (
+            f"Divide the logits by T = {t['app_divides_logits_by']:.6g} before softmax: the "
+            f"calibrated temperature could not be folded into the files ({t['decision']})."
+        ),
+        "",
+    ]

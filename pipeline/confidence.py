@@ -269,33 +269,47 @@ def evaluate(val_logits, val_labels, test_logits, test_labels, bins: int = DEFAU
 # folding T into the classifier
 
 
-def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class CannotFold(ValueError):
+    """The model's output is not an affine layer's output scaled only by ops that commute with
+    a positive scale; the caller ships T as a step for the app instead."""
+
+
+def output_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """The last registered Linear or convolution: the classifier in every model we know of
+    (a Linear head, or a 1x1 conv before global pooling as in SqueezeNet)."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, _AFFINE)]
     if not found:
-        raise ValueError(
-            f"fold_temperature: {type(model).__name__} has no nn.Linear; temperature "
-            "folding needs a model whose output is a linear classifier's output"
+        raise CannotFold(
+            f"fold_temperature: {type(model).__name__} has no Linear or convolution whose "
+            "output is the logits"
         )
     return found[-1]
 
 
 def fold_temperature(model: nn.Module, T: float, example: torch.Tensor | None = None) -> nn.Module:
-    """A copy of `model` whose last nn.Linear has weight/T and bias/T, so it emits logits / T.
+    """A copy of `model` whose output layer (last Linear or conv) has weight/T and bias/T.
 
-    The caller's model is not modified. With `example` (any input of the model's shape; only its
-    shape is used, the values are seeded random) it is checked, by running both, that the
-    model's output is exactly that Linear's output and that the copy emits the original / T;
-    without it, the last registered nn.Linear is assumed to produce the output.
+    Dividing an affine layer's weight and bias by T divides its output by T, and pooling,
+    flattening, ReLU and other positively homogeneous ops after it keep that scale, so the
+    model emits logits / T. The caller's model is not modified. With `example` (only its
+    shape is used; the values are seeded random) the copy is run beside the original and must
+    emit its output / T, else CannotFold; without it the fold is assumed to scale the output.
+    A bias-free layer followed by a bias elsewhere would break this: the check catches it.
     """
     if not (isinstance(T, (int, float)) and math.isfinite(T) and T > 0):
         raise ValueError(f"fold_temperature: T must be a finite number > 0, got {T!r}")
-    name, _ = last_linear(model)
     folded = copy.deepcopy(model).eval()
-    lin = dict(folded.named_modules())[name]
+    if T == 1:
+        return folded
+    name, _ = output_layer(model)
+    layer = dict(folded.named_modules())[name]
     with torch.no_grad():
-        lin.weight.copy_((lin.weight.double() / T).to(lin.weight.dtype))
-        if lin.bias is not None:
-            lin.bias.copy_((lin.bias.double() / T).to(lin.bias.dtype))
+        layer.weight.copy_((layer.weight.double() / T).to(layer.weight.dtype))
+        if layer.bias is not None:
+            layer.bias.copy_((layer.bias.double() / T).to(layer.bias.dtype))
     if example is not None:
         _check_fold(model, folded, name, T, example)
     return folded
@@ -307,36 +321,23 @@ def _check_fold(model, folded, name, T, example):
         generator=torch.Generator().manual_seed(0),
         dtype=example.dtype if example.is_floating_point() else torch.float32,
     )
-    seen = {}
-    lin = dict(model.named_modules())[name]
-    handle = lin.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o.detach().clone()))
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            out = model(x)
-            out_folded = folded(x)
+            out, out_folded = model(x), folded(x)
     finally:
-        handle.remove()
         model.train(was_training)
-    if (
-        not isinstance(out, torch.Tensor)
-        or "out" not in seen
-        or seen["out"].shape != out.shape
-        or not torch.equal(seen["out"], out)
-    ):
-        raise ValueError(
-            f"fold_temperature: the model's output is not the output of its last "
-            f"nn.Linear ({name!r}); something runs after it (or it is not the "
-            "classifier), so dividing its weights by T would not scale the logits. "
-            "Temperature folding needs a model that ends in a Linear."
-        )
+    if not isinstance(out, torch.Tensor) or out_folded.shape != out.shape:
+        raise CannotFold("fold_temperature: the model's output is not one tensor of logits")
     ref = out.double() / T
     err = (out_folded.double() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-12)
     if err > 1e-5:
-        raise ValueError(
-            f"fold_temperature: folded output departs from output / T by "
-            f"{err:.2e} (relative); is {name!r} used more than once?"
+        raise CannotFold(
+            f"fold_temperature: scaling {name!r} ({type(dict(model.named_modules())[name]).__name__})"
+            f" by 1/T does not scale the model's output by 1/T (off by {err:.1e} relative): an "
+            "op after it does not commute with the scale (softmax, a bias, a normalisation), "
+            "or the layer is used more than once"
         )
 
 

@@ -78,6 +78,9 @@ class PruneConfig:
     scope: str = "local"
     # attention heads removed per layer; None: chosen with the channels to meet the target
     head_pruning_ratio: float | None = None
+    # no channel group is cut below this fraction of its width (nor below one round_to
+    # multiple where it is wider), so a few frozen groups cannot push the cut onto a few others
+    min_width: float = 0.25
     # 1: one-shot; n > 1: prune -> fine-tune n times on a cubic schedule (Zhu & Gupta 2017)
     iterative_steps: int = 1
     finetune_epochs: int = 2  # fine-tuning epochs after each iterative step but the last
@@ -99,6 +102,8 @@ class PruneConfig:
             )
         if self.fraction is not None and not 0 < self.fraction <= 1:
             raise UsageError(f"recipe key prune.fraction must be in (0, 1], got {self.fraction}")
+        if not 0 < self.min_width <= 1:
+            raise UsageError(f"recipe key prune.min_width must be in (0, 1], got {self.min_width}")
         if self.importance not in IMPORTANCES:
             raise UsageError(
                 f"recipe key prune.importance: unknown {self.importance!r}; "

@@ -97,7 +97,22 @@ def _widths_chart(report: dict) -> str:
     ax.set_xticks(list(x), layers, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("output channels (counted)")
     ax.legend()
-    return _png(fig)
+    return _png(fig) + _group_notes(report["stages"]["pruned"].get("groups"))
+
+
+def _group_notes(groups: dict | None) -> str:
+    """The channel groups the plan could not cut, cut as far as allowed, or not check."""
+    if not groups:
+        return ""
+    items = [
+        f"<li>{html.escape(k)}: {what}, {html.escape(v)}</li>"
+        for what, key in (("kept its width", "frozen"), ("not verified", "unverified"))
+        for k, v in groups[key].items()
+    ] + [
+        f"<li>{html.escape(k)}: cut to its floor (prune.min_width)</li>" for k in groups["floored"]
+    ]
+    verified = f"<p>{len(groups['verified'])} channel group(s) verified exactly.</p>"
+    return verified + (f"<ul>{''.join(items)}</ul>" if items else "")
 
 
 def _op_breakdown(report: dict) -> str:

@@ -210,11 +210,23 @@ def test_folding_equals_scaling(i):
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
-def test_folding_refuses_a_model_that_does_not_end_in_a_linear():
-    with pytest.raises(ValueError, match="no nn.Linear"):
-        cal.fold_temperature(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten()), 2.0)
+def test_folding_scales_a_1x1_conv_classifier_before_global_pooling():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 5, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+    ).eval()
+    x = torch.randn(4, 3, 8, 8)
+    folded = cal.fold_temperature(model, 2.5, x[:1])
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x) / 2.5, rtol=1e-5, atol=1e-6)
+    assert cal.output_layer(model)[0] == "2"
+
+
+def test_folding_refuses_what_it_cannot_scale():
+    with pytest.raises(cal.CannotFold, match="no Linear or convolution"):
+        cal.fold_temperature(nn.Sequential(nn.Flatten(), nn.Softmax(dim=1)), 2.0)
     softmaxed = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.Softmax(dim=1))
-    with pytest.raises(ValueError, match="ends in a Linear"):
+    with pytest.raises(cal.CannotFold, match="does not commute"):
         cal.fold_temperature(softmaxed, 2.0, torch.zeros(1, 1, 4, 4))
     with pytest.raises(ValueError, match="T must be"):
         cal.fold_temperature(nn.Linear(2, 2), 0.0)

@@ -228,6 +228,12 @@ class SwishFn(torch.autograd.Function):
         return g * s * (1 + x * (1 - s))
 
 
+class ChannelShuffle(nn.Module):
+    def forward(self, x):
+        b, c, h, w = x.shape
+        return x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
 class Swish(nn.Module):
     def forward(self, x):
         return SwishFn.apply(x)
@@ -246,37 +252,28 @@ class Net(nn.Module):
         return self.fc(self.pool(self.body(self.mid(self.stem(x)))).flatten(1))
 
 
-@pytest.mark.parametrize("mid,layer", [(ChannelRoll(), "mid"), (ChannelMix(32), "mid")])
-def test_unprunable_op_names_the_layer_and_leaves_the_model_alone(mid, layer):
+@pytest.mark.parametrize("mid", [ChannelRoll(), ChannelMix(32), ChannelShuffle()])
+def test_a_group_through_an_op_it_cannot_follow_keeps_its_width_and_says_why(mid):
     torch.manual_seed(0)
     model = Net(mid).eval()
     x = torch.randn(2, 3, 16, 16)
     before = copy.deepcopy(model.state_dict())
-    with torch.no_grad():
-        want = model(x)
-    with pytest.raises(UsageError) as err:
-        prune_to_macs(model, x[:1], 0.5)
-    msg = str(err.value)
-    assert f"'{layer}'" in msg and "prune.ignored_layers" in msg and "'stem.0'" in msg
-    # nothing half-pruned: the caller's model is exactly what it was
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    with torch.no_grad():
-        assert torch.equal(model(x), want)
-    # the suggested fix works: the channels feeding the op are kept, the rest is pruned
-    res = prune_to_macs(model, x[:1], 0.5, ignored_layers=("stem.0",))
+    res = prune_to_macs(model, x[:1], 0.5)
+    # the channels feeding the op are kept, with the reason; the rest is pruned and verified
+    assert list(res.plan["frozen"]) == ["stem.0"] and res.plan["frozen"]["stem.0"]
     assert res.model.stem[0].out_channels == 32 and res.model.body[0].out_channels < 32
-    assert res.model(x).shape == (2, 10)
+    assert "body.0" in res.plan["verified"] and res.fraction_reached <= 0.5
+    # the caller's model is exactly what it was
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def test_channel_shuffle_is_caught():
-    class Shuffle(nn.Module):
-        def forward(self, x):
-            b, c, h, w = x.shape
-            return x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-    model = Net(Shuffle()).eval()
-    with pytest.raises(UsageError, match="'stem.0'.*prune.ignored_layers"):
-        prune_to_macs(model, torch.randn(1, 3, 16, 16), 0.5)
+@pytest.mark.parametrize("mid", [ChannelRoll(), ChannelShuffle()])
+def test_a_target_out_of_reach_once_groups_keep_their_width_is_one_line(mid):
+    model = Net(mid).eval()
+    with pytest.raises(UsageError) as err:
+        prune_to_macs(model, torch.randn(1, 3, 16, 16), 0.2)
+    msg = str(err.value)
+    assert "\n" not in msg and "1 layer(s) must keep their width" in msg and "min_width" in msg
 
 
 def test_element_wise_custom_function_prunes_and_is_verified():

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import copy
 
+from ground.log import log
 from pipeline.prune.checks import _verify
-from pipeline.prune.counting import measure
+from pipeline.prune.counting import channels, measure
+from pipeline.prune.graph import GroupFailure, _build_graph, _expand
 from pipeline.prune.plan import _pruned_attributes
-from pipeline.prune.surgery import _prune_copy
-from pipeline.prune.widths import _analyse, _plan_widths
+from pipeline.prune.surgery import IMPORTANCE_FACTORIES, _prune_copy
+from pipeline.prune.widths import _ROOT_TYPES, _analyse, _plan_widths
 
 
-def _prune_step(
+def _plan_and_prune(
     model,
     example,
     budget,
@@ -24,10 +26,11 @@ def _prune_step(
     data,
     head_pruning_ratio,
     seed,
+    min_width=0.25,
 ):
     """Plan widths for an absolute budget, prune a copy, correct the budget if the count
     missed; returns the pruned copy and the step record (history, attributes, checks)."""
-    ana = _analyse(model, example, ignored_layers, round_to, target, head_pruning_ratio)
+    ana = _analyse(model, example, ignored_layers, round_to, target, head_pruning_ratio, min_width)
     current = measure(model, example, target, ignored_layers)
     if budget >= current:
         return copy.deepcopy(model).eval(), {
@@ -35,6 +38,7 @@ def _prune_step(
             "attributes": _pruned_attributes(model),
             "verified": [],
             "unverified": [],
+            **_spread(ana, {}),
         }
     best = None  # (cost, pruned, record) with cost <= budget, else the smallest cost
     goal, tried = budget, set()
@@ -51,7 +55,7 @@ def _prune_step(
         cost = measure(pruned, example, target, ignored_layers)
         fits = cost <= budget
         if _better(best, cost, budget):
-            best = (cost, pruned, record)
+            best = (cost, pruned, {**record, **_spread(ana, kept)})
         if fits and cost >= 0.97 * budget:
             break
         goal *= budget / cost  # the cost model missed by cost/goal: aim again
@@ -60,7 +64,7 @@ def _prune_step(
     return pruned, record
 
 
-def _prune_global(
+def _global_ratio(
     model,
     example,
     budget,
@@ -71,13 +75,14 @@ def _prune_global(
     data,
     head_pruning_ratio,
     seed,
+    min_width=0.25,
 ):
     """torch-pruning's global ranking, its ratio bisected so that the cost fits the budget.
 
     The cost is not monotone in the ratio when round_to is coarse (a group rounded to zero
     channels is left whole), so the best attempt seen is kept: the largest cost that fits,
     else the smallest cost."""
-    ana = _analyse(model, example, ignored_layers, round_to, target, head_pruning_ratio)
+    ana = _analyse(model, example, ignored_layers, round_to, target, head_pruning_ratio, min_width)
     best, lo, hi = None, 0.0, 0.9
     while hi - lo > 0.004:
         r = (lo + hi) / 2
@@ -93,6 +98,7 @@ def _prune_global(
         else:
             lo = r
     _, pruned, record = best
+    record.update(_spread(ana, {}))
     record.update(_verify(model, pruned, example, record["history"]))
     return pruned, record
 
@@ -106,3 +112,94 @@ def _better(best, cost, budget) -> bool:
         or (fits and (best[0] > budget or cost > best[0]))
         or (not fits and best[0] > budget and cost < best[0])
     )
+
+
+_MAX_FROZEN = 16
+
+
+def _freezing(search):
+    """`search`, with each channel group torch-pruning cannot prune, trace through or follow
+    exactly left as it is (like a prune.ignored_layers entry) and the search run again. Every
+    group so left is logged with the reason and recorded in the step's `frozen`. A failure
+    that names no group, or one that repeats, stays an error."""
+
+    def run(model, example, budget, target, importance, round_to, ignored, *rest):
+        # rest: data, head_pruning_ratio, seed, min_width, as `search` takes them
+        frozen: dict[str, str] = {}
+        while True:
+            skip = tuple(ignored) + tuple(frozen)
+            goal = budget - _frozen_channels(model, target, ignored, skip)
+            try:
+                pruned, record = search(
+                    model, example, goal, target, importance, round_to, skip, *rest
+                )
+            except GroupFailure as e:
+                layers = _locate(model, example, skip, [e.root] if e.root else [])
+                if not layers or set(layers) & set(frozen) or len(frozen) >= _MAX_FROZEN:
+                    raise
+                why = e.reason if e.root else "torch-pruning cannot rank its channels"
+                log(f"[prune] warning: {', '.join(map(repr, layers))} left as they are: {why}")
+                frozen.update(dict.fromkeys(layers, why))
+                continue
+            record["frozen"] = {**record.get("frozen", {}), **frozen}
+            return pruned, record
+
+    return run
+
+
+def _frozen_channels(model, target, ignored, skip) -> int:
+    """Channels target: the frozen layers' channels, which the search no longer counts."""
+    if target != "channels" or tuple(ignored) == skip:
+        return 0
+    return channels(model, tuple(ignored)) - channels(model, skip)
+
+
+def _locate(model, example, skip, roots) -> list[str]:
+    """The layers to leave as they are so that the failing groups are not pruned: every layer
+    whose output channels a failing group removes (freezing only its root can leave torch-
+    pruning unable to split the rest). A failing group is one rooted at `roots`, or when no
+    root is known, one whose channels torch-pruning cannot even rank: it ranks every group,
+    pruned or not, so one such group fails any pruning. The index mapping is what fails, so
+    the magnitude criterion stands in for the chosen one."""
+    m = copy.deepcopy(model).eval()
+    names = {mod: n for n, mod in m.named_modules()}
+    dg = _build_graph(m, example)
+    rank = IMPORTANCE_FACTORIES["l2"]()
+    found = list(roots)
+    for group in dg.get_all_groups(ignored_layers=_expand(m, skip), root_module_types=_ROOT_TYPES):
+        if roots and names[group[0][0].target.module] not in roots:
+            continue
+        if not roots and _ranks(rank, group):
+            continue
+        found += [
+            names[d.target.module]
+            for d, _ in group
+            if isinstance(d.target.module, tuple(_ROOT_TYPES))
+            and dg.is_out_channel_pruning_fn(d.handler)
+        ]
+    return list(dict.fromkeys(found))
+
+
+def _ranks(rank, group) -> bool:
+    try:
+        rank(group)
+        return True
+    except Exception:  # noqa: BLE001  (any failure here is the finding)
+        return False
+
+
+def _spread(ana, kept: dict[int, int]) -> dict:
+    """Where the cut fell: groups that keep their width because they must (with why), and
+    groups the planner took down to their floor."""
+    return {
+        "frozen": {g.root: g.frozen for g in ana.groups if g.frozen},
+        "floored": [
+            g.root
+            for gi, g in enumerate(ana.groups)
+            if len(g.choices) > 1 and kept.get(gi) == g.choices[-1] and g.qkv is None
+        ],
+    }
+
+
+_prune_step = _freezing(_plan_and_prune)
+_prune_global = _freezing(_global_ratio)

@@ -7,8 +7,7 @@ import copy
 
 import torch
 
-from ground.errors import UsageError
-from pipeline.prune.graph import _build_graph, _short
+from pipeline.prune.graph import GroupFailure, _build_graph, _short
 from pipeline.prune.plan import apply_plan
 from pipeline.prune.reference import _fix_heads, _same, _zero_entry
 from pipeline.prune.suspects import _graph_with_owners, _suspects
@@ -24,7 +23,7 @@ def _check_runs(dense, pruned, example, history):
     culprit = _first_failing_entry(
         dense, example, history, lambda m: _forward_locating(m, example)[1] is not None
     )
-    root = culprit[0] if culprit else "?"
+    root = culprit[0] if culprit else None
     what = (
         _short(err)
         if err is not None
@@ -35,56 +34,82 @@ def _check_runs(dense, pruned, example, history):
         if where is not None
         else "the model"
     )
-    raise UsageError(
-        f"prune: after removing channels of {root!r}, {layer} fails: {what}. torch-pruning "
-        f"cannot follow the channels through it; add {root!r} to prune.ignored_layers in the "
-        f"recipe"
+    entry = repr(root) if root else "the layer whose channels it removed"
+    raise GroupFailure(
+        f"prune: after removing channels{' of ' + entry if root else ''}, {layer} fails: "
+        f"{what}. torch-pruning cannot follow the channels through it; add {entry} to "
+        "prune.ignored_layers in the recipe",
+        root,
+        f"the pruned model fails in {layer}: {what}",
     )
 
 
 def _verify(dense, pruned, example, history) -> dict:
     """Exactness on every group whose layers are channel-local; a static scan for channel-
     mixing ops on the others (layer norm, grouped conv: the zeroed channels would still count).
-    Returns {"verified": [roots], "unverified": [roots]}; raises UsageError on a failure."""
+    Returns {"verified": [roots], "unverified": [roots], "unverified_why": {root: why}};
+    raises GroupFailure naming the group's root."""
     if not history:
-        return {"verified": [], "unverified": []}
-    checkable, unverifiable = [], []
+        return {"verified": [], "unverified": [], "unverified_why": {}}
+    checkable, blocking = [], {}
     masked = copy.deepcopy(dense).eval()
     owners, dg = _graph_with_owners(masked, example)
     for entry in history:
-        (checkable if _zero_entry(dg, entry, dry_run=True) else unverifiable).append(entry)
+        layers = _zero_entry(dg, entry, dry_run=True)
+        if layers:
+            blocking[entry[0]] = layers
+        else:
+            checkable.append(entry)
     for entry in checkable:
         _zero_entry(dg, entry)
     if checkable:
-        ref = apply_plan(
-            copy.deepcopy(dense).eval(), {"history": checkable}, example, attributes=False
-        )
-        _fix_heads(ref)
-        if not _same(masked, ref, example):
-            bad = _first_failing_entry(dense, example, checkable, None, exact=True) or checkable[0]
-            suspects = _suspects(
-                *_graph_with_owners(copy.deepcopy(dense).eval(), example), bad, mixing_only=False
-            )
-            hint = (
-                f"; ops it treats as element-wise there: {', '.join(suspects)}"
-                if suspects
-                else "; e.g. a reshape/transpose that mixes channels (channel shuffle) or a "
-                "module that uses its own weight in forward"
-            )
-            raise UsageError(
-                f"prune: removing channels of {bad[0]!r} changes what the kept channels compute: "
-                f"torch-pruning does not follow an op between that layer and its consumers"
-                f"{hint}. Add {bad[0]!r} to prune.ignored_layers in the recipe"
-            )
-    for entry in unverifiable:
-        suspects = _suspects(owners, dg, entry, mixing_only=True)
+        _check_exact(dense, masked, example, checkable)
+    for entry in history:
+        suspects = _suspects(owners, dg, entry, mixing_only=True) if entry[0] in blocking else []
         if suspects:
-            raise UsageError(
-                f"prune: removing channels of {entry[0]!r} goes through {', '.join(suspects)}, which "
-                f"torch-pruning treats as element-wise; add {entry[0]!r} to "
-                f"prune.ignored_layers in the recipe"
+            raise GroupFailure(
+                f"prune: removing channels of {entry[0]!r} goes through {', '.join(suspects)}, "
+                f"which torch-pruning treats as element-wise; add {entry[0]!r} to "
+                "prune.ignored_layers in the recipe",
+                entry[0],
+                f"goes through {', '.join(suspects)}, which torch-pruning treats as element-wise",
             )
-    return {"verified": [e[0] for e in checkable], "unverified": [e[0] for e in unverifiable]}
+    return {
+        "verified": [e[0] for e in checkable],
+        "unverified": list(blocking),
+        "unverified_why": {
+            root: "not checked exactly: its channels pass through "
+            + ", ".join(layers)
+            + ", which mix channels (zeroing them is not the same as removing them)"
+            for root, layers in blocking.items()
+        },
+    }
+
+
+def _check_exact(dense, masked, example, checkable) -> None:
+    """The pruned groups compute what the dense model computes with their channels zeroed."""
+    ref = apply_plan(copy.deepcopy(dense).eval(), {"history": checkable}, example, attributes=False)
+    _fix_heads(ref)
+    if _same(masked, ref, example):
+        return
+    bad = _first_failing_entry(dense, example, checkable, None, exact=True) or checkable[0]
+    suspects = _suspects(
+        *_graph_with_owners(copy.deepcopy(dense).eval(), example), bad, mixing_only=False
+    )
+    hint = (
+        f"; ops it treats as element-wise there: {', '.join(suspects)}"
+        if suspects
+        else "; e.g. a reshape/transpose that mixes channels (channel shuffle) or a "
+        "module that uses its own weight in forward"
+    )
+    raise GroupFailure(
+        f"prune: removing channels of {bad[0]!r} changes what the kept channels compute: "
+        f"torch-pruning does not follow an op between that layer and its consumers{hint}. "
+        f"Add {bad[0]!r} to prune.ignored_layers in the recipe",
+        bad[0],
+        "torch-pruning does not follow an op between it and its consumers (the kept "
+        "channels would compute something else)" + (f": {', '.join(suspects)}" if suspects else ""),
+    )
 
 
 def _first_failing_entry(dense, example, entries, fails, exact=False):

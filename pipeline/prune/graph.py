@@ -11,6 +11,14 @@ from torch import nn
 from ground.errors import UsageError
 
 
+class GroupFailure(UsageError):
+    """Pruning one channel group failed; `root` names its root layer (None: not yet known)."""
+
+    def __init__(self, message: str, root: str | None, reason: str):
+        super().__init__(message)
+        self.root, self.reason = root, reason
+
+
 def _build_graph(model, example):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
@@ -35,6 +43,24 @@ def _attention_modules(model: nn.Module) -> dict[str, nn.Module]:
         if isinstance(getattr(m, "qkv", None), nn.Linear)
         and isinstance(getattr(m, "num_heads", None), int)
     }
+
+
+def _output_layers(dg, names: dict) -> list[str]:
+    """The conv/linear layers whose channels are the model's outputs, whatever their type (a
+    Linear head, a 1x1 conv before pooling): found walking back from the graph's outputs
+    through parameter-free ops and norms. Their output channels are never pruned."""
+    seen, found = set(), []
+    stack = [n for n in dg.module2node.values() if not n.outputs]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node.module, (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)):
+            found.append(names[node.module])
+        else:
+            stack.extend(node.inputs)
+    return sorted(found)
 
 
 def _expand(model, names) -> list[nn.Module]:

@@ -88,6 +88,7 @@ def _prune_and_finetune(dense, example, cfg, data, finetune, round_to, ignored, 
             data,
             heads,
             t,
+            cfg.min_width,
         )
         record["kept_fraction_goal"] = round(keep, 4)
         records.append(record)

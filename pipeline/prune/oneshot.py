@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ground.errors import UsageError
+from ground.log import log
 from pipeline.config import PRUNE_SCOPES, PRUNE_TARGETS
 from pipeline.prune.budget import _prune_global, _prune_step
 from pipeline.prune.counting import _pick, channels, count, layer_widths
@@ -45,6 +46,7 @@ def prune(
     scope: str = "local",
     head_pruning_ratio: float | None = None,
     seed: int = 0,
+    min_width: float = 0.25,
 ) -> PruneResult:
     """Prune a copy of `model` to keep at most `fraction` of its MACs, parameters or channels.
 
@@ -52,6 +54,7 @@ def prune(
     torch-pruning ranks all channels together (`global_pruning=True`, no layer below 10 %), its
     one ratio bisected to the target. head_pruning_ratio: None lets the planner choose how many
     attention heads go, like channels; a number fixes the fraction of heads removed per layer.
+    min_width: no group is planned below this fraction of its width (scope local).
     """
     _check_args(fraction, target, importance, scope)
     model = model.eval()
@@ -69,6 +72,7 @@ def prune(
         data,
         head_pruning_ratio,
         seed,
+        min_width,
     )
     plan = {"history": step["history"], "attributes": step["attributes"]}
     return _reached(
@@ -96,11 +100,19 @@ def _reached(res: PruneResult) -> PruneResult:
         raise UsageError(
             f"prune: cannot reach {res.fraction_asked:.0%} of the {res.target} with "
             f"scope={res.plan['scope']}, round_to={res.plan['round_to']} (best "
-            f"{res.fraction_reached:.0%}); use "
+            f"{res.fraction_reached:.0%}{_held_back(res.plan)}); use "
             + ("prune.scope local, " if res.plan["scope"] == "global" else "")
-            + "a smaller prune.round_to, fewer prune.ignored_layers or a larger fraction"
+            + "a smaller prune.round_to or prune.min_width, fewer prune.ignored_layers or a "
+            "larger fraction"
         )
     return res
+
+
+def _held_back(plan: dict) -> str:
+    frozen, floored = len(plan.get("frozen", {})), len(plan.get("floored", []))
+    if not (frozen or floored):
+        return ""
+    return f"; {frozen} layer(s) must keep their width and {floored} group(s) are at their floor"
 
 
 def prune_to_macs(
@@ -147,6 +159,7 @@ def prune_with_config(
         data=data,
         scope=cfg.scope,
         head_pruning_ratio=cfg.head_pruning_ratio,
+        min_width=cfg.min_width,
     )
 
 
@@ -206,7 +219,28 @@ def _result(
         widths={"before": layer_widths(dense), "after": layer_widths(pruned)},
         verified=sorted({g for s in steps for g in s.get("verified", [])}),
         unverified=sorted({g for s in steps for g in s.get("unverified", [])}),
+        unverified_why={k: v for s in steps for k, v in s.get("unverified_why", {}).items()},
+        frozen={k: v for s in steps for k, v in s.get("frozen", {}).items()},
+        floored=sorted({g for s in steps for g in s.get("floored", [])}),
     )
+    _warn_spread(plan)
     return PruneResult(
         pruned, plan, ratio, macs0, macs1, params0, params1, target, fraction, reached
     )
+
+
+def _warn_spread(plan: dict) -> None:
+    """Say where the cut could not go and where it went as far as allowed, and which groups
+    were not checked exactly: the numbers a user needs to judge the plan."""
+    if plan["frozen"]:
+        log(
+            f"[prune] warning: {len(plan['frozen'])} channel group(s) keep their width: "
+            + "; ".join(f"{k!r} ({v})" for k, v in plan["frozen"].items())
+        )
+    if plan["floored"]:
+        log(
+            f"[prune] warning: {len(plan['floored'])} channel group(s) cut to their floor "
+            f"(prune.min_width of the width): {', '.join(plan['floored'])}"
+        )
+    for root, why in plan["unverified_why"].items():
+        log(f"[prune] warning: group {root!r} {why}")

@@ -36,16 +36,18 @@ def _fix_heads(m):
         a.num_heads = a.qkv.out_features // (3 * a.head_dim)
 
 
-def _zero_entry(dg, entry, dry_run=False) -> bool:
+def _zero_entry(dg, entry, dry_run=False) -> list[str]:
     """Zero, in the dense model, the channels a history entry removes, where they are produced
-    and where they are consumed. Returns False if a layer of the group is not channel-local
-    (norms over channels, grouped conv, unknown modules): such a group cannot be checked so."""
+    and where they are consumed. Returns the layers of the group that are not channel-local
+    (norms over channels, grouped conv, unknown modules), as "name (Type)": a group with any
+    cannot be checked so."""
     name, is_out, idxs = entry
+    names = {m: n for n, m in dg.model.named_modules()}
     module = dict(dg.model.named_modules())[name]
     pruner = dg.get_pruner_of_module(module)
     fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
     group = dg.get_pruning_group(module, fn, idxs)
-    ok = True
+    blocking = []
     with torch.no_grad():
         for dep, ix in group:
             t = dep.target.module
@@ -59,7 +61,7 @@ def _zero_entry(dg, entry, dry_run=False) -> bool:
             elif isinstance(t, nn.modules.conv._ConvNd):
                 dw = t.groups == t.in_channels == t.out_channels
                 if t.groups > 1 and not dw:
-                    ok = False
+                    blocking.append(t)
                 elif not dry_run:
                     w = t.weight
                     if t.transposed:
@@ -83,12 +85,12 @@ def _zero_entry(dg, entry, dry_run=False) -> bool:
                         t.weight[:, ix] = 0
             elif isinstance(t, nn.modules.batchnorm._BatchNorm):
                 if not t.affine:
-                    ok = False
+                    blocking.append(t)
                 elif not dry_run:
                     t.weight[ix] = 0
                     t.bias[ix] = 0
             elif isinstance(t, (nn.PReLU,)):
                 pass  # PReLU(0) == 0
             elif isinstance(t, nn.Module):
-                ok = False  # layer/group norm, attention, LSTM, embedding, ...: not channel-local
-    return ok
+                blocking.append(t)  # layer/group norm, attention, LSTM, embedding, ...
+    return [f"{names[t]} ({type(t).__name__})" for t in dict.fromkeys(blocking)]

@@ -12,7 +12,7 @@ import torch_pruning as tp
 
 from ground.errors import UsageError
 from pipeline.prune.checks import _check_runs
-from pipeline.prune.graph import _attention_modules, _expand, _short
+from pipeline.prune.graph import GroupFailure, _attention_modules, _expand, _short
 from pipeline.prune.plan import _pruned_attributes
 from pipeline.prune.widths import _Analysis
 
@@ -108,18 +108,31 @@ def _run_pruner(m, example, ana: _Analysis, importance, round_to, data, seed, kw
                 f"in the recipe"
             ) from e
         _prepare_importance(importance, imp, m, data)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            for group in pruner.step(interactive=True):
-                root = pruner.DG._module2name.get(group[0][0].target.module, "?")
-                try:
-                    group.prune()
-                except Exception as e:
-                    raise UsageError(
-                        f"prune: torch-pruning fails to remove channels of layer {root!r} "
-                        f"({_short(e)}); add {root!r} to prune.ignored_layers in the recipe"
-                    ) from e
+        _prune_groups(pruner, {mod: n for n, mod in m.named_modules()}, seed)
     return pruner
+
+
+def _prune_groups(pruner, names: dict, seed: int) -> None:
+    """Let the pruner remove its groups one by one. Whatever torch-pruning raises, while it
+    ranks a group's channels or removes them, becomes a GroupFailure: with the group's root
+    layer when it is known, else None (the caller then locates it)."""
+    root = None
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        try:
+            for group in pruner.step(interactive=True):
+                root = names.get(group[0][0].target.module)
+                group.prune()
+                root = None
+        except Exception as e:  # anything the engine raises is this group's
+            layer = repr(root) if root else "its root layer"
+            raise GroupFailure(
+                f"prune: torch-pruning fails to remove channels of "
+                f"{'layer ' + layer if root else 'a group'} ({_short(e)}); add {layer} to "
+                "prune.ignored_layers in the recipe",
+                root,
+                f"torch-pruning fails on it ({_short(e)})",
+            ) from e
 
 
 def _prepare_importance(name, imp, model, data):

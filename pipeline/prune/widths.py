@@ -16,6 +16,7 @@ from pipeline.prune.graph import (
     _expand,
     _ignored_modules,
     _out_channel_groups,
+    _output_layers,
 )
 
 _ROOT_TYPES = [tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM]
@@ -27,6 +28,7 @@ class _Group:
     size: int  # channels, or heads for attention
     choices: list[int]  # allowed kept units, descending, choices[0] == size
     qkv: str | None = None  # attention: the fused qkv linear whose heads go
+    frozen: str | None = None  # why the group keeps its width, when it must
 
 
 @dataclass
@@ -39,17 +41,22 @@ class _Analysis:
     head_ratio: float | None = None
 
 
-def _analyse(model, example, ignored_layers, round_to, target, head_pruning_ratio) -> _Analysis:
+def _analyse(
+    model, example, ignored_layers, round_to, target, head_pruning_ratio, min_width=0.25
+) -> _Analysis:
     m = copy.deepcopy(model).eval()
     names = {mod: n for n, mod in m.named_modules()}
-    ignored = _ignored_modules(m, ignored_layers)
+    dg = _build_graph(m, example)
+    # the layers that emit the outputs keep their width: the class count is not a width
+    ignored = list(dict.fromkeys(_ignored_modules(m, ignored_layers) + _output_layers(dg, names)))
     ignored_mods = _expand(m, ignored)
     num_heads = {a.qkv: int(a.num_heads) for a in _attention_modules(m).values()}
-    dg = _build_graph(m, example)
     groups, member, out_of = [], {}, {}
     for group in dg.get_all_groups(ignored_layers=ignored_mods, root_module_types=_ROOT_TYPES):
         gi = len(groups)
-        groups.append(_group(dg, group, names, num_heads, round_to or 1, head_pruning_ratio))
+        groups.append(
+            _group(dg, group, names, num_heads, round_to or 1, head_pruning_ratio, min_width)
+        )
         for dep, _ in group:
             t = dep.target.module
             if isinstance(t, nn.Module):
@@ -72,9 +79,9 @@ def _analyse(model, example, ignored_layers, round_to, target, head_pruning_rati
     )
 
 
-def _group(dg, group, names, num_heads, step, head_pruning_ratio) -> _Group:
-    """The group's size and the kept units it may take: channels in steps of round_to, or
-    attention heads."""
+def _group(dg, group, names, num_heads, step, head_pruning_ratio, min_width) -> _Group:
+    """The group's size and the kept units it may take: channels in steps of round_to down to
+    the floor (min_width of the width, at least one step), or attention heads."""
     root = group[0][0].target.module
     targets = [d.target.module for d, _ in group if isinstance(d.target.module, nn.Module)]
     qkv = [
@@ -91,9 +98,21 @@ def _group(dg, group, names, num_heads, step, head_pruning_ratio) -> _Group:
             k = max(1, h - math.ceil(head_pruning_ratio * h - 1e-9))
             choices = [h, k] if k < h else [h]
         return _Group(names[root], h, choices, names[qkv[0]])
-    if any(_out_channel_groups(dg, t) > 1 for t in targets):
-        return _Group(names[root], size, [size])  # grouped conv/norm: left as it is
-    return _Group(names[root], size, [size] + list(range((size - 1) // step * step, 0, -step)))
+    grouped = [t for t in targets if _out_channel_groups(dg, t) > 1]
+    if grouped:
+        return _Group(names[root], size, [size], frozen=_grouped_why(grouped[0], names))
+    floor = min(size, max(step, math.ceil(min_width * size / step) * step))
+    return _Group(
+        names[root], size, [size] + list(range((size - 1) // step * step, floor - 1, -step))
+    )
+
+
+def _grouped_why(module, names) -> str:
+    kind = f"groups={module.groups}" if hasattr(module, "groups") else type(module).__name__
+    return (
+        f"its channels pass through {names[module]!r} ({kind}), which torch-pruning cannot "
+        "narrow while keeping its groups whole"
+    )
 
 
 def _channel_terms(names, skip, out_of) -> tuple[list, float]:

@@ -40,8 +40,12 @@ def _calibrate(job: Job, folder: Path, student_dir: Path) -> dict:
     applied = 1.0
     if cfg.temperature_scaling:
         applied = fit["temperature"] if cfg.apply == "always" else fit["recommended_temperature"]
-    save_model(folder, confidence.fold_temperature(student, applied, job.example), spec, plan)
+    folded, unfoldable = _fold(student, applied, job.example)
+    save_model(folder, folded, spec, plan)
     why = _decision(job, fit, applied)
+    app_t = None
+    if unfoldable is not None:  # the files emit unscaled logits; the app scales them
+        why, app_t, applied = unfoldable, applied, 1.0
     ch = ev["nll_change"]
     se = f" ± {ch['standard_error']:.4f} (1 s.e.)" if ch["standard_error"] is not None else ""
     log(
@@ -49,7 +53,23 @@ def _calibrate(job: Job, folder: Path, student_dir: Path) -> dict:
         f"test NLL {ev['before']['nll']:.4f} -> {ev['after']['nll']:.4f} with the fitted T "
         f"(change {ch['mean']:+.4f}{se})"
     )
-    return _info(job, ev, applied, why)
+    info = _info(job, ev, applied, why)
+    info["app_divides_logits_by"] = app_t
+    return info
+
+
+def _fold(student, T: float, example):
+    """(model with T folded, None), or (model unchanged, why) when the model's output layer
+    cannot carry T; the app then divides the logits by T itself, as model.json says."""
+    try:
+        return confidence.fold_temperature(student, T, example), None
+    except confidence.CannotFold as e:
+        why = (
+            f"not folded, {e}; the app divides the logits by T = {T:.4f} before softmax "
+            "(model.json temperature.app_divides_logits_by)"
+        )
+        log(f"[calibrate] warning: {why}")
+        return student, why
 
 
 def _decision(job: Job, fit: dict, applied: float) -> str:

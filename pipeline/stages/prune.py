@@ -80,6 +80,12 @@ def _prune(job: Job, folder: Path, teacher_dir: Path, round_to: int) -> dict:
         extra,
         ratio=res.ratio,
         widths={"before": layer_widths(teacher), "after": layer_widths(model)},
+        groups={
+            "verified": plan["verified"],
+            "unverified": plan["unverified_why"],
+            "frozen": plan["frozen"],
+            "floored": plan["floored"],
+        },
     )
     _log_result(res, extra, info)
     return info
