@@ -30,10 +30,10 @@ class _NeXtBlock(nn.Module):
         return torch.relu(self.body(x) + (x if self.skip is None else self.skip(x)))
 
 
-def resnext(num_classes=10):
+def resnext(num_classes=10, in_channels=3):
     """Residual blocks with grouped 3x3 convs (groups=4), ResNeXt style."""
     return nn.Sequential(
-        _cbr(3, 32),
+        _cbr(in_channels, 32),
         _NeXtBlock(32, 64, 2),
         _NeXtBlock(64, 64, 1),
         _NeXtBlock(64, 128, 2),
@@ -52,10 +52,10 @@ class _DenseLayer(nn.Module):
         return torch.cat([x, self.conv(x)], 1)
 
 
-def densenet(num_classes=10):
+def densenet(num_classes=10, in_channels=3):
     """Dense blocks: every layer's output concatenated to its input."""
     return nn.Sequential(
-        _cbr(3, 16),
+        _cbr(in_channels, 16),
         _DenseLayer(16, 16),
         _DenseLayer(32, 16),
         _cbr(48, 32, 1),
@@ -86,10 +86,10 @@ class _ShuffleUnit(nn.Module):
         return _shuffle(torch.cat([a, self.branch(b)], 1))
 
 
-def shufflenet(num_classes=10):
+def shufflenet(num_classes=10, in_channels=3):
     """ShuffleNetV2 units: channel split, a branch on one half, concat, channel shuffle."""
     return nn.Sequential(
-        _cbr(3, 48),
+        _cbr(in_channels, 48),
         _ShuffleUnit(48),
         _ShuffleUnit(48),
         _cbr(48, 96, 3, 2),
@@ -112,10 +112,10 @@ class _Fire(nn.Module):
         return torch.cat([self.e1(s), self.e3(s)], 1)
 
 
-def squeezenet(num_classes=10):
+def squeezenet(num_classes=10, in_channels=3):
     """Fire modules and a 1x1-conv classifier followed by global pooling (SqueezeNet)."""
     return nn.Sequential(
-        _cbr(3, 32),
+        _cbr(in_channels, 32),
         _Fire(32, 16, 32),
         nn.MaxPool2d(2),
         _Fire(64, 16, 32),
@@ -147,10 +147,10 @@ class _ConvNeXtBlock(nn.Module):
         return x + self.gamma * self.pw2(torch.nn.functional.gelu(self.pw1(self.norm(self.dw(x)))))
 
 
-def convnext(num_classes=10):
+def convnext(num_classes=10, in_channels=3):
     """ConvNeXt blocks: depthwise 7x7, LayerNorm over channels, inverted MLP, layer scale."""
     return nn.Sequential(
-        nn.Conv2d(3, 32, 4, 4),
+        nn.Conv2d(in_channels, 32, 4, 4),
         _ChannelsLastNorm(32),
         _ConvNeXtBlock(32),
         _ConvNeXtBlock(32),
@@ -169,11 +169,11 @@ class _Residual(nn.Module):
         return self.fn(x) + x
 
 
-def convmixer(num_classes=10, dim=64, depth=3):
+def convmixer(num_classes=10, in_channels=3, dim=64, depth=3):
     """ConvMixer (Trockman & Kolter): patch embedding, residual depthwise + pointwise mixing."""
     act = nn.GELU
     return nn.Sequential(
-        nn.Conv2d(3, dim, 2, 2),
+        nn.Conv2d(in_channels, dim, 2, 2),
         act(),
         nn.BatchNorm2d(dim),
         *[

@@ -1,0 +1,74 @@
+"""Pruning what users bring (issue 26): architectures the zoo does not have, each pruned to a
+MAC target or refused in one line, with every group that kept its width, was cut to its floor
+or could not be checked exactly named in the plan with the reason."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ground.errors import UsageError
+from pipeline.confidence import fold_temperature
+from pipeline.prune import prune_to_macs
+from tests.unseen_models import ALL, convnext, resnext, shufflenet, squeezenet
+
+X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _floor(width: int, step: int = 8, min_width: float = 0.25) -> int:
+    return min(width, max(step, math.ceil(min_width * width / step) * step))
+
+
+@pytest.mark.parametrize("name", sorted(set(ALL) - {"shufflenet"}))
+def test_unseen_architecture_prunes_to_half_the_macs_without_a_width_below_its_floor(name):
+    res = prune_to_macs(ALL[name]().eval(), X, 0.5)
+    assert res.fraction_reached <= 0.5 and res.model(X).shape == (1, 10)
+    before, after = res.plan["widths"]["before"], res.plan["widths"]["after"]
+    assert all(after[n] >= _floor(w) for n, w in before.items()), (before, after)
+    # every group is accounted for: verified exactly, or listed with why it is not
+    assert res.plan["verified"]
+    assert set(res.plan["unverified"]) == set(res.plan["unverified_why"])
+
+
+def test_channel_shuffle_groups_keep_their_width_and_an_unreachable_target_is_one_line():
+    with pytest.raises(UsageError) as err:
+        prune_to_macs(shufflenet().eval(), X, 0.5)
+    msg = str(err.value)
+    assert "\n" not in msg and "must keep their width" in msg and "at their floor" in msg
+
+
+def test_shuffle_groups_are_listed_with_the_reason_when_the_target_allows():
+    res = prune_to_macs(shufflenet().eval(), X, 0.9)
+    assert {"0.0", "3.0"} <= set(res.plan["frozen"]) and res.fraction_reached <= 0.9
+    assert all(res.plan["frozen"].values())
+
+
+def test_grouped_conv_groups_are_listed_and_the_cut_stops_at_the_floor():
+    res = prune_to_macs(resnext().eval(), X, 0.5)
+    frozen = res.plan["frozen"]
+    assert "1.body.1.0" in frozen and "groups=4" in frozen["1.body.1.0"]
+    after = res.plan["widths"]["after"]
+    assert after["0.0"] >= 8 and after["1.body.2"] >= 16 and after["3.body.2"] >= 32
+    assert res.plan["floored"]  # the cut reached a floor: the plan says where
+
+
+@pytest.mark.parametrize("fraction", [0.75, 0.5, 0.25])
+def test_a_1x1_conv_classifier_keeps_its_class_count(fraction):
+    res = prune_to_macs(squeezenet().eval(), X, fraction)
+    assert res.model[4].out_channels == 10 and res.model(X).shape == (1, 10)
+
+
+def test_temperature_folds_into_a_pruned_1x1_conv_classifier():
+    model = prune_to_macs(squeezenet().eval(), X, 0.5).model
+    folded = fold_temperature(model, 1.7, X)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x) / 1.7, rtol=1e-5, atol=1e-6)
+
+
+def test_groups_through_layernorm_over_channels_are_listed_with_the_reason():
+    res = prune_to_macs(convnext().eval(), X, 0.5)
+    why = res.plan["unverified_why"]
+    assert why and all("LayerNorm" in v for v in why.values())
