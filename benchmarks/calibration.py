@@ -453,16 +453,7 @@ def run_compress(key: str, work: Path) -> dict:
             n: {k: value(st[n]["calibration"].get(k)) for k in keep}
             for n in ("teacher", "pruned", "distilled")
         },
-        "temperature": {
-            k: st["temperature"][k]
-            for k in (
-                "temperature_fitted",
-                "temperature_applied",
-                "folded",
-                "decision",
-                "cross_validation",
-            )
-        },
+        "temperature": _temperature(st["temperature"]),
         "nll_change": st["temperature"].get("nll_change"),
         "distilled_scaled": {k: value(st["temperature"]["after_fitted"].get(k)) for k in keep},
         "files": {},
@@ -487,6 +478,24 @@ def run_compress(key: str, work: Path) -> dict:
         f"applied {out['temperature']['temperature_applied']:.3f}"
     )
     return out
+
+
+def _temperature(t: dict) -> dict:
+    """The report's temperature figures as the plain numbers this file's results keep."""
+    cv = t.get("cross_validation")
+    return {
+        "temperature_fitted": t["temperature_fitted"]["value"],
+        "temperature_applied": t["temperature_applied"]["value"],
+        "folded": t["folded"],
+        "decision": t["decision"],
+        "cross_validation": {
+            "folds": cv["settings"]["folds"],
+            **{k: cv[k]["value"] for k in ("temperatures", "nll_scaled", "nll_unscaled")},
+            "scaling_helps": cv["scaling_helps"],
+        }
+        if cv
+        else None,
+    }
 
 
 def compress_section(results: dict) -> str:

@@ -168,18 +168,7 @@ def _model_json(report: dict, data: Dataset, spec: dict, entries: dict, golden_c
         ],
         "preprocessing": data.preprocessing.describe(),
         "labels": data.labels,
-        "temperature": {
-            k: temperature[k]
-            for k in (
-                "temperature_applied",
-                "temperature_fitted",
-                "folded",
-                "decision",
-                "app_divides_logits_by",
-            )
-        }
-        if temperature is not None
-        else None,
+        "temperature": _temperature(temperature) if temperature is not None else None,
         "backends": entries,
         "golden": {
             "file": "golden.npz",
@@ -199,6 +188,16 @@ def _model_json(report: dict, data: Dataset, spec: dict, entries: dict, golden_c
             ),
         },
         "ok": report["ok"],
+    }
+
+
+def _temperature(t: dict) -> dict:
+    """The T folded into the classifier (and the one fitted), as plain numbers for the app."""
+    return {
+        **{k: t[k]["value"] for k in ("temperature_applied", "temperature_fitted")},
+        **{k: t[k] for k in ("folded", "decision")},
+        # T the files could not carry: the app divides the logits by it
+        "app_divides_logits_by": (t.get("app_divides_logits_by") or {}).get("value"),
     }
 
 

@@ -128,6 +128,21 @@ def figures(m: dict, on: str) -> dict:
     return {key: measured(float(m[key]), unit(m), on) for key, unit in UNITS.items()}
 
 
+RELIABILITY_UNIT = (
+    "reliability diagram: equal-width confidence bins (edges), images per bin (count), mean "
+    "confidence and top-1 accuracy per bin (None: empty); over all images ECE, MCE, NLL "
+    "(nats per image), Brier, accuracy, mean confidence"
+)
+
+
+def reliability_data(m: dict | None, on: str) -> dict | None:
+    """A `metrics` result (or {"before": m, "after": m, "temperature": T}) for the reliability
+    diagrams, with one source for the whole object: its bins are arrays."""
+    if m is None:
+        return None
+    return {**m, "source": "measured", "unit": RELIABILITY_UNIT, "on": on}
+
+
 # --------------------------------------------------------------------------------------------
 # temperature scaling
 

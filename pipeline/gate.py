@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ground.errors import UsageError, short
 from pipeline.config import from_dict
+from pipeline.report import counted
 from pipeline.yamlfile import read_yaml_file
 
 
@@ -98,12 +99,13 @@ def load_report(path: str | Path) -> dict:
 
 
 def figure(report: dict, backend: str, limit: str, line: Budget):
-    """(value, source, on) of the figure a limit checks; value None when the report has none."""
+    """(value, unit, source, on) of the figure a limit checks; value None when the report has
+    none."""
     b = report["backends"].get(backend, {})
     par = b.get("parity", {}).get("test_split", {})
 
     def f(fig):
-        return (fig["value"], fig["source"], fig["on"]) if fig else (None, None, None)
+        return (fig["value"], fig["unit"], fig["source"], fig["on"]) if fig else (None,) * 4
 
     if limit == "max_file_bytes":
         return f(b.get("bytes"))
@@ -121,9 +123,10 @@ def figure(report: dict, backend: str, limit: str, line: Budget):
             report["stages"]["teacher"]["accuracy"],
         )
         if not acc:
-            return None, None, None
+            return (None,) * 4
         return (
             round(100 * (teacher["value"] - acc["value"]), 4),
+            "percentage points of top1",
             "measured",
             f"teacher ({teacher['on']}) minus {acc['on']}",
         )
@@ -133,7 +136,9 @@ def figure(report: dict, backend: str, limit: str, line: Budget):
         return f(par.get("sqnr_db"))
     if limit == "min_delegated_fraction":
         frac = b.get("preflight", {}).get("delegated_fraction")
-        return (frac, "counted", f"{backend} preflight") if frac is not None else (None, None, None)
+        if isinstance(frac, (int, float)):  # a baseline written before it had its source
+            frac = counted(frac, "fraction of the nodes delegated", f"{backend} preflight")
+        return f(frac)
     if limit == "max_ece":
         return f((b.get("calibration_metrics") or {}).get("ece"))
     raise KeyError(limit)
@@ -174,7 +179,7 @@ def evaluate(report: dict, budgets: Budgets, baseline: dict | None = None) -> li
 
 
 def _check(report, backend, limit, line, bound, baseline, max_reg, i) -> dict:
-    value, source, on = figure(report, backend, limit, line)
+    value, unit, source, on = figure(report, backend, limit, line)
     name = f"budgets[{i}] {backend} {limit}" + (
         f" ({line.latency_stat} on {line.latency_on})" if limit == "max_latency_ms" else ""
     )
@@ -184,6 +189,7 @@ def _check(report, backend, limit, line, bound, baseline, max_reg, i) -> dict:
         "limit_key": limit,
         "limit": bound,
         "value": value,
+        "unit": unit,
         "source": source,
         "on": on,
     }

@@ -1,5 +1,9 @@
 """report.json and the printed summary. Every figure says where it came from:
-{"value": 0.97, "unit": "top1", "source": "measured" | "estimated" | "counted", "on": "..."}."""
+{"value": 0.97, "unit": "top1", "source": "measured" | "estimated" | "counted", "on": "..."};
+its value is a number (or None), or an array of them (one figure per fold, say). An object whose
+numbers are arrays or tables (a reliability diagram's bins) carries one "source", "unit" and
+"on" itself, and no "value". Settings the run was asked for sit under "settings"; the stages'
+info becomes figures in pipeline/report_figures.py."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ def fig(value, unit: str, source: str, on: str) -> dict:
     assert source in SOURCES, source
     if isinstance(value, float):
         value = round(value, 6)
+    elif isinstance(value, list):
+        value = [round(v, 6) if isinstance(v, float) else v for v in value]
     return {"value": value, "unit": unit, "source": source, "on": on}
 
 
@@ -19,6 +25,10 @@ def measured(value, unit, on):
 
 def counted(value, unit, on):
     return fig(value, unit, "counted", on)
+
+
+def estimated(value, unit, on):
+    return fig(value, unit, "estimated", on)
 
 
 def parity_figures(block: dict, file: str) -> dict:

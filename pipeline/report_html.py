@@ -59,7 +59,7 @@ def _stage_chart(report: dict) -> str:
             accs.append(100 * acc["value"])
             colors.append("#36c")
         if b.get("latency"):
-            lat_names.append(f"{b['file']}\n({b['latency'][0]['threads']} thr)")
+            lat_names.append(f"{b['file']}\n({b['latency'][0]['settings']['threads']} thr)")
             lats.append(b["latency"][0]["p50"]["value"])
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
     a1.bar(range(len(names)), accs, color=colors)
@@ -92,8 +92,14 @@ def _widths_chart(report: dict) -> str:
     layers = list(widths["before"])
     fig, ax = plt.subplots(figsize=(11, 3.2))
     x = range(len(layers))
-    ax.bar([i - 0.2 for i in x], [widths["before"][n] for n in layers], 0.4, label="dense teacher")
-    ax.bar([i + 0.2 for i in x], [widths["after"].get(n, 0) for n in layers], 0.4, label="pruned")
+    after = [widths["after"][n]["value"] if n in widths["after"] else 0 for n in layers]
+    ax.bar(
+        [i - 0.2 for i in x],
+        [widths["before"][n]["value"] for n in layers],
+        0.4,
+        label="dense teacher",
+    )
+    ax.bar([i + 0.2 for i in x], after, 0.4, label="pruned")
     ax.set_xticks(list(x), layers, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("output channels (counted)")
     ax.legend()
@@ -145,8 +151,8 @@ def _scorecard(report: dict) -> str:
         figs = [("size", b.get("bytes"))]
         for lat in b.get("latency") or []:
             figs += [
-                (f"p50 latency ({lat['threads']} thr)", lat["p50"]),
-                (f"p90 latency ({lat['threads']} thr)", lat["p90"]),
+                (f"p50 latency ({lat['settings']['threads']} thr)", lat["p50"]),
+                (f"p90 latency ({lat['settings']['threads']} thr)", lat["p90"]),
             ]
         for key in ("peak_rss", "planned_bytes"):
             figs.append((key.replace("_", " "), (b.get("memory") or {}).get(key)))
@@ -191,8 +197,9 @@ def _reliability(report: dict) -> str:
     data = base64.b64encode(reliability_png(per)).decode()
     t = report["stages"].get("temperature", {})
     note = (
-        f"<p>Temperature: fitted {t['temperature_fitted']:.3f} on the validation split, "
-        f"applied {t['temperature_applied']:.3f} ({html.escape(t['decision'])}). "
+        f"<p>Temperature: fitted {t['temperature_fitted']['value']:.3f} on the validation "
+        f"split, applied {t['temperature_applied']['value']:.3f} "
+        f"({html.escape(t['decision'])}). "
         "Reliability diagrams on the test split (measured); the 'temperature' panel shows "
         "the distilled student before (bars) and after (outline) scaling by the fitted T.</p>"
         if t

@@ -21,7 +21,7 @@ import numpy as np
 from ground.errors import UsageError
 from ground.log import log
 from pipeline import report_html
-from pipeline.report import measured
+from pipeline.report import counted, measured
 from pipeline.rundir import file_record, library_versions, sha256_path, write_bytes, write_json
 from pipeline.verify import compare, judge, structural_problems
 from targets import arm64, get_backend
@@ -128,7 +128,7 @@ def _check(m, bundle: Path, name: str, entry: dict, golden: dict, report: dict, 
         "problems": problems,
         "tolerance": tol.describe(),
         "golden": _figures(figures, file, m.cpu) if figures else None,
-        "delegate": delegate,
+        "delegate": _delegate_counts(delegate, file, m.cpu),
         "versions": res["versions"],
         "guest": res["host"],
     }
@@ -160,6 +160,33 @@ def _figures(f: dict, file: str, cpu: str) -> dict:
     # identical outputs have infinite SQNR, which JSON cannot hold
     out["sqnr_db"] = measured(f["sqnr_db"], "dB", on) if np.isfinite(f["sqnr_db"]) else None
     out["identical"] = f["max_abs_diff"] == 0.0
+    return out
+
+
+_DELEGATE_COUNTS = {  # the delegate evidence's counts -> unit
+    "file_nodes": "nodes in the file",
+    "delegate_nodes": "delegate nodes after allocation",
+    "delegated_file_nodes": "file nodes the delegate took",
+    "host_delegated_nodes": "file nodes the delegate took on this host (preflight)",
+    "delegate_calls": "DELEGATE_CALL events",
+    "executions": "executions",
+    "xnnpack_ops_run": "XNNPACK operator events",
+}
+
+
+def _delegate_counts(d: dict, file: str, cpu: str) -> dict:
+    """The evidence that the ARM delegate ran, its counts as counted figures."""
+    on = f"{file} on aarch64 (qemu, {cpu}): the runtime's own record of the run"
+    out = {
+        k: counted(v, _DELEGATE_COUNTS[k], on) if k in _DELEGATE_COUNTS else v for k, v in d.items()
+    }
+    if out.get("host_delegated_nodes") is not None:  # counted on this host, at export
+        out["host_delegated_nodes"]["on"] = f"{file} on this host: the export's preflight"
+    if "file_delegates" in d:
+        out["file_delegates"] = {
+            k: counted(n, "delegate blobs in the file", file)
+            for k, n in d["file_delegates"].items()
+        }
     return out
 
 
@@ -263,8 +290,9 @@ def table(block: dict) -> str:
 
 
 def _delegate_line(d: dict) -> str:
+    n = lambda k: d[k]["value"]
     if "xnnpack_kernels" in d:
-        return f"XNNPACK: {d['xnnpack_ops_run']} ops in {d['delegate_calls']} delegate call(s)"
+        return f"XNNPACK: {n('xnnpack_ops_run')} ops in {n('delegate_calls')} delegate call(s)"
     if "delegate_nodes" in d:
-        return f"XNNPACK: {d['delegated_file_nodes']}/{d['file_nodes']} nodes"
+        return f"XNNPACK: {n('delegated_file_nodes')}/{n('file_nodes')} nodes"
     return ", ".join(d.get("providers", []))

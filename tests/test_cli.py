@@ -34,57 +34,11 @@ def test_bundle_has_every_file_and_a_true_manifest(android_bundle):
     assert [p.name for p in b.parent.iterdir()] == ["android"]
 
 
-def test_report_figures_say_where_they_came_from(android_bundle):
+def test_report_figures_say_where_they_came_from(android_bundle, every_number_sourced):
     report = json.loads((android_bundle["bundle"] / "report.json").read_text())
     assert report["ok"] and report["problems"] == []
-    settings = {
-        "recipe",
-        "tolerance",
-        "model",
-        "host",
-        "seed",
-        "io",
-        "preflight",
-        "calibration",
-        "widths",
-        "ratio",
-        "final_loss",
-        "threads",
-        "runs",
-        "slimship_report",
-        "reliability_data",
-        "cross_validation",
-        "temperature_fitted",
-        "temperature_applied",
-        "qat",
-        # counts and shares that sit beside figures in the profiler/estimator blocks
-        "buffers",
-        "compute_bound_layers",
-        "memory_bound_layers",
-        "share",
-        "delegated",
-        "rows_total",
-        "samples",
-    }
-
-    def walk(node, path):
-        if isinstance(node, dict):
-            if "source" in node:
-                assert node["source"] in ("measured", "estimated", "counted"), path
-                assert node.get("on") and "unit" in node, path
-                return
-            for k, v in node.items():
-                if k not in settings:
-                    walk(v, f"{path}.{k}")
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                walk(v, f"{path}[{i}]")
-        else:
-            assert not isinstance(node, (int, float)) or isinstance(node, bool), (
-                f"bare number at {path}: {node}"
-            )
-
-    walk(report, "report")
+    # the whole report, no key exempt but the declared inputs (tests/conftest.py)
+    every_number_sourced(report)
     teacher = report["stages"]["teacher"]
     assert teacher["accuracy"]["value"] >= 0.9
     assert report["stages"]["distilled"]["macs"]["value"] <= 0.5 * teacher["macs"]["value"]
@@ -93,10 +47,10 @@ def test_report_figures_say_where_they_came_from(android_bundle):
         assert b["parity"]["state"] == "verified" and b["precision"] == "int8"
         assert b["parity"]["file_accuracy"]["value"] >= teacher["accuracy"]["value"] - 0.03
         lat = b["latency"][0]
-        assert lat["runs"] >= 20 and lat["p50"]["source"] == "measured"
+        assert lat["settings"]["runs"] >= 20 and lat["p50"]["source"] == "measured"
         assert lat["p50"]["value"] <= lat["p90"]["value"]
     et = report["backends"]["executorch-xnnpack"]
-    assert et["preflight"]["delegated_fraction"] == 1.0
+    assert et["preflight"]["delegated_fraction"]["value"] == 1.0
     # issue 5: memory measured in a fresh process, the plan counted, real op names profiled,
     # estimates per device profile of the target with the estimator's measured error beside
     assert (
@@ -115,6 +69,29 @@ def test_report_figures_say_where_they_came_from(android_bundle):
         assert est["latency"]["1"]["latency"]["source"] == "estimated"
         assert est["energy"]["source"] == "estimated" and est["energy"]["unit"] == "mJ"
         assert est["estimator_error"]["median_abs_error"]["source"] == "measured"
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        ("stages", "teacher", "final_loss"),  # a figure replaced by its bare value
+        ("backends", "tflite", "latency", 0, "extra_ms"),  # a number added beside figures
+        ("stages", "pruned", "widths", "after", "extra"),
+    ],
+)
+def test_a_bare_number_anywhere_fails_the_walk(android_bundle, every_number_sourced, where):
+    report = json.loads((android_bundle["bundle"] / "report.json").read_text())
+    node = report
+    for k in where[:-1]:
+        node = node[k]
+    node[where[-1]] = 0.25
+    with pytest.raises(AssertionError, match="bare number 0.25"):
+        every_number_sourced(report)
+    # a figure that does not say what it was measured on fails too
+    report = json.loads((android_bundle["bundle"] / "report.json").read_text())
+    del report["stages"]["temperature"]["temperature_fitted"]["on"]
+    with pytest.raises(AssertionError, match="no 'on'"):
+        every_number_sourced(report)
 
 
 def test_pte_reproduces_golden_from_the_bundle_alone(android_bundle):
@@ -245,10 +222,13 @@ def test_calibration_is_reported_per_stage_and_per_file(android_bundle):
         cal = report["stages"][stage]["calibration"]
         assert {"ece", "nll", "brier"} <= set(cal) and cal["ece"]["source"] == "measured"
     t = report["stages"]["temperature"]
-    assert abs(t["temperature"]["value"] - t["temperature_applied"]) < 1e-6
-    assert t["temperature_applied"] > 0
+    applied, fitted = t["temperature_applied"], t["temperature_fitted"]
+    assert applied["source"] == fitted["source"] == "measured"
+    assert "validation images" in fitted["on"]
+    assert abs(t["temperature"]["value"] - applied["value"]) < 1e-6
+    assert applied["value"] > 0
     # the default (calibrate.apply: always) folds the fitted T
-    assert t["temperature_applied"] == t["temperature_fitted"]
+    assert applied["value"] == fitted["value"]
     # the NLL change the fitted T makes on the test split, with its noise beside it
     ch = t["nll_change"]
     assert ch["source"] == "measured" and ch["standard_error"] > 0
@@ -258,8 +238,8 @@ def test_calibration_is_reported_per_stage_and_per_file(android_bundle):
     for name in ("executorch-xnnpack", "tflite"):
         assert report["backends"][name]["calibration_metrics"]["ece"]["unit"].startswith("ECE")
     meta = json.loads((b / "model.json").read_text())
-    assert meta["temperature"]["temperature_applied"] == t["temperature_applied"]
-    assert meta["temperature"]["folded"] == (t["temperature_applied"] != 1.0)
+    assert meta["temperature"]["temperature_applied"] == applied["value"]
+    assert meta["temperature"]["folded"] == (applied["value"] != 1.0)
 
 
 def test_bundle_has_the_modes_the_umask_gives(android_bundle):

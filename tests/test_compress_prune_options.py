@@ -42,7 +42,9 @@ def sparse_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_iterative_rewound_sparse_run_is_verified_and_keeps_its_zeros(sparse_run):
+def test_iterative_rewound_sparse_run_is_verified_and_keeps_its_zeros(
+    sparse_run, every_number_sourced
+):
     root, output = sparse_run
     assert "3 steps on a cubic schedule" in output and "rewound to initialisation" in output
     report = json.loads((root / "dist" / "android" / "report.json").read_text())
@@ -58,6 +60,7 @@ def test_iterative_rewound_sparse_run_is_verified_and_keeps_its_zeros(sparse_run
     for name in ("executorch-xnnpack", "tflite"):
         assert report["backends"][name]["parity"]["state"] == "verified", name
     assert distilled["accuracy"]["value"] >= 0.9
+    every_number_sourced(report)
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ def run(root, *args):
 
 
 @pytest.mark.slow
-def test_sparsity_training_hints_qat_and_a_per_backend_scheme(tmp_path):
+def test_sparsity_training_hints_qat_and_a_per_backend_scheme(tmp_path, every_number_sourced):
     result = run(
         tmp_path,
         "--epochs",
@@ -56,7 +56,8 @@ def test_sparsity_training_hints_qat_and_a_per_backend_scheme(tmp_path):
     assert "targeted dropout 0.3" in st["teacher"]["sparsity_training"]["summary"]
     assert st["distilled"]["feature_hints"] == ["features.4.0 <- features.4.0"]
     et, tfl = report["backends"]["executorch-xnnpack"], report["backends"]["tflite"]
-    assert et["qat"]["epochs"] == 1 and et["calibration"] is None
+    assert et["qat"]["settings"]["epochs"] == 1 and et["calibration"] is None
+    every_number_sourced(report)
     assert "quantization-aware training, 1 epochs" in result.output
     assert tfl["precision"] == "fp32" and tfl["calibration"] is None
     for b in (et, tfl):
@@ -80,12 +81,13 @@ def check_temperature_folded(root, report):
     from pipeline.train import predict
 
     t = report["stages"]["temperature"]
-    assert t["folded"] and t["temperature_applied"] == t["temperature_fitted"] != 1.0
+    applied = t["temperature_applied"]["value"]
+    assert t["folded"] and applied == t["temperature_fitted"]["value"] != 1.0
     meta = json.loads((root / "dist" / "android" / "model.json").read_text())["temperature"]
-    assert meta["folded"] and meta["temperature_applied"] == t["temperature_applied"]
+    assert meta["folded"] and meta["temperature_applied"] == applied
     distilled, _, _ = load_model(root / "run" / "distill")  # before the fold
     d = load_dataset("digits")
-    scaled = predict(distilled, d.x_test) / t["temperature_applied"]
+    scaled = predict(distilled, d.x_test) / applied
     out = np.load(root / "run" / "verify" / "tflite-fp32" / "outputs.npz")["test"]
     assert np.abs(out - scaled).max() <= 1e-4 * np.abs(scaled).max()
     assert metrics(out, d.y_test)["nll"] == pytest.approx(
@@ -94,7 +96,9 @@ def check_temperature_folded(root, report):
 
 
 @pytest.mark.slow
-def test_a_zoo_student_of_another_architecture_from_a_zoo_teacher(tmp_path, android_bundle):
+def test_a_zoo_student_of_another_architecture_from_a_zoo_teacher(
+    tmp_path, android_bundle, every_number_sourced
+):
     """MobileNet-from-ResNet in small: a resnet20 student distilled (with feature hints between
     differently named layers) from the small_cnn teacher of the shared run, loaded by weights."""
     teacher = android_bundle["run"] / "train" / "model.safetensors"
@@ -121,6 +125,7 @@ def test_a_zoo_student_of_another_architecture_from_a_zoo_teacher(tmp_path, andr
     report = json.loads((b / "report.json").read_text())
     assert report["model"]["name"] == "resnet20" and report["teacher_model"] == "small_cnn"
     assert report["stages"]["pruned"]["student_model"] == "resnet20"
+    every_number_sourced(report)
     assert report["stages"]["distilled"]["teacher"].startswith("small_cnn (")
     assert report["stages"]["distilled"]["feature_hints"] == ["layers.8.conv2 <- features.4.0"]
     assert report["stages"]["distilled"]["accuracy"]["value"] >= 0.85

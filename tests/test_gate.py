@@ -115,7 +115,7 @@ def test_baseline_deltas_and_a_regression_fails(report, tmp_path):
     assert same.exit_code == 0 and "+0.0%" in same.output
 
 
-def test_compress_with_a_budget(android_bundle, tmp_path):
+def test_compress_with_a_budget(android_bundle, tmp_path, every_number_sourced):
     shutil.copytree(android_bundle["run"], tmp_path / "run")
     budget = tmp_path / "b.yaml"
     budget.write_text("budgets:\n  - {max_file_bytes: 1000}\n")
@@ -141,4 +141,6 @@ def test_compress_with_a_budget(android_bundle, tmp_path):
     assert "error: budget broken: budgets[0] executorch-xnnpack max_file_bytes" in result.output
     report = json.loads((tmp_path / "out" / "android" / "report.json").read_text())
     assert [ln["verdict"] for ln in report["gate"]] == ["fail", "fail"]
+    assert {ln["unit"] for ln in report["gate"]} == {"bytes"}
+    every_number_sourced(report)  # the gate's lines too
     assert "Budgets" in (tmp_path / "out" / "android" / "report.html").read_text()

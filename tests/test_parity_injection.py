@@ -23,7 +23,9 @@ def negate_third_conv_weight(ep):
         sd[names[2]].neg_()
 
 
-def test_perturbed_pte_fails_parity_and_names_the_layer(android_bundle, tmp_path, monkeypatch):
+def test_perturbed_pte_fails_parity_and_names_the_layer(
+    android_bundle, tmp_path, monkeypatch, every_number_sourced
+):
     run = tmp_path / "run"
     shutil.copytree(android_bundle["run"], run)
     shutil.rmtree(run / "export" / "executorch-xnnpack-int8")  # make export run again
@@ -58,6 +60,7 @@ def test_perturbed_pte_fails_parity_and_names_the_layer(android_bundle, tmp_path
     assert "first divergent layer: features.3" in errors[0], errors[0]
     report = json.loads((tmp_path / "out" / "android" / "report.json").read_text())
     assert not report["ok"]
+    every_number_sourced(report)  # the layer-by-layer search too
     assert report["backends"]["executorch-xnnpack"]["parity"]["state"] == "failed"
     assert report["backends"]["tflite"]["parity"]["state"] == "verified"  # the others finish
     model_json = json.loads((tmp_path / "out" / "android" / "model.json").read_text())

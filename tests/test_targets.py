@@ -53,7 +53,7 @@ def _compress(root, target):
     )
 
 
-def test_target_all_writes_and_verifies_every_backend(all_run):
+def test_target_all_writes_and_verifies_every_backend(all_run, every_number_sourced):
     result = _compress(all_run, "all")
     assert result.exit_code == 0, result.output
     bundle = all_run / "out" / "all"
@@ -74,6 +74,7 @@ def test_target_all_writes_and_verifies_every_backend(all_run):
         assert coreml["parity"]["structure"]["file_ops"]
     for name in ("tflite", "onnx"):
         assert report["backends"][name]["preflight"]["file_ops"]
+    every_number_sourced(report)  # Core ML's structure and ONNX's preflight too
     readme = (bundle / "README.md").read_text()
     for api in (
         "Module.load(",

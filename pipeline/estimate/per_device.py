@@ -23,8 +23,10 @@ def estimate_for_devices(
 ) -> dict:
     """{device: {"threads": {T: latency block}, "energy": ..., "estimator_error": ...}}.
 
-    Every number is a figure; latency is `estimated`, the error beside it `measured` (on this
-    host, held-out zoo models). A device without a public DRAM bandwidth gets
+    Every latency, energy and error is a figure; latency is `estimated`, the error beside it
+    `measured` (on this host, held-out zoo models). The counts of compute- and memory-bound
+    layers are plain ints here; report.json gives them as estimated figures
+    (pipeline/report_figures.py). A device without a public DRAM bandwidth gets
     memory_term: "missing" and the reason. `cal`: the host fit (default: the stored one).
     """
     from targets.devices import get_device

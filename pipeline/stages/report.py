@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 
 from ground.log import log
-from pipeline import bundle, confidence
+from pipeline import bundle, confidence, report_figures
 from pipeline.gate import evaluate
 from pipeline.profile import host
 from pipeline.report import counted, parity_figures, summary_table
@@ -49,7 +49,7 @@ def build(job: Job, seed: int, target, stages: dict, backends: dict, shipped: di
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "target": target.name,
         "model": shipped,
-        "host": host(),
+        "host": report_figures.host(host()),
         "versions": library_versions(),
         "data": {
             "name": data.name,
@@ -62,7 +62,7 @@ def build(job: Job, seed: int, target, stages: dict, backends: dict, shipped: di
         },
         "recipe": job.recipe.to_dict(),
         "seed": seed,
-        "stages": stages,
+        "stages": report_figures.stages(stages, data, job.recipe),
         "backends": out,
         "ok": not problems,
         "problems": problems,
@@ -75,32 +75,31 @@ def _backend(r: dict, student: dict, n_test: int) -> tuple[dict, str | None]:
     if "error" in r:
         return {"precision": r["precision"], "error": r["error"]}, f": export failed: {r['error']}"
     e, v, p = r["export"].info, r["verify"].info, r["profile"].info
-    path = r["export"].dir / e["file"]
+    path, file = r["export"].dir / e["file"], e["file"]
+    on_test = f"{file}, {n_test} test images"
     block = {
-        "file": e["file"],
+        "file": file,
         "precision": e["precision"],
-        "bytes": counted(_size(path), "bytes", e["file"]),
+        "bytes": counted(_size(path), "bytes", file),
         # the model the file was exported from (the calibrated student: same graph)
-        "macs": {**student["macs"], "on": f"{e['file']}'s model, " + student["macs"]["on"]},
-        "params": {**student["params"], "on": f"{e['file']}'s model, " + student["params"]["on"]},
+        "macs": {**student["macs"], "on": f"{file}'s model, " + student["macs"]["on"]},
+        "params": {**student["params"], "on": f"{file}'s model, " + student["params"]["on"]},
         # what an app store download sees; unstructured zeros shrink this, not `bytes`
-        "bytes_compressed": counted(_compressed_size(path), "bytes", f"{e['file']}, zlib level 9"),
-        "parity": parity_figures(v, e["file"]) if "test_split" in v else v,
-        "preflight": e["preflight"],
+        "bytes_compressed": counted(_compressed_size(path), "bytes", f"{file}, zlib level 9"),
+        "parity": _parity(v, file),
+        "preflight": report_figures.preflight(e["preflight"], file),
         "io": e["io"],
-        "calibration": e["calibration"],
-        "qat": e.get("qat"),
-        "latency": p["latency"],
-        "memory": p.get("memory"),
-        "estimates": p.get("estimates"),
-        "op_breakdown": p.get("op_breakdown"),
+        "calibration": report_figures.calibration_images(e["calibration"], file),
+        "qat": report_figures.qat(e.get("qat")),
+        "latency": report_figures.latency(p["latency"]),
+        "memory": report_figures.memory(p.get("memory")),
+        "estimates": report_figures.estimates(p.get("estimates")),
+        "op_breakdown": report_figures.op_breakdown(p.get("op_breakdown")),
         "reused": {"export": r["export"].reused, "verify": r["verify"].reused},
-        "calibration_metrics": confidence.figures(
-            v["calibration"], f"{e['file']}, {n_test} test images"
-        )
+        "calibration_metrics": confidence.figures(v["calibration"], on_test)
         if "calibration" in v
         else None,
-        "reliability_data": v.get("calibration"),
+        "reliability_data": confidence.reliability_data(v.get("calibration"), on_test),
     }
     if v["state"] != "failed":
         return block, None
@@ -109,6 +108,15 @@ def _backend(r: dict, student: dict, n_test: int) -> tuple[dict, str | None]:
         f" ({e['file']}): parity failed: {'; '.join(v['problems'])}"
         + (f"; {where}" if where else "")
     )
+
+
+def _parity(v: dict, file: str) -> dict:
+    if "test_split" not in v:
+        return report_figures.structural_parity(v, file)
+    out = parity_figures(v, file)
+    if "first_divergence" in v:
+        out["first_divergence"] = report_figures.first_divergence(v["first_divergence"], file)
+    return out
 
 
 def _compressed_size(path: Path) -> int:
