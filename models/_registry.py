@@ -41,22 +41,31 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def get_model_entry(name: str) -> ModelEntry:
-    from models._user import is_user_model
+def _source(name: str):
+    """The module that builds models outside the zoo which claims `name`, or None."""
+    from models import _hub, _user
 
-    if is_user_model(name):
-        return ModelEntry(name, None, "user model", 8)
+    return next((s for s in (_user, _hub) if s.claims(name)), None)
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    """The zoo entry; for a user file or a library architecture, one made after checking that
+    it exists (a missing file, factory or architecture fails here, before any work)."""
+    source = _source(name)
+    if source is not None:
+        source.check(name)
+        return ModelEntry(name, None, source.DESCRIPTION, 8)
     if name not in _MODELS:
         raise unknown("model", name, _MODELS)
     return _MODELS[name]
 
 
 def create_model(name: str, in_channels: int, num_classes: int, input_size: int) -> nn.Module:
-    """A zoo model by name, or a user model given as `path/to/file.py:factory`."""
-    from models._user import create_user_model, is_user_model
-
-    if is_user_model(name):
-        return create_user_model(name, in_channels, num_classes, input_size)
+    """A zoo model by name, a user model given as `path/to/file.py:factory`, or a library
+    architecture given as `torchvision:NAME` or `timm:NAME`."""
+    source = _source(name)
+    if source is not None:
+        return source.create(name, in_channels, num_classes, input_size)
     return get_model_entry(name).factory(
         in_channels=in_channels, num_classes=num_classes, input_size=input_size
     )

@@ -105,3 +105,10 @@ def _unpickle(p: Path):
         raise UsageError(
             f"--weights {p}: not a readable checkpoint ({type(e).__name__}: {first})"
         ) from None
+
+
+# the model-source interface models/_registry.py asks (see models/_hub.py for the other)
+DESCRIPTION = "user model"
+claims = is_user_model
+check = user_factory
+create = create_user_model

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ground.errors import UsageError
 from models import get_model_entry
-from models._user import is_user_model, load_weights, user_factory
+from models._user import load_weights
 from pipeline import bundle, flow
 from pipeline.config import Recipe, load_recipe
 from targets import get_backend, get_target, list_backends
@@ -49,9 +49,7 @@ def check_options(opts: CompressOptions):
             f"--out {opts.out}: exists and is not a directory; give a directory "
             "for model.json and model.safetensors"
         )
-    get_model_entry(opts.model)
-    if is_user_model(opts.model):
-        user_factory(opts.model)  # a missing file or factory fails before any work
+    get_model_entry(opts.model)  # a missing file, factory or architecture fails here
     loaded = load_weights(opts.weights, opts.trust_pickle) if opts.weights is not None else None
     recipe = load_recipe(opts.config, opts.overrides)
     # a scheme a backend lacks fails here
@@ -107,8 +105,6 @@ def _check_models(recipe: Recipe) -> None:
             continue
         try:
             get_model_entry(name)
-            if is_user_model(name):
-                user_factory(name)
         except UsageError as e:
             raise UsageError(f"recipe key distill.{key}: {e}") from None
     if d.teacher_weights is not None and not Path(d.teacher_weights).is_file():

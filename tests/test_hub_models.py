@@ -1,0 +1,79 @@
+"""`--model torchvision:NAME` and `--model timm:NAME` (issue 24): library architectures with the
+head sized to the data's classes run compress end to end on an image folder (the bundled
+handwritten digits as PNG files, which a few epochs can fit: an untrained network's int8 error
+is chaos, not the toolchain's); an unknown name or data it cannot take is one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from sklearn.datasets import load_digits
+
+import cli
+
+ARCHS = [
+    "torchvision:mobilenet_v2",
+    "torchvision:resnet18",
+    "torchvision:squeezenet1_1",
+    "timm:resnet10t",
+    "timm:mobilenetv3_small_050",
+    "timm:efficientnet_b0",
+]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """300 of the bundled digits as grayscale PNG files in class folders (read as RGB)."""
+    root = tmp_path_factory.mktemp("digits")
+    digits = load_digits()
+    for i, (img, y) in enumerate(zip(digits.images[:300], digits.target[:300])):
+        (root / str(y)).mkdir(exist_ok=True)
+        Image.fromarray((img * 16).clip(0, 255).astype(np.uint8)).save(root / str(y) / f"{i}.png")
+    return root
+
+
+def _compress(tmp_path, *args):
+    return CliRunner().invoke(cli.cli, [
+        "compress", "--target", "android", "--out", str(tmp_path / "out"),
+        "--run-dir", str(tmp_path / "run"), *args,
+    ])  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_library_architecture_compresses_end_to_end(arch, folder, tmp_path):
+    result = _compress(
+        tmp_path, "--model", arch, "--data", str(folder), "--input-size", "32",
+        "--epochs", "3", "--distill-epochs", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:] + repr(result.exception)
+    report = json.loads((tmp_path / "out" / "android" / "report.json").read_text())
+    stages = report["stages"]
+    assert stages["distilled"]["macs"]["value"] <= 0.55 * stages["teacher"]["macs"]["value"]
+    assert {b["parity"]["state"] for b in report["backends"].values()} == {"verified"}
+    model = json.loads((tmp_path / "out" / "android" / "model.json").read_text())
+    assert model["outputs"][0]["shape"] == [1, 10] and model["model"] == arch
+
+
+@pytest.mark.parametrize(
+    "arch,words",
+    [
+        ("torchvision:mobilenet_v9", "torchvision has no architecture 'mobilenet_v9'; close:"),
+        ("timm:resnet10z", "timm has no architecture 'resnet10z'; close:"),
+    ],
+)
+def test_an_unknown_library_architecture_is_one_line(arch, words, tmp_path):
+    result = _compress(tmp_path, "--model", arch)
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and words in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_torchvision_model_on_grayscale_data_is_one_line(tmp_path):
+    result = _compress(tmp_path, "--model", "torchvision:resnet18", "--epochs", "1")
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "3-channel (RGB)" in errors[0]
