@@ -45,13 +45,14 @@ def test_shuffle_groups_are_listed_with_the_reason_when_the_target_allows():
     assert all(res.plan["frozen"].values())
 
 
-def test_grouped_conv_groups_are_listed_and_the_cut_stops_at_the_floor():
-    res = prune_to_macs(resnext().eval(), X, 0.5)
-    frozen = res.plan["frozen"]
-    assert "1.body.1.0" in frozen and "groups=4" in frozen["1.body.1.0"]
-    after = res.plan["widths"]["after"]
-    assert after["0.0"] >= 8 and after["1.body.2"] >= 16 and after["3.body.2"] >= 32
-    assert res.plan["floored"]  # the cut reached a floor: the plan says where
+@pytest.mark.parametrize("fraction", [0.5, 0.25])
+def test_grouped_convs_lose_the_same_channels_in_every_group_and_are_verified(fraction):
+    res = prune_to_macs(resnext().eval(), X, fraction)
+    assert not res.plan["frozen"] and res.fraction_reached <= fraction
+    for block in (1, 2, 3):
+        conv = res.model[block].body[1][0]
+        assert conv.groups == 4 and conv.in_channels % 4 == conv.out_channels % 4 == 0
+        assert conv.in_channels < 64 and f"{block}.body.1.0" in res.plan["verified"]
 
 
 @pytest.mark.parametrize("fraction", [0.75, 0.5, 0.25])

@@ -60,21 +60,10 @@ def _zero_entry(dg, entry, dry_run=False) -> list[str]:
                     t.data.index_fill_(dep.target.pruning_dim, torch.tensor(ix), 0.0)
             elif isinstance(t, nn.modules.conv._ConvNd):
                 dw = t.groups == t.in_channels == t.out_channels
-                if t.groups > 1 and not dw:
+                if t.groups > 1 and not dw and t.transposed:
                     blocking.append(t)
                 elif not dry_run:
-                    w = t.weight
-                    if t.transposed:
-                        if out:
-                            w[:, ix] = 0
-                        else:
-                            w[ix] = 0
-                    elif out or dw:
-                        w[ix] = 0
-                    else:
-                        w[:, ix] = 0
-                    if t.bias is not None and (out or dw):
-                        t.bias[ix] = 0
+                    _zero_conv(t, ix, out, dw)
             elif isinstance(t, nn.Linear):
                 if not dry_run:
                     if out:
@@ -94,3 +83,25 @@ def _zero_entry(dg, entry, dry_run=False) -> list[str]:
             elif isinstance(t, nn.Module):
                 blocking.append(t)  # layer/group norm, attention, LSTM, embedding, ...
     return [f"{names[t]} ({type(t).__name__})" for t in dict.fromkeys(blocking)]
+
+
+def _zero_conv(t, ix, out: bool, dw: bool) -> None:
+    """Zero a conv's output channels `ix`, or its input channels `ix`: in a grouped conv,
+    input channel i is column i % (in/groups) of the outputs of group i // (in/groups)."""
+    w = t.weight
+    if t.transposed:  # weight (in, out/groups, ...)
+        if out:
+            w[:, ix] = 0
+        else:
+            w[ix] = 0
+    elif out or dw:
+        w[ix] = 0
+    elif t.groups > 1:
+        per_in, per_out = t.in_channels // t.groups, t.out_channels // t.groups
+        for i in ix:
+            g, col = divmod(i, per_in)
+            w[g * per_out : (g + 1) * per_out, col] = 0
+    else:
+        w[:, ix] = 0
+    if t.bias is not None and (out or dw):
+        t.bias[ix] = 0

@@ -43,7 +43,7 @@ def _prune_copy(
     attn = _attention_modules(m)
     num_heads = {a.qkv: int(a.num_heads) for a in attn.values()}
     kw = _ratios(m, ana, kept, global_ratio, num_heads)
-    pruner = _run_pruner(m, example, ana, importance, round_to, data, seed, kw)
+    pruner = _run_pruner(m, example, ana, importance, round_to, data, seed, kw, kept)
     for a in attn.values():  # heads removed: fix the module's head count and size
         a.num_heads = int(pruner.num_heads[a.qkv])
         a.head_dim = a.qkv.out_features // (3 * a.num_heads)
@@ -86,7 +86,7 @@ def _ratios(m, ana: _Analysis, kept, global_ratio, num_heads) -> dict:
     return kw
 
 
-def _run_pruner(m, example, ana: _Analysis, importance, round_to, data, seed, kw):
+def _run_pruner(m, example, ana: _Analysis, importance, round_to, data, seed, kw, kept):
     """Prune `m` in place, group by group; a group torch-pruning cannot trace or remove is
     named in the error. Returns the pruner (its graph holds the history)."""
     imp = IMPORTANCE_FACTORIES[importance]()
@@ -98,7 +98,9 @@ def _run_pruner(m, example, ana: _Analysis, importance, round_to, data, seed, kw
                 example,
                 importance=imp,
                 ignored_layers=_expand(m, ana.ignored),
-                round_to=round_to,
+                # planned widths are exact multiples already; torch-pruning's own rounding
+                # would undo them on grouped convs (it rounds the per-group count)
+                round_to=round_to if kept is None else None,
                 **kw,
             )
         except Exception as e:  # tracing failed: nothing was pruned

@@ -99,19 +99,26 @@ def _group(dg, group, names, num_heads, step, head_pruning_ratio, min_width) -> 
             choices = [h, k] if k < h else [h]
         return _Group(names[root], h, choices, names[qkv[0]])
     grouped = [t for t in targets if _out_channel_groups(dg, t) > 1]
-    if grouped:
-        return _Group(names[root], size, [size], frozen=_grouped_why(grouped[0], names))
+    other = [t for t in grouped if not _narrowable(t)]
+    if other:
+        return _Group(names[root], size, [size], frozen=_grouped_why(other[0], names))
+    # a grouped conv loses the same channels in every group: widths that split evenly
+    step = math.lcm(step, *(t.groups for t in grouped))
     floor = min(size, max(step, math.ceil(min_width * size / step) * step))
     return _Group(
         names[root], size, [size] + list(range((size - 1) // step * step, floor - 1, -step))
     )
 
 
+def _narrowable(module) -> bool:
+    """A grouped (not transposed) conv: torch-pruning narrows every group alike."""
+    return isinstance(module, nn.Conv2d) and not module.transposed
+
+
 def _grouped_why(module, names) -> str:
-    kind = f"groups={module.groups}" if hasattr(module, "groups") else type(module).__name__
     return (
-        f"its channels pass through {names[module]!r} ({kind}), which torch-pruning cannot "
-        "narrow while keeping its groups whole"
+        f"its channels pass through {names[module]!r} ({type(module).__name__} with channel "
+        "groups), which torch-pruning cannot narrow while keeping its groups whole"
     )
 
 
