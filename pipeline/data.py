@@ -15,6 +15,7 @@ import numpy as np
 
 from ground.errors import UsageError
 from pipeline import imagefolder
+from pipeline.rows import LazyRows, take
 
 SPLIT_SEED = 0  # fixed, so the test split is the same whatever the training seed
 TEST_FRACTION = 0.2
@@ -50,7 +51,7 @@ class Preprocessing:
 @dataclass
 class Dataset:
     name: str
-    x_train: np.ndarray  # (N, C, H, W) float32
+    x_train: np.ndarray  # (N, C, H, W) float32; a LazyRows for an image folder
     y_train: np.ndarray  # (N,) int64
     x_val: np.ndarray
     y_val: np.ndarray
@@ -60,6 +61,7 @@ class Dataset:
     preprocessing: Preprocessing
     notes: list[str] = field(default_factory=list)  # e.g. images converted or upsampled
     test_files: list[Path] = field(default_factory=list)  # image folders: x_test's source files
+    files_digest: str | None = None  # image folders: sha256 of the files (see fingerprint)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -70,8 +72,14 @@ class Dataset:
         return len(self.labels)
 
     def fingerprint(self) -> str:
+        """sha256 of the model inputs and labels; for an image folder, of its files' bytes and
+        the preprocessing (its inputs are made from them when indexed)."""
         h = hashlib.sha256()
-        for a in (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test):
+        arrays = (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test)
+        if self.files_digest is not None:
+            h.update(f"{self.files_digest} {self.preprocessing.describe()}".encode())
+            arrays = arrays[1::2]
+        for a in arrays:
             h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()
 
@@ -137,7 +145,7 @@ def _image_folder(path: Path, size: int) -> Dataset:
         a = parts["all"]
         # split the indices: the same partition as splitting the images, with their files
         itr, ytr, ite, yte = _split(np.arange(len(a.y)), a.y, TEST_FRACTION)
-        xtr, xte, test_files = a.x[itr], a.x[ite], [a.files[i] for i in ite]
+        xtr, xte, test_files = a.x.take(itr), a.x.take(ite), [a.files[i] for i in ite]
     else:
         (xtr, ytr), (xte, yte) = ((parts[s].x, parts[s].y) for s in ("train", "test"))
         test_files = parts["test"].files
@@ -163,6 +171,7 @@ def _image_folder(path: Path, size: int) -> Dataset:
         val=(parts["val"].x, parts["val"].y) if "val" in parts else None,
     )
     d.notes, d.test_files = notes, test_files
+    d.files_digest = imagefolder.digest(parts)
     return d
 
 
@@ -186,24 +195,53 @@ def _digits() -> Dataset:
 
 def _build(name, xtr, ytr, xte, yte, labels, scale, raw, resize=None, val=None) -> Dataset:
     """Preprocessing from the training images; `val` (x, y), or a split of the training set."""
-    xtr, ytr, xval, yval = (xtr, ytr, *val) if val else _split(xtr, ytr, VAL_FRACTION)
-    scaled = xtr.astype(np.float64) * scale
-    axes = tuple(range(scaled.ndim - 1))
-    mean = tuple(round(float(m), 6) for m in scaled.mean(axis=axes))
-    std = tuple(round(max(float(s), 1e-6), 6) for s in scaled.std(axis=axes))
+    if val:
+        xval, yval = val
+    else:  # split the indices: image folders' rows are made only when indexed
+        itr, ytr, ival, yval = _split(np.arange(len(ytr)), ytr, VAL_FRACTION)
+        xtr, xval = take(xtr, itr), take(xtr, ival)
+    mean, std = _moments(xtr, scale)
     pre = Preprocessing(raw=raw, scale=scale, mean=mean, std=std, resize=resize)
     as_int = lambda y: np.asarray(y, dtype=np.int64)
     return Dataset(
         name,
-        pre.apply(xtr),
+        _preprocessed(pre, xtr),
         as_int(ytr),
-        pre.apply(xval),
+        _preprocessed(pre, xval),
         as_int(yval),
-        pre.apply(xte),
+        _preprocessed(pre, xte),
         as_int(yte),
         labels,
         pre,
     )
+
+
+def _moments(x, scale) -> tuple[tuple, tuple]:
+    """Per-channel mean and std of the scaled training images (rows of a LazyRows are made
+    256 at a time, so memory stays flat)."""
+    if isinstance(x, LazyRows):
+        total, sq, n = 0.0, 0.0, 0
+        for i in range(0, len(x), 256):
+            b = x[i : i + 256].astype(np.float64) * scale
+            total, sq = total + b.sum(axis=(0, 1, 2)), sq + (b * b).sum(axis=(0, 1, 2))
+            n += b.shape[0] * b.shape[1] * b.shape[2]
+        m = total / n
+        mean, sd = m, np.sqrt(np.maximum(sq / n - m * m, 0.0))
+    else:
+        scaled = x.astype(np.float64) * scale
+        axes = tuple(range(scaled.ndim - 1))
+        mean, sd = scaled.mean(axis=axes), scaled.std(axis=axes)
+    return (
+        tuple(round(float(v), 6) for v in mean),
+        tuple(round(max(float(v), 1e-6), 6) for v in sd),
+    )
+
+
+def _preprocessed(pre: Preprocessing, x):
+    if isinstance(x, LazyRows):
+        h, w, c = x.shape[1:]
+        return x.map(pre.apply, (c, h, w), np.float32)
+    return pre.apply(x)
 
 
 def _split(x, y, fraction):

@@ -4,18 +4,21 @@ DIR/train and DIR/test (and optionally DIR/val).
 
 Every image is decoded with Pillow, converted to RGB, resized so that its shorter side is
 `size` (bilinear) and center-cropped to size x size: the steps an app must repeat, which
-model.json's preprocessing states. The images are decoded into memory (uint8, N x size x size
-x 3); streaming them from disk is not built yet, so memory grows with the number of images.
+model.json's preprocessing states. Every image is decoded once up front, to find a corrupt
+file before any work and count conversions, and then again whenever its rows are indexed
+(`Images.x` is a LazyRows): memory does not grow with the number of images.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ground.errors import UsageError
+from pipeline.rows import LazyRows
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SPLITS = ("train", "val", "test")
@@ -23,7 +26,7 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Images:
-    x: np.ndarray  # (N, size, size, 3) uint8
+    x: LazyRows  # (N, size, size, 3) uint8, decoded when indexed
     y: np.ndarray  # (N,) int64, index into the classes
     converted: int = 0  # images that were not RGB (grayscale, RGBA, palette) before conversion
     upsampled: int = 0  # images whose shorter side was below `size`
@@ -76,16 +79,35 @@ def _classes(folder: Path) -> list[str]:
 
 
 def _read(folder: Path, classes: list[str], size: int) -> Images:
-    out = Images(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64))
-    xs, ys = [], []
+    out = Images(None, np.zeros(0, np.int64))
+    ys = []
     for label, name in enumerate(classes):
-        files = _image_files(folder / name)
-        for f in files:
-            xs.append(_decode(f, size, out))
+        for f in _image_files(folder / name):
+            _decode(f, size, out)  # a bad file fails now, not in the middle of training
             ys.append(label)
             out.files.append(f)
-    out.x, out.y = np.stack(xs), np.asarray(ys, np.int64)
+    files = list(out.files)
+    out.y = np.asarray(ys, np.int64)
+    out.x = LazyRows(
+        len(files), (size, size, 3), np.uint8, lambda idx: _decode_many(files, idx, size)
+    )
     return out
+
+
+def _decode_many(files: list[Path], idx: np.ndarray, size: int) -> np.ndarray:
+    if len(idx) == 0:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([_decode(files[i], size, None) for i in idx])
+
+
+def digest(parts: dict[str, Images]) -> str:
+    """sha256 over every image file's bytes, split by split, in reading order."""
+    h = hashlib.sha256()
+    for split in sorted(parts):
+        for f in parts[split].files:
+            h.update(f"{split}/{f.parent.name}/{f.name}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def _image_files(class_dir: Path) -> list[Path]:
@@ -101,14 +123,16 @@ def _image_files(class_dir: Path) -> list[Path]:
     return files
 
 
-def _decode(path: Path, size: int, tally: Images) -> np.ndarray:
+def _decode(path: Path, size: int, tally: Images | None) -> np.ndarray:
+    """The file as (size, size, 3) uint8; `tally` counts conversions and upsamplings."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             img.load()
             if img.mode != "RGB":
-                tally.converted += 1
+                if tally is not None:
+                    tally.converted += 1
                 img = img.convert("RGB")
             return _resize_crop(img, size, tally)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -116,11 +140,11 @@ def _decode(path: Path, size: int, tally: Images) -> np.ndarray:
         raise UsageError(f"--data {path}: corrupt or truncated image ({first})") from None
 
 
-def _resize_crop(img, size: int, tally: Images) -> np.ndarray:
+def _resize_crop(img, size: int, tally: Images | None) -> np.ndarray:
     from PIL import Image
 
     w, h = img.size
-    if min(w, h) < size:
+    if min(w, h) < size and tally is not None:
         tally.upsampled += 1
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))

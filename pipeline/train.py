@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -60,9 +61,9 @@ def fit(
     the same weights. loss_fn gets batches on the training device.
     """
     torch.manual_seed(seed)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    yt = torch.from_numpy(y)
     world = distributed.active_world()
-    order, per_rank = _epoch_order(len(xt), seed, world)
+    order, per_rank = _epoch_order(len(yt), seed, world)
     local_batch = -(-batch_size // world)  # ceil: 64 on 3 ranks is 3 x 22
     steps_per_epoch = max(1, -(-per_rank // local_batch))
     dev = distributed.device()
@@ -77,7 +78,7 @@ def fit(
     bar = tqdm(range(epochs), desc=desc, unit="epoch", **show)
     for epoch in bar:
         net.train()
-        batches = _batches(order(epoch), xt, yt, local_batch, augment)
+        batches = _batches(order(epoch), x, yt, local_batch, augment)
         total, seen = _epoch(net, batches, loss_fn, opt, sched, desc, epoch + 1)
         if world > 1:
             sums = distributed.all_reduce_sum(torch.tensor([total, seen], dtype=torch.float64))
@@ -102,12 +103,42 @@ def _epoch_order(n: int, seed: int, world: int):
     return _sharded_order(n, seed), -(-n // world)
 
 
-def _batches(perm, xt, yt, local_batch: int, augment=None):
+def _batches(perm, x, yt, local_batch: int, augment=None):
     dev = distributed.device()
-    for i in range(0, len(perm), local_batch):
-        idx = perm[i : i + local_batch]
-        xb = xt[idx].to(dev)
-        yield (augment(xb) if augment else xb), yt[idx].to(dev)
+    chunks = _Chunks(x, yt, [perm[i : i + local_batch] for i in range(0, len(perm), local_batch)])
+    for xb, yb in _loader(chunks):
+        xb = xb.to(dev)
+        yield (augment(xb) if augment else xb), yb.to(dev)
+
+
+class _Chunks(torch.utils.data.Dataset):
+    """Batch i of an epoch: the rows chunks[i] of x (an ndarray, or a LazyRows that decodes
+    them) and of y."""
+
+    def __init__(self, x, yt, chunks):
+        self.x, self.yt, self.chunks = x, yt, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i):
+        idx = self.chunks[i]
+        return torch.from_numpy(self.x[idx.numpy()]), self.yt[idx]
+
+
+def _loader(chunks: _Chunks):
+    """In-memory rows are sliced in this process; rows made on demand (image files) are made
+    by worker processes, a few batches ahead of training."""
+    if isinstance(chunks.x, np.ndarray):
+        return (chunks[i] for i in range(len(chunks)))
+    return torch.utils.data.DataLoader(
+        chunks, batch_size=None, num_workers=loader_workers(), prefetch_factor=4
+    )
+
+
+def loader_workers() -> int:
+    """One worker per core the training process does not need, at least one."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
 def _epoch(net, batches, loss_fn, opt, sched, desc: str, epoch: int) -> tuple[float, int]:

@@ -14,6 +14,7 @@ from PIL import Image
 
 import cli
 from pipeline.data import load_dataset
+from pipeline.rows import LazyRows
 from targets import get_backend
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
@@ -52,6 +53,20 @@ def test_an_image_folder_is_decoded_at_the_input_size_and_counted(tmp_path):
     upsampled = "2 of 200 images upsampled (shorter side below 24 px)"
     assert d.notes == ["3 of 200 images converted to RGB", upsampled]
     assert d.preprocessing.describe()["resize"]["center_crop"] == [24, 24]
+
+
+def test_an_image_folders_inputs_are_made_from_the_files_when_indexed(tmp_path):
+    folder = write_folder(tmp_path / "imgs")
+    d = load_dataset(str(folder), input_size=20)
+    assert isinstance(d.x_train, LazyRows) and d.x_train.shape[1:] == (3, 20, 20)
+    for i, f in enumerate(d.test_files):  # the first test file, rebuilt as an app would
+        want = _model_input(f.read_bytes(), d.preprocessing.describe())
+        np.testing.assert_array_equal(d.x_test[i : i + 1], want)
+        if i == 2:
+            break
+    # the files are read again when indexed: a replaced file gives new inputs
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(d.test_files[0])
+    assert np.all(d.x_test[0][0] == d.x_test[0][0].max())
 
 
 def test_compress_runs_on_an_image_folder(tmp_path):
