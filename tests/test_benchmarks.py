@@ -57,3 +57,20 @@ def test_compare_recipes_quick_writes_the_whole_table(tmp_path):
         .read_text()
         .split("## Recipes against the peers (issue 10)")[-1][:300]
     )
+
+
+@pytest.mark.slow
+def test_image_loader_quick_measures_memory_and_both_loaders(tmp_path):
+    out = tmp_path / "section.md"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/image_loader.py", "--quick", "--work", str(tmp_path),
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("## Image folders: memory and loader speed (issue 24)")
+    assert "| 200 |" in text and "| 600 |" in text and "smoke run" in text
+    res = json.loads((tmp_path / "image_loader.json").read_text())
+    assert all(v > 0 for v in res["rss_kib"].values())
+    assert res["speed"]["slimship"] > 0 and res["speed"]["torchvision"] > 0
