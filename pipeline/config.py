@@ -241,14 +241,22 @@ class AugmentConfig:
 
     flip: bool = False  # random horizontal flip, p = 0.5
     pad_crop: int = 0  # pad by this many pixels (black), crop back at a random offset; 0: off
+    # random-resized-crop: a box of this fraction of the image area up to all of it, aspect
+    # 3/4..4/3, resized to the input size (torchvision's scale=(f, 1); 0.08 is ImageNet's); 0: off
+    resized_crop: float = 0.0
 
     @property
     def enabled(self) -> bool:
-        return self.flip or self.pad_crop > 0
+        return self.flip or self.pad_crop > 0 or self.resized_crop > 0
 
     def check(self):
         if not 0 <= self.pad_crop <= 64:
             raise UsageError(f"recipe key augment.pad_crop must be in 0..64, got {self.pad_crop}")
+        if not 0 <= self.resized_crop <= 1:
+            raise UsageError(
+                f"recipe key augment.resized_crop must be in 0..1 (the smallest crop's share "
+                f"of the image area; 0 turns it off), got {self.resized_crop}"
+            )
 
 
 @dataclass(frozen=True)

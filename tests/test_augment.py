@@ -1,4 +1,5 @@
-"""Training-time augmentation (issue 24): flip and pad-and-crop on training batches only."""
+"""Training-time augmentation (issue 24): flip, pad-and-crop and random-resized-crop on training
+batches only."""
 
 from __future__ import annotations
 
@@ -39,11 +40,25 @@ def test_pad_crop_shifts_each_image_and_fills_with_black():
         assert any(torch.allclose(o, w) for w in windows)
 
 
+def test_resized_crop_shows_part_of_the_image_at_full_size():
+    """An image whose value is its column index: a crop of width fraction s resized back to the
+    full width spans about s of the columns, so the output's column range shrinks with s."""
+    torch.manual_seed(2)
+    cols = torch.arange(32, dtype=torch.float32).expand(64, 3, 32, 32)
+    out = for_training(AugmentConfig(resized_crop=0.25), PRE)(cols)
+    spans = out[:, 0, 16, -1] - out[:, 0, 16, 0]  # last minus first column, middle row
+    assert out.shape == cols.shape
+    assert float(spans.min()) >= 0.25**0.5 * (4 / 3) ** -0.5 * 31 - 2  # the smallest box
+    assert float(spans.max()) <= 31 and float(spans.min()) < 0.8 * 31
+
+
 def test_augment_is_a_recipe_section_with_checked_values():
     r = load_recipe(None, {"augment.flip": True, "augment.pad_crop": 4})
     assert r.augment.enabled and r.augment.pad_crop == 4
     with pytest.raises(UsageError, match="augment.pad_crop must be in 0..64"):
         load_recipe(None, {"augment.pad_crop": 100})
+    with pytest.raises(UsageError, match="augment.resized_crop must be in 0..1"):
+        load_recipe(None, {"augment.resized_crop": 1.5})
 
 
 def test_the_train_key_names_the_augmentation_only_when_it_is_on(tmp_path):
@@ -58,7 +73,11 @@ def test_the_train_key_names_the_augmentation_only_when_it_is_on(tmp_path):
     off = train.key(Job(RunDir(tmp_path), data, load_recipe(None), spec, 0), None, None)
     on_recipe = load_recipe(None, {"augment.flip": True})
     on = train.key(Job(RunDir(tmp_path), data, on_recipe, spec, 0), None, None)
-    assert "augment" not in off and on["augment"] == {"flip": True, "pad_crop": 0}
+    assert "augment" not in off and on["augment"] == {
+        "flip": True,
+        "pad_crop": 0,
+        "resized_crop": 0,
+    }
 
 
 def test_fit_passes_every_training_image_through_the_augmentation_once_per_epoch():
