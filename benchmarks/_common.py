@@ -116,18 +116,23 @@ def file_accuracy(runner, x: np.ndarray, y: np.ndarray) -> float:
     return float((run_all(runner, x).argmax(1) == y).mean())
 
 
-def teacher(name: str, data, epochs: int, seed: int, cache: Path, **fit_kw):
+def teacher(name: str, data, epochs: int, seed: int, cache: Path, augment=None, **fit_kw):
     """A dense model trained on `data`, cached on disk (safetensors) by its settings, so that
-    the scripts that share a teacher train it once. Returns (model, initial state, seconds)."""
+    the scripts that share a teacher train it once. `augment`: an AugmentConfig for the training
+    batches (None: none). Returns (model, initial state, seconds)."""
     from safetensors.torch import load_file, save_file
 
     from models import create_model
+    from pipeline.augment import for_training
     from pipeline.train import fit
 
     c, h, _ = data.input_shape
     key = f"{name}-{data.name}-{len(data.y_train)}-{data.fingerprint()[:8]}-e{epochs}-s{seed}"
     for k, v in sorted(fit_kw.items()):
         key += f"-{k}{v}"
+    if augment is not None and augment.enabled:
+        key += f"-flip{int(augment.flip)}-pad{augment.pad_crop}-rrc{augment.resized_crop:g}"
+        fit_kw["augment"] = for_training(augment, data.preprocessing)
     path, init_path, meta = (
         cache / f"{key}.safetensors",
         cache / f"{key}.init.safetensors",

@@ -74,3 +74,19 @@ def test_image_loader_quick_measures_memory_and_both_loaders(tmp_path):
     res = json.loads((tmp_path / "image_loader.json").read_text())
     assert all(v > 0 for v in res["rss_kib"].values())
     assert res["speed"]["slimship"] > 0 and res["speed"]["torchvision"] > 0
+
+
+@pytest.mark.slow
+def test_augmentation_quick_trains_both_variants_and_tests_on_both_test_sets(tmp_path):
+    out = tmp_path / "section.md"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/augmentation.py", "--quick", "--work", str(tmp_path),
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.read_text().startswith("## Training augmentation on CIFAR-10 (issue 24)")
+    res = json.loads((tmp_path / "augmentation.json").read_text())
+    assert set(res["variants"]) == {"plain", "augmented"} and res["jpeg_images"] == 500
+    for r in res["variants"].values():
+        assert 0 <= r["test_jpeg"] <= 1 and 0 <= r["test_npz"] <= 1 and r["train_seconds"] > 0
