@@ -51,7 +51,7 @@ from _common import RESULTS, write_section
 
 from models import create_model
 from pipeline import confidence as cal
-from pipeline.config import DistillConfig, TrainConfig
+from pipeline.config import SIZED_EPOCHS, DistillConfig, TrainConfig
 from pipeline.data import load_dataset
 from pipeline.distill import kd_loss_fn
 from pipeline.prune import prune_to_macs
@@ -76,7 +76,7 @@ RUNS = {
             "weight_decay": _train.weight_decay,
         },
         "distill": {
-            "epochs": _distill.epochs,
+            "epochs": SIZED_EPOCHS["distill.epochs"][0],  # digits: the default's small-data value
             "batch_size": _distill.batch_size,
             "lr": _distill.lr,
             "temperature": _distill.temperature,

@@ -12,6 +12,7 @@ from ground.errors import SlimshipError
 from ground.log import log
 from models import get_model_entry
 from pipeline import distributed, lock
+from pipeline.config import SMALL_DATA, sized_to
 from pipeline.data import load_dataset
 from pipeline.rundir import RunDir, write_bytes, write_json
 from pipeline.stages import confidence, distill, export, profile, prune, report, train, verify
@@ -65,6 +66,13 @@ def _stages(job: Job, opts, target, loaded, choices) -> dict | None:
 def _job(opts, recipe, data, root: Path) -> Job:
     run_dir = RunDir(root)
     log(f"run directory {run_dir.root}")
+    recipe, sized = sized_to(recipe, len(data.y_train))
+    if len(data.y_train) > SMALL_DATA and sized:
+        log(
+            f"[data] {len(data.y_train):,} training images: "
+            + ", ".join(f"{k} {v}" for k, v in sized.items())
+            + " (fewer epochs of more steps; set them in the recipe to choose)"
+        )
     if distributed.is_main():
         write_json(run_dir.root / "recipe.json", recipe.to_dict())
     c, h, w = data.input_shape

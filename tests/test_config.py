@@ -1,7 +1,7 @@
 import pytest
 
 from ground.errors import UsageError
-from pipeline.config import Recipe, load_recipe
+from pipeline.config import Recipe, load_recipe, sized_to
 
 
 def write(tmp_path, text):
@@ -42,3 +42,21 @@ def test_bad_recipes_name_the_key(tmp_path, text, key):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(UsageError, match="no such file"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "n_train, distill, finetune", [(1_293, 20, 2), (2_000, 20, 2), (8_000, 5, 1), (33_300, 4, 1)]
+)
+def test_distill_and_finetune_epochs_left_open_are_sized_to_the_training_split(
+    n_train, distill, finetune
+):
+    r, chosen = sized_to(load_recipe(None), n_train)
+    assert (r.distill.epochs, r.prune.finetune_epochs) == (distill, finetune)
+    assert chosen == {"distill.epochs": distill, "prune.finetune_epochs": finetune}
+
+
+def test_epochs_the_recipe_sets_are_kept_whatever_the_data():
+    r, chosen = sized_to(
+        load_recipe(None, {"distill.epochs": 30, "prune.finetune_epochs": 0}), 10**6
+    )
+    assert (r.distill.epochs, r.prune.finetune_epochs, chosen) == (30, 0, {})
