@@ -1,6 +1,8 @@
-"""The recipe comparison (issue 10) in its --quick mode: it runs every contender through the
-whole path (prune, fine-tune, int8 .pte, runtime accuracy, latency) and the pipeline-overhead
-measurement, and writes its table. Needs ../shared/data/cifar10, as in CI."""
+"""The benchmarks in their --quick modes: each runs its whole path on a small budget and writes
+its section (to tmp_path: the committed RESULTS.md comes from full runs). The recipe
+comparison (issue 10) runs every contender through prune, fine-tune, int8 .pte, runtime
+accuracy and latency, and the pipeline-overhead measurement. Needs ../shared/data/cifar10, as
+in CI."""
 
 from __future__ import annotations
 
@@ -14,26 +16,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_compare_recipes_quick_writes_the_whole_table(tmp_path):
+def run_quick(script: str, tmp_path: Path, timeout: int) -> str:
+    """Run benchmarks/<script> --quick with its work and section under tmp_path; the section."""
     out = tmp_path / "section.md"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/compare_recipes.py",
-            "--quick",
-            "--work",
-            str(tmp_path),
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+        [sys.executable, f"benchmarks/{script}", "--quick", "--work", str(tmp_path),
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    text = out.read_text()
+    return out.read_text()
+
+
+@pytest.mark.slow
+def test_compare_recipes_quick_writes_the_whole_table(tmp_path):
+    text = run_quick("compare_recipes.py", tmp_path, timeout=1800)
     assert text.startswith("## Recipes against the peers (issue 10)")
     for row in ("dense teacher", "common", "slimship", "scratch", "rewind", "unstructured"):
         assert f"| {row} |" in text, row
@@ -61,14 +58,7 @@ def test_compare_recipes_quick_writes_the_whole_table(tmp_path):
 
 @pytest.mark.slow
 def test_image_loader_quick_measures_memory_and_both_loaders(tmp_path):
-    out = tmp_path / "section.md"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/image_loader.py", "--quick", "--work", str(tmp_path),
-         "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = out.read_text()
+    text = run_quick("image_loader.py", tmp_path, timeout=1200)
     assert text.startswith("## Image folders: memory and loader speed (issue 24)")
     assert "| 200 |" in text and "| 600 |" in text and "smoke run" in text
     res = json.loads((tmp_path / "image_loader.json").read_text())
@@ -78,14 +68,8 @@ def test_image_loader_quick_measures_memory_and_both_loaders(tmp_path):
 
 @pytest.mark.slow
 def test_augmentation_quick_trains_both_variants_and_tests_on_both_test_sets(tmp_path):
-    out = tmp_path / "section.md"
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/augmentation.py", "--quick", "--work", str(tmp_path),
-         "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert out.read_text().startswith("## Training augmentation on CIFAR-10 (issue 24)")
+    text = run_quick("augmentation.py", tmp_path, timeout=900)
+    assert text.startswith("## Training augmentation on CIFAR-10 (issue 24)")
     res = json.loads((tmp_path / "augmentation.json").read_text())
     assert set(res["variants"]) == {"plain", "augmented"} and res["jpeg_images"] == 500
     for r in res["variants"].values():
