@@ -3,7 +3,8 @@
 The figures live in `devices.yaml` (schema in its header comment); this module loads them into
 frozen dataclasses and validates them on load: every figure carries value, unit, basis and a
 non-empty source; a null value must say why (basis `not_public` or `not_applicable`); numbers
-are positive; per-second peaks agree with per-cycle figures x clock; and any key the schema does
+are positive; per-second peaks agree with per-cycle figures x clock (a peak left out is derived
+so); the SoC's other clusters name a core of the `cores` catalogue; and any key the schema does
 not know is an error naming the device and the key.
 """
 
@@ -57,11 +58,25 @@ _PEAK_OF = {
 }
 _DEVICE_TEXT_REQUIRED = ("name", "soc", "energy_model")
 _DEVICE_TEXT_OPTIONAL = ("other_cores", "notes")
-_DEVICE_KEYS = {*DEVICE_FIGURES, *_DEVICE_TEXT_REQUIRED, *_DEVICE_TEXT_OPTIONAL, "core", "npu"}
+_DEVICE_KEYS = {
+    *DEVICE_FIGURES,
+    *_DEVICE_TEXT_REQUIRED,
+    *_DEVICE_TEXT_OPTIONAL,
+    "core",
+    "npu",
+    "other_clusters",
+}
+# peak figures a profile may leave out: then derived as per-cycle figure x clock_ghz
+_DERIVABLE = set(_PEAK_OF)
+# the core catalogue (top-level `cores`): per-cycle figures of a core type, shared by profiles
+CORE_FIGURES = ("fp32_mac_per_cycle", "int8_mac_per_cycle", "int8_i8mm_mac_per_cycle")
+_CORE_KEYS = {"name", *CORE_FIGURES}
+_CLUSTER_KEYS = ("core", "count", "clock_ghz")
 _NPU_KEYS = ("name", "access", "peak_tops")
 ENERGY_FIGURES = ("pj_per_fp32_mac", "pj_per_int8_mac", "pj_per_dram_byte", "pj_per_sram_byte")
 _ENERGY_KEYS = set(ENERGY_FIGURES) | {"description"}
 _TOP_KEYS = ("energy_models", "devices")
+_TOP_OPTIONAL = ("cores",)
 
 
 class DeviceProfileError(SlimshipError):
@@ -103,6 +118,31 @@ class Npu:
 
 
 @dataclass(frozen=True)
+class CoreType:
+    """A core design from the `cores` catalogue: its per-cycle MAC figures, per core."""
+
+    key: str
+    name: str
+    fp32_mac_per_cycle: Figure
+    int8_mac_per_cycle: Figure
+    int8_i8mm_mac_per_cycle: Figure
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """`count` cores of one type at one clock: a cluster of the SoC besides the profiled one."""
+
+    core: CoreType
+    count: int
+    clock_ghz: Figure
+
+    def peak_gmac_s(self, precision: str) -> float:
+        """Per-core peak GMAC/s at `precision` (fp32, or int8 with the catalogue's figure)."""
+        per = self.core.fp32_mac_per_cycle if precision == "fp32" else self.core.int8_mac_per_cycle
+        return per.value * self.clock_ghz.value
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     key: str
     name: str
@@ -124,6 +164,9 @@ class DeviceProfile:
     other_cores: str = ""
     notes: str = ""
     npu: Npu | None = None
+    # the SoC's other CPU clusters, fastest first; a T-thread estimate fills the profiled
+    # cores, then these in order (pipeline/estimate/device_model.py)
+    other_clusters: tuple[Cluster, ...] = ()
 
     def figures(self) -> dict[str, Figure]:
         """Every numeric figure of the profile by field name (NPU and energy not included)."""
@@ -233,17 +276,32 @@ def _energy_model(key: str, raw, path: Path) -> EnergyModel:
     )
 
 
-def _device(key: str, raw, energy: dict[str, EnergyModel], path: Path) -> DeviceProfile:
-    where = _where(path, device=key)
-    required = set(DEVICE_FIGURES) | set(_DEVICE_TEXT_REQUIRED) | {"core"}
-    _check_keys(raw, _DEVICE_KEYS, sorted(required), where, "device profile")
+def _derived_peak(name: str, figs: dict[str, Figure]) -> Figure:
+    """A peak figure the profile left out: its per-cycle figure x clock_ghz."""
+    per, clock = figs[_PEAK_OF[name]], figs["clock_ghz"]
+    if per.value is None:
+        return Figure(None, "GMAC/s", per.basis, f"no {_PEAK_OF[name]}: {per.source}")
+    return Figure(
+        per.value * clock.value,
+        "GMAC/s",
+        "derived",
+        f"{_PEAK_OF[name]} {per.value:g} x clock_ghz {clock.value:g} = "
+        f"{per.value * clock.value:.4g} GMAC/s per core",
+        per.instruction,
+    )
 
-    core = raw["core"]
-    _check_keys(core, {"value", "source"}, ("value", "source"), where, "'core'")
-    core_name = _text(core, "value", f"{where}: core")
-    core_source = " ".join(_text(core, "source", f"{where}: core").split())
 
-    figs = {name: _figure(raw[name], name, where) for name in DEVICE_FIGURES}
+def _device_figures(raw: dict, where: str) -> dict[str, Figure]:
+    figs = {
+        name: _figure(raw[name], name, where)
+        for name in DEVICE_FIGURES
+        if name in raw or name not in _DERIVABLE
+    }
+    for name in _REQUIRED_NUMBERS:
+        if name in figs and figs[name].value is None:
+            raise DeviceProfileError(f"{where}: {name!r} must have a value (estimates need it)")
+    for name in _DERIVABLE - set(figs):
+        figs[name] = _derived_peak(name, figs)
     for name in _REQUIRED_NUMBERS:
         if figs[name].value is None:
             raise DeviceProfileError(f"{where}: {name!r} must have a value (estimates need it)")
@@ -260,36 +318,84 @@ def _device(key: str, raw, energy: dict[str, EnergyModel], path: Path) -> Device
             )
     if figs["cores"].value != int(figs["cores"].value):
         raise DeviceProfileError(f"{where}: 'cores' must be a whole number")
+    return figs
 
+
+def _npu(raw, where: str) -> Npu | None:
+    if raw is None:
+        return None
+    npu_where = f"{where}: npu"
+    _check_keys(raw, _NPU_KEYS, _NPU_KEYS, where, "'npu'")
+    return Npu(
+        name=_text(raw, "name", npu_where),
+        access=" ".join(_text(raw, "access", npu_where).split()),
+        peak_tops=_figure(raw["peak_tops"], "npu.peak_tops", where),
+    )
+
+
+def _clusters(raw, cores: dict[str, CoreType], where: str) -> tuple[Cluster, ...]:
+    """`other_clusters`: [{core: <key of the cores catalogue>, count, clock_ghz: figure}]."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise DeviceProfileError(f"{where}: 'other_clusters' must be a list of clusters")
+    out = []
+    for i, c in enumerate(raw):
+        cw = f"{where}: other_clusters[{i}]"
+        _check_keys(c, _CLUSTER_KEYS, _CLUSTER_KEYS, cw, "cluster")
+        if c["core"] not in cores:
+            raise DeviceProfileError(
+                f"{cw}: core {c['core']!r} is not in the cores catalogue; "
+                f"available: {', '.join(sorted(cores)) or '(none)'}"
+            )
+        n = c["count"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise DeviceProfileError(f"{cw}: 'count' must be a whole number >= 1, got {n!r}")
+        clock = _figure(c["clock_ghz"], "clock_ghz", cw)
+        if clock.value is None:
+            raise DeviceProfileError(f"{cw}: 'clock_ghz' must have a value")
+        out.append(Cluster(cores[c["core"]], n, clock))
+    return tuple(out)
+
+
+def _device(
+    key: str, raw, energy: dict[str, EnergyModel], cores: dict[str, CoreType], path: Path
+) -> DeviceProfile:
+    where = _where(path, device=key)
+    required = (set(DEVICE_FIGURES) - _DERIVABLE) | set(_DEVICE_TEXT_REQUIRED) | {"core"}
+    _check_keys(raw, _DEVICE_KEYS, sorted(required), where, "device profile")
+
+    core = raw["core"]
+    _check_keys(core, {"value", "source"}, ("value", "source"), where, "'core'")
     model_key = _text(raw, "energy_model", where)
     if model_key not in energy:
         raise DeviceProfileError(
             f"{where}: energy_model {model_key!r} is not defined; "
             f"available: {', '.join(sorted(energy)) or '(none)'}"
         )
-
-    npu = None
-    if raw.get("npu") is not None:
-        npu_where = f"{where}: npu"
-        _check_keys(raw["npu"], _NPU_KEYS, _NPU_KEYS, where, "'npu'")
-        npu = Npu(
-            name=_text(raw["npu"], "name", npu_where),
-            access=" ".join(_text(raw["npu"], "access", npu_where).split()),
-            peak_tops=_figure(raw["npu"]["peak_tops"], "npu.peak_tops", where),
-        )
-
     return DeviceProfile(
         key=key,
         name=_text(raw, "name", where),
         soc=_text(raw, "soc", where),
-        core=core_name,
-        core_source=core_source,
+        core=_text(core, "value", f"{where}: core"),
+        core_source=" ".join(_text(core, "source", f"{where}: core").split()),
         energy_model=energy[model_key],
         other_cores=_text(raw, "other_cores", where, required=False),
         notes=" ".join(_text(raw, "notes", where, required=False).split()),
-        npu=npu,
-        **figs,
+        npu=_npu(raw.get("npu"), where),
+        other_clusters=_clusters(raw.get("other_clusters"), cores, where),
+        **_device_figures(raw, where),
     )
+
+
+def _core_type(key: str, raw, path: Path) -> CoreType:
+    where = _where(path, section=f"core {key!r}")
+    _check_keys(raw, _CORE_KEYS, _CORE_KEYS, where, "core type")
+    figs = {name: _figure(raw[name], name, where) for name in CORE_FIGURES}
+    for name in CORE_FIGURES[:2]:
+        if figs[name].value is None:
+            raise DeviceProfileError(f"{where}: {name!r} must have a value")
+    return CoreType(key=key, name=_text(raw, "name", where), **figs)
 
 
 def load_devices(path: str | Path | None = None) -> dict[str, DeviceProfile]:
@@ -301,13 +407,14 @@ def load_devices(path: str | Path | None = None) -> dict[str, DeviceProfile]:
         raise DeviceProfileError(f"{path}: no such device profile file") from None
     except yaml.YAMLError as e:
         raise DeviceProfileError(f"{path}: not valid YAML: {e}") from None
-    _check_keys(raw, _TOP_KEYS, _TOP_KEYS, str(path), "the file")
+    _check_keys(raw, {*_TOP_KEYS, *_TOP_OPTIONAL}, _TOP_KEYS, str(path), "the file")
     models_raw, devices_raw = raw["energy_models"], raw["devices"]
     for section, value in (("energy_models", models_raw), ("devices", devices_raw)):
         if not isinstance(value, dict) or not value:
             raise DeviceProfileError(f"{path}: {section!r} must be a non-empty mapping")
     energy = {key: _energy_model(key, m, path) for key, m in models_raw.items()}
-    return {key: _device(key, d, energy, path) for key, d in devices_raw.items()}
+    cores = {key: _core_type(key, c, path) for key, c in (raw.get("cores") or {}).items()}
+    return {key: _device(key, d, energy, cores, path) for key, d in devices_raw.items()}
 
 
 @cache
@@ -333,6 +440,8 @@ def list_devices(path: str | Path | None = None) -> list[str]:
 
 __all__ = [
     "DEFAULT_PATH",
+    "Cluster",
+    "CoreType",
     "DeviceProfile",
     "DeviceProfileError",
     "EnergyModel",

@@ -25,13 +25,14 @@ _PORTABLE_NORMS = ("layer_norm", "group_norm")
 _FUSE_BN_INTO = {"conv", "dwconv", "pwconv", "linear"}
 _FUSE_ACT_INTO = {"conv", "dwconv", "pwconv", "linear"}
 # the kinds a layer's ops resolve to, first match wins
-_MAIN_KINDS = ("conv", "dwconv", "pwconv", "linear", "add", "pool")
+_MAIN_KINDS = ("conv", "dwconv", "pwconv", "linear", "add", "pool", "move")
 
 
 @dataclass
 class Layer:
     """One runtime layer, counted. `kind` is conv | dwconv | pwconv (1x1) | linear | pool | add |
-    portable (a layer/group norm, run outside XNNPACK) | other, or
+    move (concatenate, copy, pad: data movement only) | portable (a layer/group norm, run
+    outside XNNPACK) | other, or
     `fused` for a batch norm / ReLU-like op that XNNPACK folds into the layer before it."""
 
     name: str

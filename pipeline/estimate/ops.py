@@ -76,6 +76,30 @@ _NORM_OPS = {
     "group_norm",
     "native_group_norm",
 }
+# attention in one op (timm and torch.nn.MultiheadAttention call it): two batched GEMMs
+_SDPA_OPS = {
+    "scaled_dot_product_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_attention_math",
+}
+# ops that only move data (concatenate, copy a transposed view, pad): kind "move", memory traffic
+# and no arithmetic (ShuffleNet's channel shuffle is a transpose + clone)
+_MOVE_OPS = {
+    "cat",
+    "clone",
+    "copy",
+    "copy_",
+    "_to_copy",
+    "constant_pad_nd",
+    "pixel_shuffle",
+    "pixel_unshuffle",
+    "channel_shuffle",
+    "native_channel_shuffle",
+    "stack",
+    "roll",
+}
 # ReLU-like ops: kind "act", which the XNNPACK lowering may fold into the layer before (count.py)
 _ACT_OPS = {"relu", "relu_", "hardtanh", "hardtanh_", "clamp", "clamp_", "threshold"}
 
@@ -127,6 +151,8 @@ def op_cost(op: str, args, kwargs, out) -> tuple[str, int, int, tuple]:
         )
         n = outs[0].shape[-1]
         return "linear", macs, bias_ops, (n_out // n, n, k)
+    if op in _SDPA_OPS:
+        return _sdpa_cost(args)
     if op in _POOL_OPS:
         return "pool", 0, args[0].numel(), ()
     if op in _NORM_OPS:
@@ -138,4 +164,16 @@ def op_cost(op: str, args, kwargs, out) -> tuple[str, int, int, tuple]:
         return ("add" if both else "other"), 0, n_out, ()
     if op in _ACT_OPS:
         return "act", 0, n_out, ()
+    if op in _MOVE_OPS:  # one op per element moved, as before they had a kind of their own
+        return "move", 0, n_out, ()
     return "other", 0, n_out, ()
+
+
+def _sdpa_cost(args) -> tuple[str, int, int, tuple]:
+    """softmax(Q K^T) V: (B, H, L, E) x (B, H, S, E) -> (B, H, L, S), then x (B, H, S, Ev).
+    MACs of both GEMMs; the softmax as ~5 ops per score (max, sub, exp, sum, div)."""
+    q, k, v = args[0], args[1], args[2]
+    lead = math.prod(q.shape[:-2])
+    n_l, e, n_s, ev = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+    scores = lead * n_l * n_s
+    return "linear", scores * e + scores * ev, 5 * scores, (lead * n_l, n_s, e)

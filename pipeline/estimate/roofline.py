@@ -24,6 +24,7 @@ KIND_CLASS = {
     "linear": "linear",
     "pool": "other",
     "add": "other",
+    "move": "other",  # the host fit has no class of its own for data movement
     "other": "other",
     "portable": "portable",
 }
