@@ -74,3 +74,21 @@ def test_augmentation_quick_trains_both_variants_and_tests_on_both_test_sets(tmp
     assert set(res["variants"]) == {"plain", "augmented"} and res["jpeg_images"] == 500
     for r in res["variants"].values():
         assert 0 <= r["test_jpeg"] <= 1 and 0 <= r["test_npz"] <= 1 and r["train_seconds"] > 0
+
+
+def test_device_validation_quick_fits_and_validates_the_small_rows(tmp_path):
+    """benchmarks/device_validation.py --quick (seconds): the published rows of at most 128 px
+    counted, fitted and held out model by model; only --work and --out are written."""
+    committed = [ROOT / "targets" / "device_calibration.json", ROOT / "benchmarks" / "RESULTS.md"]
+    before = [p.read_bytes() for p in committed]
+    text = run_quick("device_validation.py", tmp_path, timeout=600)
+    assert text.startswith("## Device estimates against published measurements")
+    assert "--quick` (a smoke run" in text and "Every row (estimate = held out" in text
+    cal = json.loads((tmp_path / "device_calibration.json").read_text())
+    v = cal["validation"]
+    assert v["method"] == "leave-one-model-out" and v["all"]["rows"] >= 10
+    assert sum(s["rows"] for s in v["by_device"].values()) == v["all"]["rows"]
+    rows = json.loads((tmp_path / "device_validation_results.json").read_text())["rows"]
+    assert len(rows) == v["all"]["rows"] and all(r["input_size"] <= 128 for r in rows)
+    assert all(r["estimate_ms"] > 0 for r in rows)
+    assert [p.read_bytes() for p in committed] == before  # a smoke run rewrites nothing

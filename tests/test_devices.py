@@ -191,3 +191,41 @@ def test_undefined_energy_model_is_rejected(tmp_path, raw):
     raw["devices"]["cortex-a55"]["energy_model"] = "horowitz-7nm"
     with pytest.raises(DeviceProfileError, match="horowitz-7nm.*available: horowitz-45nm"):
         load_devices(_write(tmp_path, raw))
+
+
+def test_other_clusters_name_a_core_of_the_catalogue(tmp_path, raw, profiles):
+    p8 = profiles["pixel-8"]
+    assert [(c.core.key, c.count, c.clock_ghz.value) for c in p8.other_clusters] == [
+        ("cortex-a715", 4, 2.37),
+        ("cortex-a510", 4, 1.7),
+    ]
+    assert p8.other_clusters[0].peak_gmac_s("fp32") == pytest.approx(8 * 2.37)
+    raw["devices"]["pixel-8"]["other_clusters"][0]["core"] = "cortex-z9"
+    with pytest.raises(DeviceProfileError, match="'cortex-z9' is not in the cores catalogue"):
+        load_devices(_write(tmp_path, raw))
+
+
+def test_a_peak_left_out_is_derived_from_the_per_cycle_figure(tmp_path, raw):
+    del raw["devices"]["raspberry-pi-5"]["peak_fp32_gmac_s"]
+    pi = load_devices(_write(tmp_path, raw))["raspberry-pi-5"]
+    assert pi.peak_fp32_gmac_s.value == pytest.approx(8 * 2.4)
+    assert pi.peak_fp32_gmac_s.basis == "derived" and "x clock_ghz" in pi.peak_fp32_gmac_s.source
+
+
+def test_every_published_soc_but_one_has_a_profile():
+    """targets/published_latency.yaml's SoCs map to profiles (benchmarks/device_validation.py,
+    read without importing it); the one left out is a core without NEON."""
+    import ast
+
+    root = DEFAULT_PATH.parents[1]
+    tree = ast.parse((root / "benchmarks" / "device_validation.py").read_text())
+    maps = {
+        t.id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name) and t.id in ("DEVICE_OF", "NOT_DESCRIBED")
+    }
+    rows = yaml.safe_load((root / "targets" / "published_latency.yaml").read_text())["rows"]
+    assert {r["soc"] for r in rows} == set(maps["DEVICE_OF"]) | set(maps["NOT_DESCRIBED"])
+    assert set(maps["DEVICE_OF"].values()) <= set(list_devices())
