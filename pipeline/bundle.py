@@ -107,7 +107,7 @@ def _assemble(folder: Path, report: dict, backends: dict, data: Dataset, spec: d
     }
     model_json = _model_json(report, data, spec, entries, len(golden["y"]))
     write_json(folder / "model.json", model_json)
-    write_bytes(folder / "README.md", bundle_readme.render(model_json).encode())
+    write_bytes(folder / "README.md", bundle_readme.render(model_json, report).encode())
     with atomic_path(folder / "golden.npz") as t, open(t, "wb") as f:
         np.savez(f, **golden)
     write_json(folder / "report.json", report)

@@ -6,10 +6,11 @@ filled with this bundle's shapes and numbers.
 
 from __future__ import annotations
 
+from pipeline.device_words import estimate_sentences
 from targets import get_backend
 
 
-def render(model_json: dict) -> str:
+def render(model_json: dict, report: dict | None = None) -> str:
     inp = model_json["inputs"][0]
     shape = inp["shape"]
     pre = model_json["preprocessing"]
@@ -51,7 +52,26 @@ def render(model_json: dict) -> str:
     lines.append("")
     for name, b in model_json["backends"].items():
         lines += get_backend(name).app_snippet(b, shape)
+    lines += _device_estimates(report)
     return "\n".join(lines) + "\n"
+
+
+def _device_estimates(report: dict | None) -> list[str]:
+    """The device estimates of report.json in words (as report.html says them)."""
+    sentences = estimate_sentences(report or {})
+    if not sentences:
+        return []
+    return [
+        "",
+        "## Estimated latency on phones",
+        "",
+        (
+            "Estimated, not measured: a per-layer model of the device's cores and memory, checked "
+            "against published on-device latencies (report.json has every figure and its source)."
+        ),
+        "",
+        *[f"- {s}" for s in sentences],
+    ]
 
 
 def _temperature_step(t: dict | None) -> list[str]:

@@ -20,6 +20,7 @@ def render(report: dict) -> str:
         _section("Channel widths before and after pruning", _widths_chart(report)),
         _section("ExecuTorch op-time breakdown", _op_breakdown(report)),
         _section("Scorecard: measured and estimated", _scorecard(report)),
+        _section("Device estimates, in words", _device_words(report)),
         _section("Parity of every exported file", _parity_table(report)),
         _section("Confidence calibration", _reliability(report)),
     ]
@@ -161,10 +162,17 @@ def _scorecard(report: dict) -> str:
                 continue
             for t, block in est["latency"].items():
                 figs.append((f"{dev} latency ({t} thr)", block.get("latency")))
+                figs.append((f"{dev} latency range ({t} thr)", block.get("range")))
             figs.append((f"{dev} energy", est.get("energy")))
-            err = est.get("estimator_error") or {}
+            val = est.get("validation") or {}
             figs.append(
-                (f"{dev}: estimator |error| median on this host", err.get("median_abs_error"))
+                (
+                    (
+                        f"{dev}: |error| median on published latencies ({val.get('state')}, "
+                        f"device {val.get('rests_on')})"
+                    ),
+                    val.get("median_abs_error"),
+                )
             )
         for label, f in figs:
             if f:
@@ -175,6 +183,15 @@ def _scorecard(report: dict) -> str:
                     f"<td>{html.escape(str(f.get('on', '')))}</td></tr>"
                 )
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _device_words(report: dict) -> str:
+    from pipeline.device_words import estimate_sentences
+
+    lines = estimate_sentences(report)
+    if not lines:
+        return "<p>No device estimates in this report.</p>"
+    return "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in lines) + "</ul>"
 
 
 def _reliability(report: dict) -> str:

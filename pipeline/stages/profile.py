@@ -58,8 +58,7 @@ def _estimates(job: Job, exp, student_dir: Path, devices) -> dict:
         return {}
     model, _, _ = load_model(student_dir)
     precision = "int8" if exp.info["precision"] == "int8" else "fp32"
+    # threads: 1, and the count the app's runtime picks on each device (its faster clusters)
     return guarded(
-        lambda: estimate.estimate_for_devices(
-            model, job.example, precision, list(devices), threads=1
-        )
+        lambda: estimate.estimate_for_devices(model, job.example, precision, list(devices))
     )
