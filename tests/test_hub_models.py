@@ -6,6 +6,7 @@ is chaos, not the toolchain's); an unknown name or data it cannot take is one li
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +16,9 @@ from sklearn.datasets import load_digits
 
 import cli
 
-ARCHS = [
-    "torchvision:mobilenet_v2",
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+ARCHS = [  # and torchvision:mobilenet_v2, at 224 on CIFAR-10 photos below
     "torchvision:resnet18",
     "torchvision:squeezenet1_1",
     "timm:resnet10t",
@@ -57,6 +59,39 @@ def test_a_library_architecture_compresses_end_to_end(arch, folder, tmp_path):
     assert {b["parity"]["state"] for b in report["backends"].values()} == {"verified"}
     model = json.loads((tmp_path / "out" / "android" / "model.json").read_text())
     assert model["outputs"][0]["shape"] == [1, 10] and model["model"] == arch
+
+
+def _cifar_folder(root: Path, per_class: int) -> Path:
+    """The first `per_class` real CIFAR-10 training images of each class as PNG class folders."""
+    if not CIFAR.is_dir():
+        pytest.fail(f"{CIFAR}: the real CIFAR-10 arrays this test reads are missing")
+    with np.load(CIFAR / "train.npz") as f:
+        x, y = f["x"], f["y"]
+    for c in range(10):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in np.flatnonzero(y == c)[:per_class]:
+            Image.fromarray(x[i]).save(root / f"class{c}" / f"{i:05d}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_compresses_cifar10_photos_at_phone_resolution(tmp_path):
+    """Issue 24's first check on a small slice (benchmarks hold the larger one): PNG photos
+    resized to 224x224, pruned, distilled, int8 .pte and .tflite verified and profiled."""
+    folder = _cifar_folder(tmp_path / "photos", per_class=12)
+    result = _compress(
+        tmp_path, "--model", "torchvision:mobilenet_v2", "--data", str(folder),
+        "--input-size", "224", "--epochs", "1", "--distill-epochs", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:] + repr(result.exception)
+    out = tmp_path / "out" / "android"
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["backends"]) == {"executorch-xnnpack", "tflite"}
+    for b in report["backends"].values():
+        assert b["parity"]["state"] == "verified" and b["latency"][0]["p50"]["value"] > 0
+    model = json.loads((out / "model.json").read_text())
+    assert model["inputs"][0]["shape"] == [1, 3, 224, 224]
+    assert model["preprocessing"]["resize"]["center_crop"] == [224, 224]
 
 
 @pytest.mark.parametrize(
