@@ -92,3 +92,12 @@ def test_device_validation_quick_fits_and_validates_the_small_rows(tmp_path):
     assert len(rows) == v["all"]["rows"] and all(r["input_size"] <= 128 for r in rows)
     assert all(r["estimate_ms"] > 0 for r in rows)
     assert [p.read_bytes() for p in committed] == before  # a smoke run rewrites nothing
+
+
+@pytest.mark.slow
+def test_photos_224_quick_compresses_a_photo_folder_and_tabulates_the_report(tmp_path):
+    text = run_quick("photos_224.py", tmp_path, timeout=1200)
+    assert text.startswith("## Photos at 224x224 through compress (issue 24)")
+    for row in ("| teacher |", "| distilled |", "| model.pte (int8) |", "| model.tflite (int8) |"):
+        assert row in text, row
+    assert "smoke run" in text and "--input-size 64" in text
