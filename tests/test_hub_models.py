@@ -59,6 +59,10 @@ def test_a_library_architecture_compresses_end_to_end(arch, folder, tmp_path):
     assert {b["parity"]["state"] for b in report["backends"].values()} == {"verified"}
     model = json.loads((tmp_path / "out" / "android" / "model.json").read_text())
     assert model["outputs"][0]["shape"] == [1, 10] and model["model"] == arch
+    # T folds into any classifier (squeezenet1_1's is a 1x1 conv before ReLU and pooling): the
+    # verified files emit the scaled logits, and the app has no step to add
+    assert model["temperature"]["folded"] is True
+    assert model["temperature"]["app_divides_logits_by"] is None
 
 
 def _cifar_folder(root: Path, per_class: int) -> Path:
