@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import cli
+
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +40,23 @@ def android_bundle(tmp_path_factory):
         "root": root,
         "output": result.output,
     }
+
+
+@pytest.fixture(scope="session")
+def cifar_photos(tmp_path_factory) -> Path:
+    """The first 12 real CIFAR-10 training images of each class as PNG class folders."""
+    from PIL import Image
+
+    if not CIFAR.is_dir():
+        pytest.fail(f"{CIFAR}: the real CIFAR-10 arrays this test reads are missing")
+    root = tmp_path_factory.mktemp("cifar-photos")
+    with np.load(CIFAR / "train.npz") as f:
+        x, y = f["x"], f["y"]
+    for c in range(10):
+        (root / f"class{c}").mkdir()
+        for i in np.flatnonzero(y == c)[:12]:
+            Image.fromarray(x[i]).save(root / f"class{c}" / f"{i:05d}.png")
+    return root
 
 
 # report.json: the keys whose numbers are declared inputs (what the run was asked for, or what a

@@ -6,7 +6,6 @@ is chaos, not the toolchain's); an unknown name or data it cannot take is one li
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,6 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import cli
-
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 ARCHS = [  # and torchvision:mobilenet_v2, at 224 on CIFAR-10 photos below
     "torchvision:resnet18",
@@ -65,26 +62,12 @@ def test_a_library_architecture_compresses_end_to_end(arch, folder, tmp_path):
     assert model["temperature"]["app_divides_logits_by"] is None
 
 
-def _cifar_folder(root: Path, per_class: int) -> Path:
-    """The first `per_class` real CIFAR-10 training images of each class as PNG class folders."""
-    if not CIFAR.is_dir():
-        pytest.fail(f"{CIFAR}: the real CIFAR-10 arrays this test reads are missing")
-    with np.load(CIFAR / "train.npz") as f:
-        x, y = f["x"], f["y"]
-    for c in range(10):
-        (root / f"class{c}").mkdir(parents=True)
-        for i in np.flatnonzero(y == c)[:per_class]:
-            Image.fromarray(x[i]).save(root / f"class{c}" / f"{i:05d}.png")
-    return root
-
-
 @pytest.mark.slow
-def test_mobilenet_v2_compresses_cifar10_photos_at_phone_resolution(tmp_path):
+def test_mobilenet_v2_compresses_cifar10_photos_at_phone_resolution(cifar_photos, tmp_path):
     """Issue 24's first check on a small slice (benchmarks hold the larger one): PNG photos
     resized to 224x224, pruned, distilled, int8 .pte and .tflite verified and profiled."""
-    folder = _cifar_folder(tmp_path / "photos", per_class=12)
     result = _compress(
-        tmp_path, "--model", "torchvision:mobilenet_v2", "--data", str(folder),
+        tmp_path, "--model", "torchvision:mobilenet_v2", "--data", str(cifar_photos),
         "--input-size", "224", "--epochs", "1", "--distill-epochs", "1",
     )  # fmt: skip
     assert result.exit_code == 0, result.output[-3000:] + repr(result.exception)

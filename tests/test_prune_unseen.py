@@ -4,11 +4,14 @@ or could not be checked exactly named in the plan with the reason."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+import cli
 from ground.errors import UsageError
 from pipeline.confidence import fold_temperature
 from pipeline.prune import prune_to_macs
@@ -73,3 +76,20 @@ def test_groups_through_layernorm_over_channels_are_listed_with_the_reason():
     res = prune_to_macs(convnext().eval(), X, 0.5)
     why = res.plan["unverified_why"]
     assert why and all("LayerNorm" in v for v in why.values())
+
+
+@pytest.mark.slow
+def test_a_dense_concatenation_network_exports_to_pte_tflite_and_onnx_and_passes_parity(
+    cifar_photos, tmp_path
+):
+    """Concatenations need one quantization scale over their inputs in every int8 backend."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli.cli, [
+        "compress", "--target", "linux-arm64", "--model", "tests/unseen_models.py:densenet",
+        "--data", str(cifar_photos), "--input-size", "32", "--epochs", "3",
+        "--distill-epochs", "1", "--out", str(out), "--run-dir", str(tmp_path / "run"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output[-3000:] + repr(result.exception)
+    report = json.loads((out / "linux-arm64" / "report.json").read_text())
+    files = {b["file"]: b["parity"]["state"] for b in report["backends"].values()}
+    assert files == {"model.pte": "verified", "model.tflite": "verified", "model.onnx": "verified"}
