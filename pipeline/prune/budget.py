@@ -9,10 +9,10 @@ import copy
 from ground.log import log
 from pipeline.prune.checks import _verify
 from pipeline.prune.counting import channels, measure
-from pipeline.prune.graph import GroupFailure, _build_graph, _expand
+from pipeline.prune.graph import GroupFailure, _all_groups, _build_graph, _expand
 from pipeline.prune.plan import _pruned_attributes
 from pipeline.prune.surgery import IMPORTANCE_FACTORIES, _prune_copy
-from pipeline.prune.widths import _ROOT_TYPES, _analyse, _plan_widths
+from pipeline.prune.widths import _ROOT_TYPES, _analyse, _plan_widths, _removed_layers
 
 
 def _plan_and_prune(
@@ -157,26 +157,21 @@ def _frozen_channels(model, target, ignored, skip) -> int:
 def _locate(model, example, skip, roots) -> list[str]:
     """The layers to leave as they are so that the failing groups are not pruned: every layer
     whose output channels a failing group removes (freezing only its root can leave torch-
-    pruning unable to split the rest). A failing group is one rooted at `roots`, or when no
-    root is known, one whose channels torch-pruning cannot even rank: it ranks every group,
-    pruned or not, so one such group fails any pruning. The index mapping is what fails, so
-    the magnitude criterion stands in for the chosen one."""
+    pruning unable to split the rest). A failing group is one rooted at or removing channels
+    of `roots`, or when no root is known, one whose channels torch-pruning cannot even rank:
+    it ranks every group, pruned or not, so one such group fails any pruning. The index
+    mapping is what fails, so the magnitude criterion stands in for the chosen one."""
     m = copy.deepcopy(model).eval()
     names = {mod: n for n, mod in m.named_modules()}
     dg = _build_graph(m, example)
     rank = IMPORTANCE_FACTORIES["l2"]()
     found = list(roots)
-    for group in dg.get_all_groups(ignored_layers=_expand(m, skip), root_module_types=_ROOT_TYPES):
-        if roots and names[group[0][0].target.module] not in roots:
+    for group in _all_groups(dg, names, _expand(m, skip), _ROOT_TYPES)[0]:
+        removed = _removed_layers(dg, names, group)
+        named = names[group[0][0].target.module] in roots or set(removed) & set(roots)
+        if (roots and not named) or (not roots and _ranks(rank, group)):
             continue
-        if not roots and _ranks(rank, group):
-            continue
-        found += [
-            names[d.target.module]
-            for d, _ in group
-            if isinstance(d.target.module, tuple(_ROOT_TYPES))
-            and dg.is_out_channel_pruning_fn(d.handler)
-        ]
+        found += removed
     return list(dict.fromkeys(found))
 
 
@@ -196,7 +191,9 @@ def _spread(ana, kept: dict[int, int]) -> dict:
         "floored": [
             g.root
             for gi, g in enumerate(ana.groups)
-            if len(g.choices) > 1 and kept.get(gi) == g.choices[-1] and g.qkv is None
+            if len(g.choices) > 1
+            and kept.get(gi) == g.choices[-1]
+            and (g.qkv is None or ana.head_ratio is None)  # a recipe's head ratio is no floor
         ],
     }
 

@@ -89,7 +89,7 @@ def _verify(dense, pruned, example, history) -> dict:
 def _check_exact(dense, masked, example, checkable) -> None:
     """The pruned groups compute what the dense model computes with their channels zeroed."""
     ref = apply_plan(copy.deepcopy(dense).eval(), {"history": checkable}, example, attributes=False)
-    _fix_heads(ref)
+    _fix_heads(ref, dense)
     if _same(masked, ref, example):
         return
     bad = _first_failing_entry(dense, example, checkable, None, exact=True) or checkable[0]
@@ -120,7 +120,7 @@ def _first_failing_entry(dense, example, entries, fails, exact=False):
             apply_plan(m, {"history": [entry]}, example, attributes=False)
         except Exception:  # noqa: BLE001  (any failure here is the finding)
             return entry
-        _fix_heads(m)
+        _fix_heads(m, dense)
         if exact:
             masked = copy.deepcopy(dense).eval()
             dg = _build_graph(masked, example)

@@ -7,6 +7,7 @@ import warnings
 
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency import index_mapping
 
 from ground.errors import UsageError
 
@@ -22,7 +23,43 @@ class GroupFailure(UsageError):
 def _build_graph(model, example):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    _drop_traced_caches(model)
+    return dg
+
+
+def _drop_traced_caches(model) -> None:
+    """Tracing runs an eval-mode forward with gradients on; attention that caches its bias
+    table in eval mode (timm's LeViT, TinyViT, EfficientFormer) keeps it as a non-leaf tensor,
+    which deepcopy refuses, and from before any head is pruned. Those modules drop the cache
+    when their mode is set, so setting eval mode again drops it."""
+    model.eval()
+
+
+def _reshape_with_unknown_channels_left_alone(map_reshape):
+    """torch-pruning (1.6.1) infers a reshape's channel counts through split and concat; for a
+    channel shuffle whose next block splits the channels and passes one half straight into a
+    concat (torchvision's ShuffleNetV2) it infers 0 and divides by zero, while building the
+    graph and again at every group it hands out. Such a reshape is left without an index
+    mapping, as torch-pruning leaves one whose channels it cannot infer (None); the groups
+    through it are then checked exactly like any other, and frozen where pruning them is wrong.
+    Installed once, in torch-pruning's module, because that is where its graph looks it up;
+    it changes nothing where the library does not divide by zero."""
+
+    def guarded(graph, node) -> None:
+        try:
+            map_reshape(graph, node)
+        except ZeroDivisionError:  # raised before any mapping is assigned
+            pass
+
+    guarded.slimship_guard = True
+    return guarded
+
+
+if not getattr(index_mapping.update_reshape_index_mapping, "slimship_guard", False):
+    index_mapping.update_reshape_index_mapping = _reshape_with_unknown_channels_left_alone(
+        index_mapping.update_reshape_index_mapping
+    )
 
 
 def _out_channel_groups(dg, module) -> int:
@@ -84,3 +121,31 @@ def _ignored_modules(model: nn.Module, names: tuple[str, ...]) -> list[str]:
 def _short(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:240]
+
+
+def _all_groups(dg, names: dict, ignored: list, root_types) -> tuple[list, dict[str, str]]:
+    """dg.get_all_groups(ignored, root_types), going on past a group torch-pruning cannot
+    build (its index mapping fails while following the channels, e.g. through a reshape it
+    could not size), which get_all_groups would stop at. Returns the prunable groups, and the
+    root layers of those it could not build with why: left out as ignored roots, the pruner's
+    own get_all_groups passes them by and they keep their width."""
+    ignored = set(ignored) | set(dg.IGNORED_LAYERS_IN_TRACING)
+    visited, groups, failed = set(), [], {}
+    for module in list(dg.module2node):
+        pruner = dg.get_pruner_of_module(module)
+        if module in ignored or module in visited or not isinstance(module, tuple(root_types)):
+            continue
+        width = pruner.get_out_channels(module) if pruner is not None else None
+        if width is None:
+            continue
+        try:
+            group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        except Exception as e:  # noqa: BLE001  (any failure here is the finding)
+            failed[names[module]] = f"torch-pruning cannot follow its channels ({_short(e)})"
+            ignored.add(module)
+            continue
+        removed = {d.target.module for d, _ in group if dg.is_out_channel_pruning_fn(d.handler)}
+        visited |= removed
+        if not removed & ignored:
+            groups.append(group)
+    return groups, failed

@@ -30,10 +30,13 @@ def _same(a, b, example) -> bool:
     return ya.shape == yb.shape and float((ya - yb).abs().max()) <= _REL_TOL * scale
 
 
-def _fix_heads(m):
-    """Head count from the pruned qkv width (heads are removed whole; head_dim is kept)."""
-    for a in _attention_modules(m).values():
-        a.num_heads = a.qkv.out_features // (3 * a.head_dim)
+def _fix_heads(m, dense):
+    """Head count from the pruned qkv width: heads are removed whole, each keeps its width in
+    `dense` (read there: not every attention has a head_dim, e.g. timm's cross-covariance)."""
+    before = _attention_modules(dense)
+    for name, a in _attention_modules(m).items():
+        per_head = before[name].qkv.out_features // before[name].num_heads  # 3 x head size
+        a.num_heads = a.qkv.out_features // per_head
 
 
 def _zero_entry(dg, entry, dry_run=False) -> list[str]:

@@ -12,9 +12,15 @@ import torch_pruning as tp
 
 from ground.errors import UsageError
 from pipeline.prune.checks import _check_runs
-from pipeline.prune.graph import GroupFailure, _attention_modules, _expand, _short
+from pipeline.prune.graph import (
+    GroupFailure,
+    _attention_modules,
+    _drop_traced_caches,
+    _expand,
+    _short,
+)
 from pipeline.prune.plan import _pruned_attributes
-from pipeline.prune.widths import _Analysis
+from pipeline.prune.widths import _Analysis, _removed_layers
 
 IMPORTANCE_FACTORIES = {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
@@ -109,6 +115,7 @@ def _run_pruner(m, example, ana: _Analysis, importance, round_to, data, seed, kw
                 f"list the layers it cannot follow in prune.ignored_layers "
                 f"in the recipe"
             ) from e
+        _drop_traced_caches(m)
         _prepare_importance(importance, imp, m, data)
         _prune_groups(pruner, {mod: n for n, mod in m.named_modules()}, seed)
     return pruner
@@ -118,15 +125,17 @@ def _prune_groups(pruner, names: dict, seed: int) -> None:
     """Let the pruner remove its groups one by one. Whatever torch-pruning raises, while it
     ranks a group's channels or removes them, becomes a GroupFailure: with the group's root
     layer when it is known, else None (the caller then locates it)."""
-    root = None
+    root, ranked = None, _ranking_recorded(pruner, names)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         try:
             for group in pruner.step(interactive=True):
+                ranked.clear()  # ranking is over: a failure from here on is the group's
                 root = names.get(group[0][0].target.module)
                 group.prune()
                 root = None
         except Exception as e:  # anything the engine raises is this group's
+            root = root or (ranked[-1] if ranked else None)
             layer = repr(root) if root else "its root layer"
             raise GroupFailure(
                 f"prune: torch-pruning fails to remove channels of "
@@ -135,6 +144,22 @@ def _prune_groups(pruner, names: dict, seed: int) -> None:
                 root,
                 f"torch-pruning fails on it ({_short(e)})",
             ) from e
+
+
+def _ranking_recorded(pruner, names: dict) -> list[str]:
+    """The groups the pruner ranks (a layer each removes channels of), in order, as it ranks
+    them. step() ranks every group before it yields the first; a failure then (e.g. importance
+    scores that do not split into the channel groups it assumed) belongs to the group ranked
+    last."""
+    ranked, estimate = [], pruner.estimate_importance
+
+    def recording(group):  # attention groups come re-rooted at a layer they narrow the input of
+        removed = _removed_layers(pruner.DG, names, group)
+        ranked.append(removed[0] if removed else names.get(group[0][0].target.module))
+        return estimate(group)
+
+    pruner.estimate_importance = recording
+    return ranked
 
 
 def _prepare_importance(name, imp, model, data):

@@ -11,6 +11,7 @@ import torch_pruning as tp
 from torch import nn
 
 from pipeline.prune.graph import (
+    _all_groups,
     _attention_modules,
     _build_graph,
     _expand,
@@ -20,6 +21,16 @@ from pipeline.prune.graph import (
 )
 
 _ROOT_TYPES = [tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM]
+
+
+def _removed_layers(dg, names: dict, group) -> list[str]:
+    """The conv/linear/LSTM layers whose output channels the group removes, in group order."""
+    return [
+        names[d.target.module]
+        for d, _ in group
+        if isinstance(d.target.module, tuple(_ROOT_TYPES))
+        and dg.is_out_channel_pruning_fn(d.handler)
+    ]
 
 
 @dataclass
@@ -49,10 +60,14 @@ def _analyse(
     dg = _build_graph(m, example)
     # the layers that emit the outputs keep their width: the class count is not a width
     ignored = list(dict.fromkeys(_ignored_modules(m, ignored_layers) + _output_layers(dg, names)))
+    found, failed = _all_groups(dg, names, _expand(m, ignored), _ROOT_TYPES)
+    ignored += list(failed)  # left as they are; the plan lists them as frozen, with why
     ignored_mods = _expand(m, ignored)
     num_heads = {a.qkv: int(a.num_heads) for a in _attention_modules(m).values()}
-    groups, member, out_of = [], {}, {}
-    for group in dg.get_all_groups(ignored_layers=ignored_mods, root_module_types=_ROOT_TYPES):
+    width = {n: dg.get_out_channels(mod) for mod, n in names.items() if n in failed}
+    groups = [_Group(n, width[n], [width[n]], frozen=why) for n, why in failed.items()]
+    member, out_of = {}, {}
+    for group in found:
         gi = len(groups)
         groups.append(
             _group(dg, group, names, num_heads, round_to or 1, head_pruning_ratio, min_width)
@@ -81,7 +96,8 @@ def _analyse(
 
 def _group(dg, group, names, num_heads, step, head_pruning_ratio, min_width) -> _Group:
     """The group's size and the kept units it may take: channels in steps of round_to down to
-    the floor (min_width of the width, at least one step), or attention heads."""
+    the floor (min_width of the width, at least one step), or attention heads (down to
+    min_width of them, at least one, unless the recipe fixes the head ratio)."""
     root = group[0][0].target.module
     targets = [d.target.module for d, _ in group if isinstance(d.target.module, nn.Module)]
     qkv = [
@@ -92,8 +108,8 @@ def _group(dg, group, names, num_heads, step, head_pruning_ratio, min_width) -> 
     size = dg.get_out_channels(root)
     if qkv:
         h = num_heads[qkv[0]]
-        if head_pruning_ratio is None:  # planned like channels, one head at a time
-            choices = list(range(h, 0, -1))
+        if head_pruning_ratio is None:  # planned like channels, one head at a time, to a floor
+            choices = list(range(h, max(1, math.ceil(min_width * h - 1e-9)) - 1, -1))
         else:  # fixed by the recipe; MetaPruner removes ceil(ratio * heads)
             k = max(1, h - math.ceil(head_pruning_ratio * h - 1e-9))
             choices = [h, k] if k < h else [h]
