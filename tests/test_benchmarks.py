@@ -101,3 +101,25 @@ def test_photos_224_quick_compresses_a_photo_folder_and_tabulates_the_report(tmp
     for row in ("| teacher |", "| distilled |", "| model.pte (int8) |", "| model.tflite (int8) |"):
         assert row in text, row
     assert "smoke run" in text and "--input-size 64" in text
+
+
+@pytest.mark.slow
+def test_prune_library_models_quick_trains_prunes_and_measures_both_accuracies(tmp_path):
+    text = run_quick("prune_library_models.py", tmp_path, timeout=600)
+    assert text.startswith("## Library architectures pruned to half the MACs (issue 26)")
+    assert "`--quick` (a smoke run, not the result)" in text
+    res = json.loads((tmp_path / "prune_library_models.json").read_text())
+    assert [r["arch"] for r in res["rows"]] == [
+        "torchvision:squeezenet1_1",
+        "torchvision:mnasnet0_5",
+    ]
+    for r in res["rows"]:
+        assert f"| `{r['arch']}` |" in text
+        assert r["outcome"] == "pruned" and r["macs_after"] <= 0.55 * r["macs_before"]
+        assert 0 <= r["acc_dense"] <= 1 and 0 <= r["acc_pruned"] <= 1
+        assert r["groups"]["verified"] > 0 and r["groups"]["unverified"] == len(r["unverified_why"])
+    # a second run resumes from the rows in --work: nothing is trained or pruned again
+    rows = sorted((tmp_path / "rows").glob("*.json"))
+    kept = [(p.stat().st_mtime_ns, p.read_text()) for p in rows]
+    run_quick("prune_library_models.py", tmp_path, timeout=600)
+    assert len(rows) == 2 and [(p.stat().st_mtime_ns, p.read_text()) for p in rows] == kept

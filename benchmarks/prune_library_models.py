@@ -1,0 +1,213 @@
+"""Library architectures pruned to half the MACs (issue 26): torchvision and timm models the zoo
+does not have, each trained briefly on a CIFAR-10 slice, pruned with slimship's pruner to 50 %
+of its MACs (no fine-tuning), and its test accuracy measured before and after.
+
+    .venv/bin/python benchmarks/prune_library_models.py            # 16 architectures
+    .venv/bin/python benchmarks/prune_library_models.py --quick    # 2 small ones, a smoke run
+
+Each architecture is built as `--model torchvision:NAME` / `timm:NAME` builds it (random
+initialisation, 10 classes, 32x32 RGB) and trained by slimship's training loop
+(`pipeline.train.fit` through `_common.teacher`: AdamW, one-cycle, lr 0.003, batch 64, weight
+decay 5e-4, seed 0) on the first images of ../shared/data/cifar10/train.npz (less the 10 %
+validation split). It is then pruned by `prune_to_macs(model, x, 0.5)` (l2 importance,
+round_to 8, min_width 0.25): it either prunes, every pruned group verified exactly or listed
+as unverified with the reason, or it refuses in one line. Accuracy is measured on test.npz
+(the first 1,000 official test images). Rows are kept in --work as JSON, one per architecture
+and setting, so a run that stops resumes at the next architecture. The table goes into
+benchmarks/RESULTS.md under the heading below, replacing that section only (--out: elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from _common import CIFAR, ROOT, describe_env, environment, log, teacher, write_section
+
+from ground.errors import UsageError
+from pipeline.data import load_dataset
+from pipeline.prune import prune_to_macs
+from pipeline.train import accuracy, predict
+
+HEADING = "## Library architectures pruned to half the MACs (issue 26)"
+FRACTION = 0.5
+SEED = 0
+
+# name -> the structure it brings that the zoo lacks; the two the issue names first
+ARCHS = {
+    "torchvision:resnext50_32x4d": "grouped 3x3 convs (groups=32)",
+    "torchvision:shufflenet_v2_x0_5": "channel split, concat, channel shuffle",
+    "torchvision:squeezenet1_1": "fire modules, 1x1-conv classifier",
+    "torchvision:densenet121": "dense blocks (concatenation)",
+    "timm:convnext_atto": "LayerNorm over channels, depthwise 7x7",
+    "torchvision:regnet_x_400mf": "grouped convs, group width 16",
+    "torchvision:efficientnet_b0": "squeeze-excitation, SiLU",
+    "timm:mobilevit_xxs": "attention over unfolded patches",
+    "timm:ghostnet_050": "ghost modules (concat and slice)",
+    "torchvision:mnasnet0_5": "searched inverted residuals",
+    "torchvision:mobilenet_v3_small": "hard-swish, SE with hard-sigmoid",
+    "torchvision:googlenet": "inception modules (four branches)",
+    "timm:efficientvit_b0": "linear attention, multi-scale grouped convs",
+    "timm:deit_tiny_patch16_224": "vision transformer (qkv attention)",
+    "timm:mixer_s16_224": "MLP-Mixer (token and channel MLPs)",
+    "timm:resnext26ts": "timm's ResNeXt (grouped convs, SiLU)",
+}
+QUICK = ["torchvision:squeezenet1_1", "torchvision:mnasnet0_5"]
+
+
+def bench(arch: str, data, epochs: int, work: Path) -> dict:
+    """One row: the dense model trained, its accuracy, then pruned and measured again."""
+    model, _, train_s = teacher(arch, data, epochs, SEED, work / "teachers")
+    acc0 = accuracy(predict(model, data.x_test), data.y_test)
+    row = {"arch": arch, "brings": ARCHS[arch], "train_s": train_s, "acc_dense": acc0}
+    x = torch.from_numpy(data.x_test[:1])  # the example input the graph is traced with
+    t0 = time.perf_counter()
+    try:
+        res = prune_to_macs(model, x, FRACTION)
+    except UsageError as e:  # the one-line refusal; anything else is a bug and stops the run
+        return {**row, "outcome": "refused", "message": str(e)}
+    plan = res.plan
+    return {
+        **row,
+        "outcome": "pruned",
+        "prune_s": time.perf_counter() - t0,
+        "acc_pruned": accuracy(predict(res.model, data.x_test), data.y_test),
+        "macs_before": res.macs_before,
+        "macs_after": res.macs_after,
+        "params_before": res.params_before,
+        "params_after": res.params_after,
+        "groups": {k: len(plan[k]) for k in ("verified", "unverified", "frozen", "floored")},
+        "unverified_why": plan["unverified_why"],
+        "frozen": plan["frozen"],
+        "floored": plan["floored"],
+    }
+
+
+def cached_row(arch: str, data, epochs: int, work: Path) -> dict:
+    """The row from --work when this architecture ran with these settings, else measured."""
+    path = work / "rows" / f"{arch.replace(':', '-')}-n{len(data.y_train)}-e{epochs}.json"
+    if path.is_file():
+        log(f"{arch}: row from {path}")
+        return json.loads(path.read_text())
+    row = bench(arch, data, epochs, work)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def table_row(r: dict) -> str:
+    name = f"`{r['arch']}`"
+    dense = f"{r['acc_dense']:.1%}"
+    if r["outcome"] == "refused":
+        return f"| {name} | {r['brings']} | refused: {r['message']} | – | {dense} | – | – |"
+    g = r["groups"]
+    macs = f"{r['macs_before'] / 1e6:.1f} → {r['macs_after'] / 1e6:.1f}"
+    share = r["macs_after"] / r["macs_before"]
+    groups = f"{g['verified']} / {g['unverified']} / {g['frozen']} / {g['floored']}"
+    return (
+        f"| {name} | {r['brings']} | pruned to {share:.0%} in {r['prune_s']:.0f} s | {macs} | "
+        f"{dense} | {r['acc_pruned']:.1%} | {groups} |"
+    )
+
+
+def notes(rows: list[dict]) -> list[str]:
+    """Why groups were left unverified or at their width, and which were cut to their floor."""
+    out = []
+    for r in rows:
+        if r["outcome"] != "pruned":
+            continue
+        for kind, items in (("unverified", r["unverified_why"]), ("frozen", r["frozen"])):
+            reasons = sorted(set(items.values()))
+            if reasons:
+                out.append(f"- `{r['arch']}`, {len(items)} {kind}: " + "; ".join(reasons[:3]))
+        if r["floored"]:
+            out.append(
+                f"- `{r['arch']}`, {len(r['floored'])} group(s) cut to their floor (0.25 of "
+                f"the width, a warning line each run): {', '.join(r['floored'][:6])}"
+                + (", …" if len(r["floored"]) > 6 else "")
+            )
+    return out
+
+
+def section(rows: list[dict], meta: dict, start: dict, end: dict) -> str:
+    pruned = [r for r in rows if r["outcome"] == "pruned"]
+    quick = " `--quick` (a smoke run, not the result)" if meta["quick"] else ""
+    how = (
+        f"Produced by `benchmarks/prune_library_models.py`{quick} in {meta['minutes']:.1f} min. "
+        f"Each architecture built as `--model torchvision:NAME` / `timm:NAME` builds it (random "
+        f"initialisation, 10 classes, 32x32 RGB), trained by slimship's training loop (AdamW, "
+        f"one-cycle, lr 0.003, batch 64, seed {SEED}) for {meta['epochs']} epoch(s) on "
+        f"{meta['images']:,} CIFAR-10 training images (train.npz), then pruned by "
+        f"`prune_to_macs(model, x, {FRACTION})` (l2, round_to 8, min_width 0.25), **no "
+        "fine-tuning**. Accuracies are measured on test.npz (the first 1,000 official test "
+        "images) after this brief training: they are those of briefly trained models, not of "
+        "the architectures; the column to compare is the pruned one against the dense one. "
+        "MACs and parameters are counted by torch-pruning's op counter (it leaves out attention "
+        "matmuls). Groups: verified exactly (the pruned model computes what the dense one does "
+        "with the removed channels zeroed) / unverified, with the reason / frozen (kept at "
+        "their width, with the reason) / cut to their floor (a warning line each)."
+    )
+    summary = (
+        f"{len(pruned)} of {len(rows)} pruned to at most {FRACTION:.0%} of their MACs (within "
+        f"the 10 % prune() allows); {len(rows) - len(pruned)} refused in one line; no traceback."
+    )
+    return "\n".join(
+        [
+            HEADING,
+            "",
+            how,
+            "",
+            f"Measured on {describe_env(start, end)}.",
+            "",
+            (
+                "| architecture | brings | outcome (measured time) | MACs M, dense → pruned "
+                "(counted) | accuracy dense (measured) | accuracy pruned, no fine-tuning "
+                "(measured) | groups verified / unverified / frozen / floored (counted) |"
+            ),
+            "|---|---|---|---:|---:|---:|---:|",
+            *[table_row(r) for r in rows],
+            "",
+            summary,
+            "",
+            *notes(rows),
+        ]
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 small architectures, 1 epoch")
+    ap.add_argument("--archs", help="comma-separated names (default: all 16)")
+    ap.add_argument("--images", type=int, help="training images before the val split")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-prune-library")
+    ap.add_argument("--out", type=Path, default=None, help="write the section here instead")
+    args = ap.parse_args()
+    archs = args.archs.split(",") if args.archs else QUICK if args.quick else list(ARCHS)
+    images = args.images or (300 if args.quick else 2500)
+    epochs = args.epochs or (1 if args.quick else 3)
+    start, t0 = environment(), time.time()
+    data = load_dataset(str(CIFAR), limit_train=images)
+    rows = []
+    for arch in archs:
+        rows.append(cached_row(arch, data, epochs, args.work))
+        r = rows[-1]
+        after = f"{r['acc_pruned']:.1%}" if r["outcome"] == "pruned" else r["message"]
+        log(f"{arch}: dense {r['acc_dense']:.1%}, {r['outcome']}: {after}")
+    meta = {"quick": args.quick, "epochs": epochs, "images": len(data.y_train)}
+    meta["minutes"] = (time.time() - t0) / 60
+    res = {"meta": meta, "rows": rows}
+    (args.work / "prune_library_models.json").write_text(json.dumps(res, indent=1) + "\n")
+    text = section(rows, meta, start, environment())
+    if args.out:
+        args.out.write_text(text + "\n")
+    else:
+        write_section(HEADING, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
