@@ -60,7 +60,13 @@ def _torchvision(arch: str, in_channels: int, num_classes: int) -> nn.Module:
             f"--model torchvision:{arch}: torchvision's classifiers take 3-channel (RGB) "
             f"images, the data has {in_channels}; use RGB data or a timm model (in_chans)"
         )
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    extra = {"aux_logits": False} if arch in _AUXILIARY_HEADS else {}
+    return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **extra)
+
+
+# torchvision builds these with auxiliary classifiers by default; in training mode they return
+# a named tuple of logits, which no training loop here expects (the heads help ImageNet training)
+_AUXILIARY_HEADS = {"googlenet", "inception_v3"}
 
 
 def _timm(arch: str, in_channels: int, num_classes: int, input_size: int) -> nn.Module:

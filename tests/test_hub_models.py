@@ -9,11 +9,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 from sklearn.datasets import load_digits
 
 import cli
+from models import create_model
 
 ARCHS = [  # and torchvision:mobilenet_v2, at 224 on CIFAR-10 photos below
     "torchvision:resnet18",
@@ -99,3 +101,11 @@ def test_a_torchvision_model_on_grayscale_data_is_one_line(tmp_path):
     result = _compress(tmp_path, "--model", "torchvision:resnet18", "--epochs", "1")
     errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert result.exit_code == 2 and len(errors) == 1 and "3-channel (RGB)" in errors[0]
+
+
+@pytest.mark.parametrize("arch", ["torchvision:googlenet", "torchvision:inception_v3"])
+def test_torchvision_models_with_auxiliary_heads_train_on_their_logits_alone(arch):
+    size = 32 if arch.endswith("googlenet") else 75  # inception_v3 needs at least 75 px
+    model = create_model(arch, 3, 10, size).train()
+    out = model(torch.randn(2, 3, size, size))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
