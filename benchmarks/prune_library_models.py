@@ -59,7 +59,7 @@ ARCHS = {
     "timm:mixer_s16_224": "MLP-Mixer (token and channel MLPs)",
     "timm:resnext26ts": "timm's ResNeXt (grouped convs, SiLU)",
 }
-ROW_FORMAT = "r2"  # rows kept in --work under another format are measured again
+ROW_FORMAT = "r3"  # rows kept in --work under another format are measured again
 QUICK = ["torchvision:squeezenet1_1", "torchvision:mnasnet0_5"]
 
 
@@ -68,6 +68,7 @@ def bench(arch: str, data, epochs: int, work: Path) -> dict:
     model, _, train_s = teacher(arch, data, epochs, SEED, work / "teachers")
     acc0 = accuracy(predict(model, data.x_test), data.y_test)
     row = {"arch": arch, "brings": ARCHS[arch], "train_s": train_s, "acc_dense": acc0}
+    row["acc_dense_bn"] = _bn_accuracy(model, data)
     x = torch.from_numpy(data.x_test[:1])  # the example input the graph is traced with
     t0 = time.perf_counter()
     try:
@@ -124,28 +125,41 @@ def cached_row(arch: str, data, epochs: int, work: Path) -> dict:
 
 def table_row(r: dict) -> str:
     name = f"`{r['arch']}`"
-    dense = f"{r['acc_dense']:.1%}"
     if r["outcome"] == "refused":
-        return f"| {name} | {r['brings']} | refused: {r['message']} | – | {dense} | – | – | – |"
+        dense_bn = "–" if r["acc_dense_bn"] is None else f"{r['acc_dense_bn']:.1%}"
+        return (
+            f"| {name} | {r['brings']} | refused: {r['message']} | – | {r['acc_dense']:.1%} → – "
+            f"| {dense_bn} → – | – |"
+        )
     g = r["groups"]
     macs = f"{r['macs_before'] / 1e6:.1f} → {r['macs_after'] / 1e6:.1f}"
     share = r["macs_after"] / r["macs_before"]
-    bn = "no batch norm" if r["acc_pruned_bn"] is None else f"{r['acc_pruned_bn']:.1%}"
+    bn = (
+        "no batch norm"
+        if r["acc_pruned_bn"] is None
+        else f"{r['acc_dense_bn']:.1%} → {r['acc_pruned_bn']:.1%}"
+    )
     groups = f"{g['verified']} / {g['unverified']} / {g['frozen']} / {g['floored']}"
     return (
         f"| {name} | {r['brings']} | pruned to {share:.0%} in {r['prune_s']:.0f} s | {macs} | "
-        f"{dense} | {r['acc_pruned']:.1%} | {bn} | {groups} |"
+        f"{r['acc_dense']:.1%} → {r['acc_pruned']:.1%} | {bn} | {groups} |"
     )
+
+
+def _short(why: str, limit: int = 160) -> str:
+    return why if len(why) <= limit else why[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def notes(rows: list[dict], majority: float) -> list[str]:
     """Models the brief training did not teach; why groups were left unverified or at their
     width, and which were cut to their floor."""
-    untaught = [f"`{r['arch']}`" for r in rows if r["acc_dense"] <= majority + 0.02]
+    best = lambda r: max(r["acc_dense"], r["acc_dense_bn"] or 0.0)
+    untaught = [f"`{r['arch']}`" for r in rows if best(r) <= majority + 0.02]
     out = []
     if untaught:
         out.append(
-            f"- {', '.join(untaught)}: dense accuracy within 2 points of the largest class's "
+            f"- {', '.join(untaught)}: dense accuracy, with or without its batch-norm "
+            f"statistics re-estimated, within 2 points of the largest class's "
             f"share ({majority:.1%}): the brief training did not teach it, so its accuracy "
             "after pruning says nothing about pruning"
         )
@@ -155,7 +169,8 @@ def notes(rows: list[dict], majority: float) -> list[str]:
         for kind, items in (("unverified", r["unverified_why"]), ("frozen", r["frozen"])):
             reasons = sorted(set(items.values()))
             if reasons:
-                out.append(f"- `{r['arch']}`, {len(items)} {kind}: " + "; ".join(reasons[:3]))
+                text = "; ".join(_short(why) for why in reasons[:3])
+                out.append(f"- `{r['arch']}`, {len(items)} {kind}: {text}")
         if r["floored"]:
             out.append(
                 f"- `{r['arch']}`, {len(r['floored'])} group(s) cut to their floor (0.25 of "
@@ -169,7 +184,10 @@ def section(rows: list[dict], meta: dict, start: dict, end: dict) -> str:
     pruned = [r for r in rows if r["outcome"] == "pruned"]
     quick = " `--quick` (a smoke run, not the result)" if meta["quick"] else ""
     how = (
-        f"Produced by `benchmarks/prune_library_models.py`{quick} in {meta['minutes']:.1f} min. "
+        f"Produced by `benchmarks/prune_library_models.py`{quick}: training "
+        f"{sum(r['train_s'] for r in rows) / 60:.1f} min and pruning with its checks "
+        f"{sum(r.get('prune_s', 0) for r in rows) / 60:.1f} min in all (measured, summed over "
+        "the rows; models trained by an earlier run are reused from --work). "
         f"Each architecture built as `--model torchvision:NAME` / `timm:NAME` builds it (random "
         f"initialisation, 10 classes, 32x32 RGB), trained by slimship's training loop (AdamW, "
         f"one-cycle, lr 0.003, batch 64, seed {SEED}) for {meta['epochs']} epoch(s) on "
@@ -177,15 +195,17 @@ def section(rows: list[dict], meta: dict, start: dict, end: dict) -> str:
         f"`prune_to_macs(model, x, {FRACTION})` (l2, round_to 8, min_width 0.25), **no "
         "fine-tuning**. Accuracies are measured on test.npz (the first 1,000 official test "
         "images) after this brief training: they are those of briefly trained models, not of "
-        "the architectures; the column to compare is the pruned one against the dense one. "
+        "the architectures; compare each pruned figure with the dense one beside it. "
         "MACs and parameters are counted by torch-pruning's op counter (it leaves out attention "
         "matmuls). Groups: verified exactly (the pruned model computes what the dense one does "
         "with the removed channels zeroed) / unverified, with the reason / frozen (kept at "
-        "their width, with the reason) / cut to their floor (a warning line each). The last "
-        f"accuracy column re-estimates the pruned model's batch-norm running statistics on "
+        "their width, with the reason) / cut to their floor (a warning line each). The second "
+        f"accuracy column re-estimates the batch-norm running statistics of both models on "
         f"{BN_IMAGES} training images (no weight changes, not fine-tuning): removing channels "
         "shifts the inputs of the norms after them, and stale statistics alone can leave a "
-        f"model predicting one class ({meta['majority']:.1%} of test.npz is its largest class)."
+        f"model predicting one class ({meta['majority']:.1%} of test.npz is its largest class); "
+        "a brief training also leaves the statistics of norms with a small momentum (MNASNet, "
+        "MobileNetV3) far from the trained weights."
     )
     summary = (
         f"{len(pruned)} of {len(rows)} pruned to at most {FRACTION:.0%} of their MACs (within "
@@ -201,11 +221,11 @@ def section(rows: list[dict], meta: dict, start: dict, end: dict) -> str:
             "",
             (
                 "| architecture | brings | outcome (measured time) | MACs M, dense → pruned "
-                "(counted) | accuracy dense (measured) | accuracy pruned, no fine-tuning "
-                "(measured) | pruned, batch-norm statistics re-estimated (measured) | "
-                "groups verified / unverified / frozen / floored (counted) |"
+                "(counted) | accuracy dense → pruned, no fine-tuning (measured) | the same, "
+                "batch-norm statistics re-estimated (measured) | groups verified / unverified / "
+                "frozen / floored (counted) |"
             ),
-            "|---|---|---|---:|---:|---:|---:|---:|",
+            "|---|---|---|---:|---:|---:|---:|",
             *[table_row(r) for r in rows],
             "",
             summary,
@@ -227,7 +247,7 @@ def main() -> None:
     archs = args.archs.split(",") if args.archs else QUICK if args.quick else list(ARCHS)
     images = args.images or (300 if args.quick else 2500)
     epochs = args.epochs or (1 if args.quick else 3)
-    start, t0 = environment(), time.time()
+    start = environment()
     data = load_dataset(str(CIFAR), limit_train=images)
     rows = []
     for arch in archs:
@@ -238,7 +258,6 @@ def main() -> None:
     majority = float(np.bincount(data.y_test).max() / len(data.y_test))
     meta = {"quick": args.quick, "epochs": epochs, "images": len(data.y_train)}
     meta["majority"] = majority
-    meta["minutes"] = (time.time() - t0) / 60
     res = {"meta": meta, "rows": rows}
     (args.work / "prune_library_models.json").write_text(json.dumps(res, indent=1) + "\n")
     text = section(rows, meta, start, environment())

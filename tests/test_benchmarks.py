@@ -117,7 +117,8 @@ def test_prune_library_models_quick_trains_prunes_and_measures_both_accuracies(t
         assert f"| `{r['arch']}` |" in text
         assert r["outcome"] == "pruned" and r["macs_after"] <= 0.55 * r["macs_before"]
         assert 0 <= r["acc_dense"] <= 1 and 0 <= r["acc_pruned"] <= 1
-        assert (r["acc_pruned_bn"] is None) == (r["arch"] == "torchvision:squeezenet1_1")
+        no_bn = r["arch"] == "torchvision:squeezenet1_1"  # the one without batch norm
+        assert (r["acc_pruned_bn"] is None) == (r["acc_dense_bn"] is None) == no_bn
         assert r["groups"]["verified"] > 0 and r["groups"]["unverified"] == len(r["unverified_why"])
     # a second run resumes from the rows in --work: nothing is trained or pruned again
     rows = sorted((tmp_path / "rows").glob("*.json"))
