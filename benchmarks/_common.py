@@ -122,7 +122,7 @@ def teacher(name: str, data, epochs: int, seed: int, cache: Path, augment=None, 
     batches (None: none). Returns (model, initial state, seconds)."""
     from safetensors.torch import load_file, save_file
 
-    from models import create_model
+    from models import create_model, load_state
     from pipeline.augment import for_training
     from pipeline.train import fit
 
@@ -142,7 +142,7 @@ def teacher(name: str, data, epochs: int, seed: int, cache: Path, augment=None, 
     model = create_model(name, c, data.num_classes, h)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     if path.is_file() and meta.is_file():
-        load_weights(model, load_file(str(path)))
+        load_state(model, load_file(str(path)))
         log(f"teacher {key}: cached")
         return model.eval(), load_file(str(init_path)), json.loads(meta.read_text())["seconds"]
     cache.mkdir(parents=True, exist_ok=True)
@@ -162,15 +162,6 @@ def teacher(name: str, data, epochs: int, seed: int, cache: Path, augment=None, 
     save_file({k: v.contiguous() for k, v in init.items()}, str(init_path))
     meta.write_text(json.dumps({"seconds": seconds}))
     return model.eval(), init, seconds
-
-
-def load_weights(model, state: dict) -> None:
-    """load_state_dict with the module versions the model itself records: a safetensors file
-    keeps none, and torchvision's MNASNet refuses a state without its version."""
-    full = model.state_dict()
-    state = type(full)(state)
-    state._metadata = full._metadata
-    model.load_state_dict(state)
 
 
 def write_section(heading: str, text: str, path: Path = RESULTS) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import CIFAR, ROOT, describe_env, environment, log, teacher, write_section
+from _common import CIFAR, ROOT, describe_env, environment, log, publish, teacher
 
 from pipeline.config import AugmentConfig
 from pipeline.data import load_dataset
@@ -99,11 +99,7 @@ def main(argv=None) -> int:
             args.work.mkdir(parents=True, exist_ok=True)
             store.write_text(json.dumps(res, indent=1) + "\n")
     text = section(res, (start, environment()), args.quick)
-    if args.out:
-        args.out.write_text(text + "\n")
-    elif not args.quick:
-        write_section(HEADING, text)
-    print(text)
+    publish(HEADING, text, args.out, args.quick)
     return 0
 
 

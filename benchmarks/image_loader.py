@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import CIFAR, ROOT, describe_env, environment, log, write_section
+from _common import CIFAR, ROOT, describe_env, environment, log, publish
 
 HEADING = "## Image folders: memory and loader speed (issue 24)"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -166,11 +166,7 @@ def main() -> None:
     res["speed"] = speed(args.work / f"cifar-{sizes[1]}", size, rounds)
     (args.work / "image_loader.json").write_text(json.dumps(res, indent=1) + "\n")
     text = section(res, start, environment())
-    if args.out:
-        args.out.write_text(text + "\n")
-    else:
-        write_section(HEADING, text)
-    print(text)
+    publish(HEADING, text, args.out, args.quick)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, describe_env, environment, log, write_section
+from _common import ROOT, describe_env, environment, log, publish
 from image_loader import write_folder
 
 HEADING = "## Photos at 224x224 through compress (issue 24)"
@@ -95,11 +95,7 @@ def main(argv=None) -> int:
     log(f"compress {MODEL} on {images} photos at {size} px")
     res = compress(folder, size, epochs, args.work) | {"images": images}
     text = section(res, (start, environment()), args.quick)
-    if args.out:
-        args.out.write_text(text + "\n")
-    elif not args.quick:
-        write_section(HEADING, text)
-    print(text)
+    publish(HEADING, text, args.out, args.quick)
     return 0
 
 

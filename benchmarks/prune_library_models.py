@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import CIFAR, ROOT, describe_env, environment, log, teacher, write_section
+from _common import CIFAR, ROOT, describe_env, environment, log, publish, teacher
 from torch import nn
 
 from ground.errors import UsageError
@@ -261,11 +261,7 @@ def main() -> None:
     res = {"meta": meta, "rows": rows}
     (args.work / "prune_library_models.json").write_text(json.dumps(res, indent=1) + "\n")
     text = section(rows, meta, start, environment())
-    if args.out:
-        args.out.write_text(text + "\n")
-    else:
-        write_section(HEADING, text)
-    print(text)
+    publish(HEADING, text, args.out, args.quick)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from models._registry import (
     example_input,
     get_model_entry,
     list_models,
+    load_state,
     register_model,
 )
 
@@ -16,5 +17,6 @@ __all__ = [
     "example_input",
     "get_model_entry",
     "list_models",
+    "load_state",
     "register_model",
 ]

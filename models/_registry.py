@@ -80,3 +80,12 @@ def create_from_spec(spec: dict) -> nn.Module:
 
 def example_input(spec: dict) -> torch.Tensor:
     return torch.zeros(1, *spec["input_shape"])  # (1, C, H, W)
+
+
+def load_state(model: nn.Module, state: dict) -> None:
+    """load_state_dict with the module versions the model itself records: a safetensors file
+    keeps none, and some modules (torchvision's MNASNet) refuse a state without theirs."""
+    full = model.state_dict()
+    state = type(full)(state)
+    state._metadata = full._metadata
+    model.load_state_dict(state)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from ground.errors import SlimshipError
-from models import create_from_spec, example_input
+from models import create_from_spec, example_input, load_state
 from pipeline.prune import apply_plan
 from pipeline.rundir import write_bytes, write_json
 
@@ -64,5 +64,5 @@ def build_model(spec: dict, plan: dict | None) -> nn.Module:
 def load_model(folder: Path) -> tuple[nn.Module, dict, dict | None]:
     desc = json.loads((Path(folder) / "model.json").read_text())
     model = build_model(desc["spec"], desc["plan"])
-    model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+    load_state(model, load_file(str(Path(folder) / "model.safetensors")))
     return model.eval(), desc["spec"], desc["plan"]

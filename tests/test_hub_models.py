@@ -109,3 +109,17 @@ def test_torchvision_models_with_auxiliary_heads_train_on_their_logits_alone(arc
     model = create_model(arch, 3, 10, size).train()
     out = model(torch.randn(2, 3, size, size))
     assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+
+
+def test_a_model_whose_modules_record_versions_reloads_from_its_safetensors(tmp_path):
+    """torchvision's MNASNet refuses a state without its module version, which safetensors
+    does not keep: the stages reload it with the versions the model records."""
+    from pipeline.checkpoint import load_model, save_model
+
+    spec = {"name": "torchvision:mnasnet0_5", "in_channels": 3, "num_classes": 10,
+            "input_size": 32, "input_shape": [3, 32, 32]}  # fmt: skip
+    model = create_model(spec["name"], 3, 10, 32).eval()
+    save_model(tmp_path, model, spec)
+    loaded = load_model(tmp_path)[0]
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(loaded(x), model(x))

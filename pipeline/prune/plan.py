@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ground.errors import UsageError
-from models import create_from_spec, example_input
+from models import create_from_spec, example_input, load_state
 from pipeline.prune.graph import _build_graph, _short
 
 
@@ -58,7 +58,7 @@ def rewind(pruned_model: nn.Module, plan: dict, initial_state_dict: dict, spec: 
     """
     model = create_from_spec(spec)
     try:
-        model.load_state_dict(initial_state_dict)
+        load_state(model, initial_state_dict)
     except RuntimeError as e:
         raise UsageError(
             f"rewind: the initial weights do not fit model {spec['name']!r} ({_short(e)})"

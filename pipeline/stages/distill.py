@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ground.errors import UsageError
 from ground.log import log
-from models import create_from_spec
+from models import create_from_spec, load_state
 from models._user import load_weights
 from pipeline.checkpoint import check_finite, load_model, save_model
 from pipeline.distill import FeatureHints, feature_pairs, kd_feature_loss_fn, kd_loss_fn
@@ -116,7 +116,7 @@ def _teacher(job: Job, teacher_dir: Path):
     state, how = load_weights(Path(cfg.teacher_weights), False)
     teacher = create_from_spec({**job.spec, "name": cfg.teacher_model})
     try:
-        teacher.load_state_dict(state)
+        load_state(teacher, state)
     except RuntimeError as e:
         raise UsageError(
             f"recipe key distill.teacher_weights {cfg.teacher_weights}: does not "

@@ -9,7 +9,7 @@ import torch
 
 from ground.errors import UsageError
 from ground.log import log
-from models import create_from_spec
+from models import create_from_spec, load_state
 from pipeline.checkpoint import check_finite, save_model, save_weights
 from pipeline.regularize import SparsityTraining
 from pipeline.rundir import StageResult, sha256_file
@@ -65,7 +65,7 @@ def _teacher(job: Job, folder: Path, weights: Path | None, loaded) -> dict:
 def _load(model, name: str, weights: Path, loaded) -> dict:
     state, how = loaded
     try:
-        model.load_state_dict(state)
+        load_state(model, state)
     except RuntimeError as e:
         raise UsageError(
             f"--weights {weights}: does not fit --model {name}: {str(e).splitlines()[0]}"
