@@ -164,6 +164,16 @@ def teacher(name: str, data, epochs: int, seed: int, cache: Path, augment=None, 
     return model.eval(), init, seconds
 
 
+def publish(heading: str, text: str, out: Path | None, quick: bool) -> None:
+    """A benchmark's section: to --out when given, else into RESULTS.md, but never a --quick
+    smoke run's (the committed tables come from full runs); printed either way."""
+    if out:
+        out.write_text(text + "\n")
+    elif not quick:
+        write_section(heading, text)
+    print(text)
+
+
 def write_section(heading: str, text: str, path: Path = RESULTS) -> None:
     """Replace the section under `heading` in RESULTS.md (others are left as they are)."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
