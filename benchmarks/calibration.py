@@ -51,11 +51,12 @@ from _common import RESULTS, write_section
 
 from models import create_model
 from pipeline import confidence as cal
-from pipeline.config import SIZED_EPOCHS, DistillConfig, TrainConfig
+from pipeline.config import DistillConfig, TrainConfig
 from pipeline.data import load_dataset
 from pipeline.distill import kd_loss_fn
 from pipeline.prune import prune_to_macs
 from pipeline.reliability_plot import reliability_png
+from pipeline.sized_epochs import SIZED_EPOCHS
 from pipeline.train import fit, predict
 
 HEADING = "## Calibration (issue 12)"

@@ -83,7 +83,7 @@ class PruneConfig:
     min_width: float = 0.25
     # 1: one-shot; n > 1: prune -> fine-tune n times on a cubic schedule (Zhu & Gupta 2017)
     iterative_steps: int = 1
-    # fine-tuning epochs after each iterative step but the last; None: sized to the data (sized_to)
+    # fine-tuning epochs after each iterative step but the last; None: sized to the data
     finetune_epochs: int | None = None
     # lottery-ticket rewinding (Frankle & Carbin): None off; 0 resets the surviving weights to
     # their initial values, k > 0 to their values after k training epochs, then retrain
@@ -142,7 +142,7 @@ class PruneConfig:
 class DistillConfig:
     """Hinton et al. 2015: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
 
-    epochs: int | None = None  # None: sized to the training split (sized_to)
+    epochs: int | None = None  # None: sized to the training split (pipeline/sized_epochs.py)
     batch_size: int = 64
     lr: float = 0.002
     temperature: float = 4.0
@@ -297,32 +297,6 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# Distillation and fine-tuning start from trained weights, so what they need is optimizer steps,
-# not passes: up to SMALL_DATA training images their default epochs hold (digits: 1,293); on a
-# larger split each epoch is more steps and the default shrinks in proportion, to a floor.
-SMALL_DATA = 2_000
-SIZED_EPOCHS = {"distill.epochs": (20, 4), "prune.finetune_epochs": (2, 1)}  # (default, floor)
-
-
-def sized_to(recipe: Recipe, n_train: int) -> tuple[Recipe, dict[str, int]]:
-    """The recipe with the epochs it leaves open (None) set for n_train training images, and
-    those it set: {key: epochs}."""
-    share = min(1.0, SMALL_DATA / max(n_train, 1))
-    chosen = {}
-    for key, (default, floor) in SIZED_EPOCHS.items():
-        section, name = key.split(".")
-        if getattr(getattr(recipe, section), name) is None:
-            chosen[key] = max(floor, round(default * share))
-    sections = {
-        section: dataclasses.replace(
-            getattr(recipe, section),
-            **{k.split(".")[1]: v for k, v in chosen.items() if k.startswith(section + ".")},
-        )
-        for section in {k.split(".")[0] for k in chosen}
-    }
-    return dataclasses.replace(recipe, **sections), chosen
 
 
 def _positive(key: str, value):

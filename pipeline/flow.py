@@ -12,9 +12,9 @@ from ground.errors import SlimshipError
 from ground.log import log
 from models import get_model_entry
 from pipeline import distributed, lock
-from pipeline.config import SMALL_DATA, sized_to
 from pipeline.data import load_dataset
 from pipeline.rundir import RunDir, write_bytes, write_json
+from pipeline.sized_epochs import SMALL_DATA, sized_to
 from pipeline.stages import confidence, distill, export, profile, prune, report, train, verify
 from pipeline.stages._job import Job
 from targets import get_backend

@@ -1,7 +1,8 @@
 import pytest
 
 from ground.errors import UsageError
-from pipeline.config import Recipe, load_recipe, sized_to
+from pipeline.config import Recipe, load_recipe
+from pipeline.sized_epochs import sized_to
 
 
 def write(tmp_path, text):
