@@ -37,19 +37,27 @@ def compress(folder: Path, size: int, epochs: tuple[int, int], work: Path) -> di
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
+    report = out / "android" / "report.json"
+    if proc.returncode != 0 and not report.is_file():  # a failed check still writes its report
         raise SystemExit(f"compress failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     manifest = json.loads((work / "run" / "manifest.json").read_text())
     return {
         "command": " ".join(["cli.py", *cmd[2:]]),
+        "exit": proc.returncode,
         "wall_s": wall,
         "stage_s": {k: v["seconds"] for k, v in manifest["stages"].items()},
-        "report": json.loads((out / "android" / "report.json").read_text()),
+        "report": json.loads(report.read_text()),
     }
 
 
 def _v(fig) -> float:
     return fig["value"]
+
+
+def _parity(p: dict) -> str:
+    t = p["test_split"]
+    return (f"{p['state']}: top-1 agreement {_v(t['top1_agreement']):.3f}, "
+            f"SQNR {_v(t['sqnr_db']):.1f} dB")  # fmt: skip
 
 
 def section(res: dict, env: tuple, quick: bool) -> str:
@@ -63,7 +71,7 @@ def section(res: dict, env: tuple, quick: bool) -> str:
     ]
     files = [
         f"| {b['file']} ({b['precision']}) | {_v(b['parity']['file_accuracy']):.1%} | "
-        f"{_v(b['macs']):,} | {_v(b['bytes']):,} | {b['parity']['state']} | "
+        f"{_v(b['macs']):,} | {_v(b['bytes']):,} | {_parity(b['parity'])} | "
         f"{_v(b['latency'][0]['p50']):.2f} |"
         for b in r["backends"].values()
     ]
@@ -75,9 +83,12 @@ def section(res: dict, env: tuple, quick: bool) -> str:
          f"({_v(d['train']):,} train / {_v(d['val']):,} val / {_v(d['test']):,} test, counted; "
          f"{'; '.join(d['notes'])}), {MODEL} trained from scratch. Accuracy measured on the "
          "test split; latency p50 on this host's CPU, 1 thread."), "",
-        "| stage / file | accuracy | MACs (counted) | bytes | parity | p50 ms |",
+        "| stage / file | accuracy | MACs (counted) | bytes | parity against its PyTorch reference (measured) | p50 ms |",
         "|---|---|---|---|---|---|",
         *stages, *files, "",
+        (f"compress exited {res['exit']}"
+         + (": " + "; ".join(r["problems"]) if r["problems"] else " (every check passed)") + "."),
+        "",
         (f"Stage times (measured when each stage ran): {times}. This invocation took "
          f"{res['wall_s'] / 60:.1f} min (stages already in its run directory are reused)."),
     ])  # fmt: skip
