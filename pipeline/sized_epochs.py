@@ -21,13 +21,9 @@ def sized_to(recipe: Recipe, n_train: int) -> tuple[Recipe, dict[str, int]]:
     chosen = {}
     for key, (default, floor) in SIZED_EPOCHS.items():
         section, name = key.split(".")
-        if getattr(getattr(recipe, section), name) is None:
+        part = getattr(recipe, section)
+        if getattr(part, name) is None:
             chosen[key] = max(floor, round(default * share))
-    sections = {
-        section: dataclasses.replace(
-            getattr(recipe, section),
-            **{k.split(".")[1]: v for k, v in chosen.items() if k.startswith(section + ".")},
-        )
-        for section in {k.split(".")[0] for k in chosen}
-    }
-    return dataclasses.replace(recipe, **sections), chosen
+            part = dataclasses.replace(part, **{name: chosen[key]})
+            recipe = dataclasses.replace(recipe, **{section: part})
+    return recipe, chosen
