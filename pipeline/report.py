@@ -44,6 +44,7 @@ def parity_figures(block: dict, file: str) -> dict:
         "max_abs_diff_rel": "ratio",
         "sqnr_db": "dB",
         "top1_agreement": "fraction",
+        "top1_agreement_all": "fraction",
     }
     for split in ("test_split", "random_inputs"):
         if split in block:
@@ -52,6 +53,8 @@ def parity_figures(block: dict, file: str) -> dict:
             out[split] = {
                 k: measured(v, units[k], on) for k, v in block[split].items() if k in units
             }
+            if "near_ties" in block[split]:
+                out[split] |= _ties(block[split], on)
     if "file_accuracy" in block:
         on = f"{file}, {block['test_split']['inputs']} test images"
         out["file_accuracy"] = measured(block["file_accuracy"], "top1", on)
@@ -59,6 +62,17 @@ def parity_figures(block: dict, file: str) -> dict:
             block["reference_accuracy"], "top1", on.replace(file, f"PyTorch reference of {file}")
         )
     return out
+
+
+def _ties(t: dict, on: str) -> dict:
+    return {
+        "output_step": counted(t["output_step"], "logit", f"grid of the reference outputs, {on}"),
+        "near_ties": counted(
+            t["near_ties"],
+            "images",
+            f"{on}: reference top-1 lead within 2 output steps, left out of top-1 agreement",
+        ),
+    }
 
 
 def summary_table(report: dict) -> str:

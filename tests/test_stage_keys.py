@@ -3,7 +3,8 @@ stage's key is built from makes old runs retrain. tests/data/stage_keys.json hol
 of every stage (without the library versions RunDir.stage adds) as the code wrote them before
 the stages were split into modules (issue 23), for the default recipe and a CIFAR-10 one. Changed
 on purpose since: prune.min_width (both), and the CIFAR-10 case's distill and fine-tune epochs,
-now sized to its 33,300 training images (pipeline/sized_epochs.py)."""
+now sized to its 33,300 training images (pipeline/sized_epochs.py), and verify's rules (near-ties
+left out of top-1 agreement)."""
 
 from __future__ import annotations
 
