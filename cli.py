@@ -171,7 +171,28 @@ def recipe_overrides(flags: dict, settings=()) -> dict:
                 raise UsageError(f"{flag} {bad[0]}: expected NAME=VALUE")
             value = {left: right for left, _, right in pairs}
         out[key] = list(value) if tp is list else value
+    if flags.get("latency_target") is not None:
+        out.update(
+            {"prune.target": "latency", "prune.fraction": _fraction(flags["latency_target"])}
+        )
     return out
+
+
+def _fraction(text: str) -> float:
+    """--latency-target: a fraction of the dense model's measured latency."""
+    from ground.errors import UsageError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(
+            f"--latency-target {text}: give a fraction of the dense model's latency measured on "
+            "the target's runtime here, e.g. 0.5 (milliseconds on a device profile are not "
+            "supported yet)"
+        ) from None
+    if not 0 < value <= 1:
+        raise UsageError(f"--latency-target {text}: the fraction must be in (0, 1]")
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -201,6 +222,11 @@ def cli():
     "--budget",
     type=click.Path(path_type=Path),
     help="Budgets YAML: after the run, exit 1 if any line is broken (see `cli.py gate`).",
+)
+@click.option(
+    "--latency-target",
+    help="Prune to this fraction of the dense model's latency, measured through the target's "
+    "runtime on this host (recipe prune.target latency, prune.fraction), e.g. 0.5.",
 )
 @WEIGHTS_OPTION
 @TRUST_PICKLE_OPTION

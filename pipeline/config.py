@@ -14,7 +14,7 @@ from pipeline.yamlfile import parse_yaml, read_yaml_file
 
 MAX_INT = 10**9  # bigger integers are typos (epochs, images, runs), not settings
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "hessian", "random")
-PRUNE_TARGETS = ("macs", "params", "channels")
+PRUNE_TARGETS = ("macs", "params", "channels", "latency")
 PRUNE_SCOPES = ("local", "global")
 
 
@@ -69,8 +69,8 @@ class PruneConfig:
     importance: str = "l2"
     round_to: int | None = None  # None: what the target's backends want
     ignored_layers: tuple[str, ...] = ()
-    # what the kept fraction is a fraction of: "macs", "params" or "channels" (conv/linear
-    # output channels, classifier and ignored layers excepted)
+    # what the kept fraction is a fraction of: "macs", "params", "channels" (conv/linear
+    # output channels, classifier and ignored layers excepted) or "latency" (measured)
     target: str = "macs"
     fraction: float | None = None  # kept fraction of `target`; None: macs_fraction
     # "local": per-layer widths fitted to the target, layers shrink about evenly;

@@ -51,7 +51,7 @@ def _stages(job: Job, opts, target, loaded, choices) -> dict | None:
     teacher = train.run(job, opts.weights, loaded)
     if opts.stop_after == "train":
         return distributed.main_only(lambda: _write_model(opts, teacher), "writing the model")
-    pruned = prune.run(job, teacher, _round_to(job.recipe, target, opts.model))
+    pruned = prune.run(job, teacher, _round_to(job.recipe, target, opts.model), choices)
     student = distill.run(job, teacher, pruned)
     if opts.stop_after == "distill":
         return distributed.main_only(lambda: _write_model(opts, student), "writing the model")

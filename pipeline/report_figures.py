@@ -42,6 +42,8 @@ def _stage(info: dict, data, recipe) -> dict:
         out["ratio"] = counted(
             info["ratio"], "fraction of prunable channels removed", "dense teacher -> pruned"
         )
+    if "latency" in info:
+        out["latency"] = _latency_target(info["latency"])
     if "widths" in info:
         out["widths"] = {
             side: {
@@ -51,6 +53,23 @@ def _stage(info: dict, data, recipe) -> dict:
             for side, whose in (("before", "dense teacher"), ("after", info["params"]["on"]))
         }
     return out
+
+
+def _latency_target(lat: dict) -> dict:
+    """prune.target latency: asked, predicted by the table, measured after pruning."""
+    on = f"{lat['measured_on']}, this host, whole exported program, p50"
+    t = lat["table"]
+    fit = (
+        f"latency table fitted on {t['configs']} measured uniform widths, error up to "
+        f"{t['fit_error_max']:.0%} on them"
+    )
+    return {
+        "dense": measured(lat["dense_ms"], "ms", f"dense teacher, {on}"),
+        "target": measured(lat["target_ms"], "ms", f"prune.fraction x the dense teacher's, {on}"),
+        "predicted": estimated(lat["predicted_ms"], "ms", f"pruned widths, {fit}"),
+        "achieved": measured(lat["achieved_ms"], "ms", f"pruned model, {on}"),
+        "fixed_per_call": estimated(t["overhead_ms"], "ms", f"{fit}: time outside any operator"),
+    }
 
 
 def _temperature(info: dict, data) -> dict:

@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import copy
 
+from ground.errors import UsageError
 from ground.log import log
 from pipeline.prune.checks import _verify
 from pipeline.prune.counting import channels, measure
 from pipeline.prune.graph import GroupFailure, _all_groups, _build_graph, _expand
 from pipeline.prune.plan import _pruned_attributes
 from pipeline.prune.surgery import IMPORTANCE_FACTORIES, _prune_copy
-from pipeline.prune.widths import _ROOT_TYPES, _analyse, _plan_widths, _removed_layers
+from pipeline.prune.widths import (
+    _ROOT_TYPES,
+    _analyse,
+    _plan_widths,
+    _removed_layers,
+    floor_widths,
+    predicted_cost,
+)
 
 
 def _plan_and_prune(
@@ -32,6 +40,9 @@ def _plan_and_prune(
     missed; returns the pruned copy and the step record (history, attributes, checks)."""
     ana = _analyse(model, example, ignored_layers, round_to, target, head_pruning_ratio, min_width)
     current = measure(model, example, target, ignored_layers)
+    if not isinstance(target, str):  # a measured target: its table, fitted on copies
+        ana.terms, ana.const = target.fitted(model, example, ana, _copier(round_to, seed))
+        _reachable(ana, target, budget, current, min_width)
     if budget >= current:
         return copy.deepcopy(model).eval(), {
             "history": [],
@@ -55,13 +66,44 @@ def _plan_and_prune(
         cost = measure(pruned, example, target, ignored_layers)
         fits = cost <= budget
         if _better(best, cost, budget):
-            best = (cost, pruned, {**record, **_spread(ana, kept)})
+            best = (cost, pruned, {**record, **_spread(ana, kept), **_predicted(ana, target, kept)})
         if fits and cost >= 0.97 * budget:
             break
         goal *= budget / cost  # the cost model missed by cost/goal: aim again
     cost, pruned, record = best
     record.update(_verify(model, pruned, example, record["history"]))
     return pruned, record
+
+
+def _predicted(ana, target, kept) -> dict:
+    """A measured target's table prediction for the widths, beside what was measured."""
+    return {} if isinstance(target, str) else {"predicted": predicted_cost(ana, kept)}
+
+
+def _copier(round_to, seed):
+    """Pruned copies at given widths for a measured target's table (which channels go does
+    not change latency: magnitude picks them)."""
+
+    def prune_copy(model, example, ana, kept):
+        return _prune_copy(model, example, ana, kept, "l2", round_to, None, seed)[0]
+
+    return prune_copy
+
+
+def _reachable(ana, target, budget: float, dense: float, min_width: float) -> None:
+    """A budget below what every group at its floor would take is an error, named in numbers."""
+    floor = predicted_cost(ana, floor_widths(ana))
+    if budget >= floor:
+        return
+    fixed = target.table["overhead_ms"]
+    raise UsageError(
+        f"prune: {target}: a target of {budget:.3g} ms ({budget / dense:.0%} of the dense "
+        f"{dense:.3g} ms, measured) cannot be reached: the smallest reachable is {floor:.3g} ms "
+        f"({floor / dense:.0%}), every channel group at its floor (prune.min_width "
+        f"{min_width:g}), of which {fixed:.3g} ms is the runtime's fixed per-call cost "
+        f"(latency table, fit error up to {target.table['fit_error_max']:.0%}); ask for at "
+        f"least {floor / dense:.2f} or lower prune.min_width"
+    )
 
 
 def _global_ratio(

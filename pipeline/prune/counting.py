@@ -29,15 +29,14 @@ def channels(model: nn.Module, ignored_layers: tuple[str, ...] = ()) -> int:
 def measure(
     model: nn.Module, example: torch.Tensor, target: str, ignored_layers: tuple[str, ...] = ()
 ) -> int:
-    """The quantity a target is a fraction of: MACs, parameters or prunable channels."""
+    """The quantity a target is a fraction of: MACs, parameters or prunable channels, or a
+    measured target's own figure (latency, ms)."""
+    if not isinstance(target, str):
+        return target.measure(model, example)
     if target == "channels":
         return channels(model, ignored_layers)
     macs, params = count(model, example)
     return macs if target == "macs" else params
-
-
-def _pick(target, macs, params, model, ignored_layers) -> int:
-    return {"macs": macs, "params": params}.get(target) or channels(model, ignored_layers)
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:

@@ -13,7 +13,7 @@ from ground.errors import UsageError
 from ground.log import log
 from pipeline.config import PRUNE_SCOPES, PRUNE_TARGETS
 from pipeline.prune.budget import _prune_global, _prune_step
-from pipeline.prune.counting import _pick, channels, count, layer_widths
+from pipeline.prune.counting import channels, count, layer_widths, measure
 from pipeline.prune.surgery import IMPORTANCE_FACTORIES
 
 TARGETS, SCOPES = PRUNE_TARGETS, PRUNE_SCOPES
@@ -59,7 +59,7 @@ def prune(
     _check_args(fraction, target, importance, scope)
     model = model.eval()
     macs0, params0 = count(model, example)
-    budget = fraction * _pick(target, macs0, params0, model, ignored_layers)
+    budget = fraction * measure(model, example, target, ignored_layers)
     search = _prune_global if scope == "global" else _prune_step
     pruned, step = search(
         model,
@@ -166,7 +166,7 @@ def prune_with_config(
 def _check_args(fraction, target, importance, scope):
     if not 0 < fraction <= 1:
         raise UsageError(f"prune: the kept fraction must be in (0, 1], got {fraction}")
-    if target not in TARGETS:
+    if isinstance(target, str) and target not in TARGETS:
         raise UsageError(
             f"recipe key prune.target: unknown {target!r}; available: {', '.join(TARGETS)}"
         )
@@ -197,8 +197,8 @@ def _result(
     steps,
 ) -> PruneResult:
     macs1, params1 = count(pruned, example)
-    before = _pick(target, macs0, params0, dense, ignored)
-    after = _pick(target, macs1, params1, pruned, ignored)
+    before = measure(dense, example, target, ignored)
+    after = measure(pruned, example, target, ignored)
     ch0, ch1 = channels(dense, ignored), channels(pruned, ignored)
     ratio = 1 - ch1 / ch0 if ch0 else 0.0
     reached = after / before if before else 1.0
@@ -207,7 +207,7 @@ def _result(
         importance=importance,
         round_to=round_to,
         scope=scope,
-        target=target,
+        target=getattr(target, "name", target),
         fraction_asked=fraction,
         fraction_reached=round(reached, 4),
         target_met=bool(after <= fraction * before + 1e-9),
@@ -223,10 +223,25 @@ def _result(
         frozen={k: v for s in steps for k, v in s.get("frozen", {}).items()},
         floored=sorted({g for s in steps for g in s.get("floored", [])}),
     )
+    if not isinstance(target, str):
+        plan["latency"] = _latency_plan(target, before, after, fraction, steps[-1])
     _warn_spread(plan)
     return PruneResult(
         pruned, plan, ratio, macs0, macs1, params0, params1, target, fraction, reached
     )
+
+
+def _latency_plan(target, dense: float, achieved: float, fraction: float, step: dict) -> dict:
+    """Target, table prediction and measured result of a latency-targeted pruning (ms)."""
+    table = target.table or {}
+    return {
+        "measured_on": str(target),
+        "dense_ms": dense,
+        "target_ms": fraction * dense,
+        "predicted_ms": step.get("predicted"),
+        "achieved_ms": achieved,
+        "table": {k: table.get(k) for k in ("configs", "overhead_ms", "fit_error_max", "how")},
+    }
 
 
 def _warn_spread(plan: dict) -> None:

@@ -50,6 +50,8 @@ class _Analysis:
     ignored: list[str]
     num_heads: dict[str, int] = field(default_factory=dict)  # qkv name -> heads
     head_ratio: float | None = None
+    member: dict[str, tuple[int, ...]] = field(default_factory=dict)  # layer -> its groups
+    out_of: dict[str, int] = field(default_factory=dict)  # layer -> group of its outputs
 
 
 def _analyse(
@@ -78,19 +80,24 @@ def _analyse(
                 member.setdefault(t, set()).add(gi)
                 if dg.is_out_channel_pruning_fn(dep.handler):
                     out_of.setdefault(t, gi)
-    # cost terms: dense cost of each layer x the keep-fractions of the groups that shape it
+    # cost terms: dense cost of each layer x the keep-fractions of the groups that shape it;
+    # a measured target (latency) brings its own, fitted by its caller (prune/budget.py)
+    terms, const = [], 0.0
     if target == "channels":
         terms, total = _channel_terms(names, set(ignored_mods), out_of)
-    else:
+        const = total - sum(w for w, _ in terms)
+    elif isinstance(target, str):
         terms, total = _counted_terms(m, example, target, member)
-    covered = sum(w for w, _ in terms)
+        const = total - sum(w for w, _ in terms)
     return _Analysis(
         groups,
         terms,
-        total - covered,
+        const,
         ignored,
         {names[q]: h for q, h in num_heads.items()},
         head_pruning_ratio,
+        {names[mod]: tuple(sorted(gs)) for mod, gs in member.items() if mod in names},
+        {names[mod]: gi for mod, gi in out_of.items() if mod in names},
     )
 
 
@@ -163,6 +170,16 @@ def _counted_terms(m, example, target, member) -> tuple[list, float]:
     return terms, float(macs if target == "macs" else params)
 
 
+def predicted_cost(ana: _Analysis, kept: dict[int, int]) -> float:
+    """The cost model's figure for kept units per group (a group not listed keeps all)."""
+    frac = [kept.get(gi, g.size) / g.size for gi, g in enumerate(ana.groups)]
+    return ana.const + sum(w * math.prod(frac[g] for g in gs) for w, gs in ana.terms)
+
+
+def floor_widths(ana: _Analysis) -> dict[int, int]:
+    return {gi: g.choices[-1] for gi, g in enumerate(ana.groups)}
+
+
 def _plan_widths(ana: _Analysis, budget: float) -> dict[int, int]:
     """Kept units per group: step down the group that stays widest, then give steps back."""
     idx = {gi: 0 for gi in range(len(ana.groups))}
@@ -172,8 +189,7 @@ def _plan_widths(ana: _Analysis, budget: float) -> dict[int, int]:
         return groups[gi].choices[idx[gi]]
 
     def cost():
-        frac = [kept(gi) / g.size for gi, g in enumerate(groups)]
-        return ana.const + sum(w * math.prod(frac[g] for g in gs) for w, gs in ana.terms)
+        return predicted_cost(ana, {gi: kept(gi) for gi in idx})
 
     # a recipe-fixed head count is not planned: take it at once
     for gi, g in enumerate(groups):

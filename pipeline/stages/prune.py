@@ -4,7 +4,7 @@ with distill.student_model, a fresh student of another architecture instead."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from pipeline.prune import (
 )
 from pipeline.regularize import SparsityTraining
 from pipeline.rundir import StageResult
+from pipeline.stages import _latency as latency
 from pipeline.stages import train
 from pipeline.stages._job import Job, sparsity_figures
 from pipeline.train import fit
@@ -32,11 +33,12 @@ from pipeline.train import fit
 NAME = "prune"
 
 
-def key(job: Job, teacher: StageResult, round_to: int) -> dict:
+def key(job: Job, teacher: StageResult, round_to: int, choices=()) -> dict:
     r = job.recipe
     finetune = (
         {**asdict(r.distill), "train": asdict(r.train)} if r.prune.iterative_steps > 1 else None
     )
+    measured = latency.key(job, choices) if r.prune.target == "latency" else {}
     return {
         "config": {
             **asdict(r.prune),
@@ -47,23 +49,29 @@ def key(job: Job, teacher: StageResult, round_to: int) -> dict:
         "inputs": [teacher.digest],
         "data": job.fingerprint,
         **(job.augment_key() if finetune else {}),
+        **measured,
     }
 
 
-def run(job: Job, teacher: StageResult, round_to: int) -> StageResult:
+def run(job: Job, teacher: StageResult, round_to: int, choices=()) -> StageResult:
     """Decided once, on rank 0 (its fine-tuning between iterative steps too); the other ranks
-    receive the plan and weights with the stage's files."""
+    receive the plan and weights with the stage's files. `choices`: the target's backends, one
+    of which measures a latency target."""
     return job.run.stage(
-        NAME, key(job, teacher, round_to), lambda d: _prune(job, d, teacher.dir, round_to)
+        NAME,
+        key(job, teacher, round_to, choices),
+        lambda d: _prune(job, d, teacher.dir, round_to, choices),
     )
 
 
-def _prune(job: Job, folder: Path, teacher_dir: Path, round_to: int) -> dict:
+def _prune(job: Job, folder: Path, teacher_dir: Path, round_to: int, choices) -> dict:
     cfg = job.recipe.prune
     teacher, spec, _ = load_model(teacher_dir)
     if job.recipe.distill.student_model:
         return _fresh_student(job, folder, teacher)
-    res = _structured(job, teacher, round_to)
+    if cfg.target == "latency":
+        cfg = replace(cfg, target=latency.cost(job, choices))
+    res = _structured(job, cfg, teacher, round_to)
     model, plan, extra = res.model, res.plan, {}
     if cfg.sparsity > 0:  # the mask is chosen on the trained weights, before any rewind
         model, masks = _unstructured(model, plan, extra, cfg.sparsity)
@@ -87,12 +95,15 @@ def _prune(job: Job, folder: Path, teacher_dir: Path, round_to: int) -> dict:
             "floored": plan["floored"],
         },
     )
+    if "latency" in plan:
+        info["latency"] = plan["latency"]
+        latency.log_result(plan["latency"])
     _log_result(res, extra, info)
     return info
 
 
-def _structured(job: Job, teacher, round_to: int):
-    cfg, steps = job.recipe.prune, job.recipe.prune.iterative_steps
+def _structured(job: Job, cfg, teacher, round_to: int):
+    steps = cfg.iterative_steps
     data = (job.data.x_train, job.data.y_train)
     log(
         f"[prune] {cfg.importance} importance, keep {cfg.kept_fraction:.0%} of the {cfg.target}, "

@@ -1,0 +1,247 @@
+"""Latency as the pruning target: a per-layer latency table measured through the target's
+runtime, written as cost terms the width planner reads, and the whole program measured after.
+
+The table. The model is pruned to a few uniform widths (every group at the allowed width
+nearest to FRACTIONS of its own), each copy exported through the backend at the real input
+size, precision and threads, and run with the runtime's own per-operator profiler (ExecuTorch:
+ETDump, one event per XNNPACK operator). The convolution and fully-connected events line up
+with the model's conv/linear layers in execution order; every other event (add, clamp, pool,
+transpose) moves the tensor the layer before it wrote, so it belongs to that layer's output
+group. Each event is fitted as a + b * (product of the keep-fractions of its groups): MACs of
+a conv scale with in x out width, a depthwise conv's and an add's with one width. What no
+event covers (the call into the runtime, the delegate's own work) is the measured whole-program
+time less the events' sum: a constant. The fit's error on the measured configurations is kept.
+
+The table is cached by a content key (layer shapes, widths, backend and its version, precision,
+threads, CPU) and reused across runs. After the planner picks widths, the pruned program is
+exported and measured again; the budget loop re-aims on that measurement (pipeline/prune/
+budget.py), so what the report calls achieved is measured, never the table's prediction.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ground.errors import UsageError
+from ground.log import log
+
+FRACTIONS = (1.0, 0.75, 0.5, 0.25)
+LAYER_EVENTS = ("Convolution", "Fully Connected", "Deconvolution")
+CACHE_ENV = "SLIMSHIP_LATENCY_CACHE"
+
+
+def cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "slimship" / "latency"
+    return Path(os.environ.get(CACHE_ENV) or default).expanduser()
+
+
+@dataclass
+class LatencyCost:
+    """What a latency target is measured on: one backend at one precision and thread count."""
+
+    backend: object  # a backend with operator_times (targets/)
+    precision: str
+    calibration: np.ndarray  # int8 calibration images, from the training split
+    threads: int = 1
+    runs: int = 50
+    name: str = "latency"
+    table: dict | None = None  # the fitted table of the last analysis (for the report)
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    def __str__(self) -> str:
+        return f"latency on {self.backend.name} {self.precision}, {self.threads} thread(s)"
+
+    def measure(self, model: nn.Module, example: torch.Tensor) -> float:
+        """p50 ms of the whole exported program (memoized by the model's weights)."""
+        key = _weights_digest(model)
+        if key not in self._memo:
+            self._memo[key] = self._timed(model, example)["total_ms"]
+        return self._memo[key]
+
+    def _timed(self, model: nn.Module, example: torch.Tensor) -> dict:
+        from targets._base import ExportRequest
+
+        with tempfile.TemporaryDirectory() as tmp:
+            req = ExportRequest(
+                copy.deepcopy(model).eval(), example, self.precision, self.calibration, Path(tmp)
+            )
+            path = self.backend.export(req).path
+            return self.backend.operator_times(path, example.numpy(), self.threads, self.runs)
+
+    def fitted(self, model, example, ana, prune_copy) -> tuple[list, float]:
+        """Cost terms and constant (ms) for the planner, from the cached or measured table."""
+        configs = _uniform_configs(ana)
+        key = self._key(model, example, configs)
+        path = cache_dir() / f"{key[:24]}.json"
+        if path.is_file():
+            self.table = json.loads(path.read_text())
+            log(f"[prune] latency table reused from {path} (same layers, runtime, CPU, threads)")
+        else:
+            self.table = self._build(model, example, ana, configs, prune_copy)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.table, indent=1))
+            os.replace(tmp, path)
+            log(f"[prune] latency table written to {path}")
+        terms = [(e["per_width"], tuple(e["groups"])) for e in self.table["events"]]
+        const = self.table["overhead_ms"] + sum(e["fixed"] for e in self.table["events"])
+        return terms, const
+
+    def _key(self, model, example, configs) -> str:
+        shapes = [(n, tuple(p.shape)) for n, p in model.state_dict().items()]
+        parts = {
+            "shapes": shapes,
+            "example": list(example.shape),
+            "configs": configs,
+            "backend": self.backend.name,
+            "versions": {lib: _version(lib) for lib in self.backend.libraries},
+            "precision": self.precision,
+            "threads": self.threads,
+            "cpu": [platform.machine(), platform.processor(), _cpu_model()],
+        }
+        return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+    def _build(self, model, example, ana, configs, prune_copy) -> dict:
+        log(
+            f"[prune] building the latency table: {len(configs)} widths through "
+            f"{self.backend.name} {self.precision}, {self.threads} thread(s)"
+        )
+        rows = []
+        for kept in configs:
+            pruned = prune_copy(model, example, ana, {int(k): v for k, v in kept.items()})
+            timed = self._timed(pruned, example)
+            frac = {int(g): k / ana.groups[int(g)].size for g, k in kept.items()}
+            rows.append((timed, _features(_layer_order(pruned, example), timed, ana, frac)))
+        return _fit(rows, str(self))
+
+
+def _uniform_configs(ana) -> list[dict]:
+    """Every group at the allowed width nearest to f of its own, for f in FRACTIONS."""
+    configs = []
+    for f in FRACTIONS:
+        kept = {
+            str(gi): min(g.choices, key=lambda c, g=g: abs(c - f * g.size))
+            for gi, g in enumerate(ana.groups)
+        }
+        if kept not in configs:
+            configs.append(kept)
+    return configs
+
+
+def _layer_order(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Conv/linear modules in the order a forward pass calls them."""
+    order, hooks = [], []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+            hooks.append(m.register_forward_hook(lambda *_, n=name: order.append(n)))
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def _features(layers: list[str], timed: dict, ana, frac: dict[int, float]) -> list[dict]:
+    """Each event with the groups whose widths scale it and the product of their fractions."""
+    events = timed["ops"]
+    layer_events = [e for e in events if e[0].startswith(LAYER_EVENTS)]
+    if len(layer_events) != len(layers):
+        raise UsageError(
+            f"prune: latency table: the runtime timed {len(layer_events)} convolution/linear "
+            f"operators, the model calls {len(layers)} conv/linear layers; they cannot be "
+            "lined up (prune.target macs avoids the table)"
+        )
+    out, it, groups, layer = [], iter(layers), (), None
+    for name, ms in events:
+        if name.startswith(LAYER_EVENTS):
+            layer = next(it)
+            groups = tuple(ana.member.get(layer, ()))
+            mine = groups
+        else:  # moves the tensor the last layer wrote
+            mine = (ana.out_of[layer],) if layer in ana.out_of else ()
+        x = float(np.prod([frac[g] for g in mine])) if mine else 1.0
+        out.append({"event": name.rsplit(" #", 1)[0], "ms": ms, "groups": list(mine), "x": x})
+    return out
+
+
+def _fit(rows: list[tuple[dict, list[dict]]], on: str) -> dict:
+    """Per event: ms = fixed + per_width * x, least squares over the configurations."""
+    n_events = len(rows[0][1])
+    if any(len(r[1]) != n_events for r in rows):
+        raise UsageError(
+            "prune: latency table: the programs at different widths ran different operators"
+        )
+    events, predicted = [], np.zeros(len(rows))
+    for i in range(n_events):
+        x = np.array([r[1][i]["x"] for r in rows])
+        t = np.array([r[1][i]["ms"] for r in rows])
+        fixed, per = _line(x, t)
+        predicted += fixed + per * x
+        first = rows[0][1][i]
+        events.append(
+            {"event": first["event"], "groups": first["groups"], "fixed": fixed, "per_width": per}
+        )
+    totals = np.array([r[0]["total_ms"] for r in rows])
+    overhead = float(max(0.0, np.mean(totals - predicted)))
+    err = (predicted + overhead - totals) / totals
+    return {
+        "on": on,
+        "events": events,
+        "overhead_ms": overhead,
+        "configs": len(rows),
+        "dense_ms": float(totals[0]),
+        "fit_error_max": float(np.abs(err).max()),
+        "how": "measured per operator (runtime profiler) at uniform widths; fitted per event",
+    }
+
+
+def _line(x: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    """Least-squares fixed + per * x with both parts non-negative."""
+    if np.ptp(x) < 1e-9:
+        return float(t.mean()), 0.0
+    per, fixed = np.polyfit(x, t, 1)
+    if per < 0:
+        return float(t.mean()), 0.0
+    if fixed < 0:
+        return 0.0, float((x @ t) / (x @ x))
+    return float(fixed), float(per)
+
+
+def _weights_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for n, v in model.state_dict().items():
+        h.update(n.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _version(lib: str) -> str:
+    try:
+        return metadata.version(lib)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

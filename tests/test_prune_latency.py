@@ -1,0 +1,85 @@
+"""Pruning to a latency target (prune.target latency): the per-layer table measured through
+ExecuTorch XNNPACK and fitted per operator, cached and reused, and a target below what the
+narrowest allowed model takes refused in one line that says what is reachable."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from ground.errors import UsageError
+from models import create_model
+from pipeline.prune import prune
+from pipeline.prune.latency import CACHE_ENV, LatencyCost, _fit
+from targets import get_backend
+
+
+def _rows(fixed, per, overhead, xs):
+    """Synthetic measurements: one event per (fixed, per) pair at each x, and the total."""
+    rows = []
+    for x in xs:
+        events = [
+            {"event": "Convolution", "ms": f + p * x, "groups": [0], "x": x}
+            for f, p in zip(fixed, per)
+        ]
+        rows.append(({"total_ms": overhead + sum(e["ms"] for e in events)}, events))
+    return rows
+
+
+def test_the_fit_recovers_each_operators_fixed_and_per_width_parts_and_the_overhead():
+    table = _fit(_rows([0.002, 0.0], [0.010, 0.030], 0.05, [1.0, 0.5625, 0.25, 0.0625]), "test")
+    fitted = [(e["fixed"], e["per_width"]) for e in table["events"]]
+    assert np.allclose(fitted, [(0.002, 0.010), (0.0, 0.030)], atol=1e-9)
+    assert abs(table["overhead_ms"] - 0.05) < 1e-9 and table["fit_error_max"] < 1e-9
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The same impossible target asked twice with one cache: (log, error) of each run."""
+    cache = tmp_path_factory.mktemp("latency-cache")
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 1, 10, 8).eval()
+    example = torch.randn(1, 1, 8, 8)
+    calib = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    runs = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(cache))
+        for _ in range(2):
+            cost = LatencyCost(get_backend("executorch-xnnpack"), "int8", calib, runs=20)
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), pytest.raises(UsageError) as e:
+                prune(model, example, 0.02, target=cost)
+            runs.append((err.getvalue(), str(e.value)))
+    return runs
+
+
+def test_an_unreachable_latency_target_is_one_line_naming_the_smallest_reachable(two_runs):
+    _, message = two_runs[0]
+    assert "\n" not in message
+    assert "cannot be reached: the smallest reachable is" in message
+    assert "fixed per-call cost" in message and "ask for at least" in message
+
+
+def test_a_rerun_reuses_the_latency_table_and_says_so(two_runs):
+    first, second = two_runs[0][0], two_runs[1][0]
+    assert "latency table written to" in first and "reused" not in first
+    assert "latency table reused from" in second and "building the latency table" not in second
+    reachable = [m.split("smallest reachable is ")[1].split(" ms")[0] for _, m in two_runs]
+    assert reachable[0] == reachable[1]  # the same table predicts the same floor
+
+
+@pytest.mark.parametrize("value", ["3ms@pixel-8", "1.5"])
+def test_a_latency_target_that_is_not_a_fraction_is_one_line_exit_2(value, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    args = ["compress", "--target", "android", "--latency-target", value]
+    result = CliRunner().invoke(cli.cli, [*args, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "--latency-target" in result.output
+    assert not (tmp_path / "o").exists()
