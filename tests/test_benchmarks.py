@@ -125,3 +125,15 @@ def test_prune_library_models_quick_trains_prunes_and_measures_both_accuracies(t
     kept = [(p.stat().st_mtime_ns, p.read_text()) for p in rows]
     run_quick("prune_library_models.py", tmp_path, timeout=600)
     assert len(rows) == 2 and [(p.stat().st_mtime_ns, p.read_text()) for p in rows] == kept
+
+
+def test_latency_target_quick_prunes_to_a_latency_and_times_both_programs_side_by_side(tmp_path):
+    text = run_quick("latency_target.py", tmp_path, timeout=900)
+    assert text.startswith("## Pruning to a latency target (issue 27)")
+    assert "| small_cnn | 8 | int8 | 0.7 |" in text and "built |" in text
+    assert "pruned cases within ±10 % of their target (measured)" in text
+    row = json.loads(next((tmp_path / "rows").glob("small_cnn-*.json")).read_text())
+    side = row["side_by_side"]
+    assert side["dense"]["runs"] == side["pruned"]["runs"] == 400
+    assert row["macs"][1] < row["macs"][0] and row["plan"]["predicted_ms"] > 0
+    assert list((tmp_path / "tables").glob("*.json"))  # the table went to --work's cache

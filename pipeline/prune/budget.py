@@ -42,6 +42,7 @@ def _plan_and_prune(
     current = measure(model, example, target, ignored_layers)
     if not isinstance(target, str):  # a measured target: its table, fitted on copies
         ana.terms, ana.const = target.fitted(model, example, ana, _copier(round_to, seed))
+        ana.by_saving = True
         _reachable(ana, target, budget, current, min_width)
     if budget >= current:
         return copy.deepcopy(model).eval(), {

@@ -52,6 +52,7 @@ class _Analysis:
     head_ratio: float | None = None
     member: dict[str, tuple[int, ...]] = field(default_factory=dict)  # layer -> its groups
     out_of: dict[str, int] = field(default_factory=dict)  # layer -> group of its outputs
+    by_saving: bool = False  # plan by time saved per width removed (a measured target)
 
 
 def _analyse(
@@ -170,6 +171,20 @@ def _counted_terms(m, example, target, member) -> tuple[list, float]:
     return terms, float(macs if target == "macs" else params)
 
 
+def _step_value(ana: _Analysis, idx: dict[int, int], gi: int) -> tuple:
+    """Which group steps down next. Counted targets: the one that stays widest after the step,
+    so the layers shrink about evenly. A measured target (latency): the step that saves the
+    most predicted time per share of its group's width it removes, as HALP ranks channels by
+    latency saved (here with every channel of a group worth the same)."""
+    g = ana.groups[gi]
+    after = g.choices[idx[gi] + 1]
+    if not ana.by_saving:
+        return (after / g.size, g.size)
+    kept = {i: ana.groups[i].choices[k] for i, k in idx.items()}
+    saved = predicted_cost(ana, kept) - predicted_cost(ana, {**kept, gi: after})
+    return (saved * g.size / (kept[gi] - after), after / g.size)
+
+
 def predicted_cost(ana: _Analysis, kept: dict[int, int]) -> float:
     """The cost model's figure for kept units per group (a group not listed keeps all)."""
     frac = [kept.get(gi, g.size) / g.size for gi, g in enumerate(ana.groups)]
@@ -204,9 +219,7 @@ def _plan_widths(ana: _Analysis, budget: float) -> dict[int, int]:
         ]
         if not cand:
             break
-        gi = max(
-            cand, key=lambda i: (groups[i].choices[idx[i] + 1] / groups[i].size, groups[i].size)
-        )
+        gi = max(cand, key=lambda i: _step_value(ana, idx, i))
         idx[gi] += 1
     changed = True
     while changed:  # give back steps while the budget allows, narrowest groups first

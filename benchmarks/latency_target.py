@@ -1,0 +1,175 @@
+"""Pruning to a latency target (issue 27): does the pruned program take the asked fraction of
+the dense one's time, measured through ExecuTorch XNNPACK at 1 thread, and how much of the MAC
+cut becomes speed?
+
+    .venv/bin/python benchmarks/latency_target.py                      # every case
+    .venv/bin/python benchmarks/latency_target.py --models resnet20    # some models
+    .venv/bin/python benchmarks/latency_target.py --quick              # small_cnn, one case
+
+Per case: slimship's latency-targeted pruning (`prune.target latency`: per-operator table,
+planner, budget loop on the measured program), then the dense and the pruned programs exported
+again and timed side by side (interleaved rounds, median). Latency does not depend on the
+weights' values, so the models are seeded initialisations, not trained ones (accuracy at equal
+latency is a separate question). Each case is written to --work as it finishes; a re-run
+resumes, and the latency tables are cached (the table time column says built or reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import ROOT, describe_env, environment, export, interleaved, log, publish
+
+HEADING = "## Pruning to a latency target (issue 27)"
+CASES = {  # model: input sizes
+    "resnet20": (32,),
+    "resnet56": (32,),
+    "mobilenetv2": (32, 96),
+}
+PRECISIONS = ("int8", "fp32")
+FRACTIONS = (0.5, 0.33)
+ROW_FORMAT = 2
+
+
+def case(model_name: str, size: int, precision: str, fraction: float, work: Path) -> dict:
+    from ground.errors import UsageError
+    from models import create_model
+    from pipeline.prune import prune
+    from pipeline.prune.latency import LatencyCost, cache_dir
+    from targets import get_backend
+
+    torch.manual_seed(0)
+    c = 1 if model_name == "small_cnn" else 3
+    model = create_model(model_name, c, 10, size).eval()
+    x = torch.randn(1, c, size, size)
+    calib = np.random.default_rng(0).standard_normal((32, c, size, size)).astype(np.float32)
+    cost = LatencyCost(get_backend("executorch-xnnpack"), precision, calib)
+    tables_before = set(cache_dir().glob("*.json")) if cache_dir().is_dir() else set()
+    fitted, table_s = cost.fitted, {}
+
+    def timed_fit(*a):
+        t0 = time.perf_counter()
+        out = fitted(*a)
+        table_s["s"] = time.perf_counter() - t0
+        return out
+
+    cost.fitted = timed_fit
+    t0 = time.perf_counter()
+    try:
+        res = prune(model, x, fraction, target=cost)
+    except UsageError as e:  # below the smallest reachable latency: the row says so
+        return {"model": model_name, "size": size, "precision": precision,
+                "fraction": fraction, "refused": str(e)}  # fmt: skip
+    wall = time.perf_counter() - t0
+    lat = res.plan["latency"]
+    side = _side_by_side(model, res.model, x, precision, calib)
+    return {
+        "model": model_name,
+        "size": size,
+        "precision": precision,
+        "fraction": fraction,
+        "plan": lat,
+        "side_by_side": side,
+        "macs": [res.macs_before, res.macs_after],
+        "table_s": table_s.get("s"),
+        "table_built": set(cache_dir().glob("*.json")) != tables_before,
+        "prune_s": wall,
+    }
+
+
+def _side_by_side(dense, pruned, x, precision, calib) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        _, d = export("executorch-xnnpack", dense, x, precision, calib, Path(tmp) / "d")
+        _, p = export("executorch-xnnpack", pruned, x, precision, calib, Path(tmp) / "p")
+        return interleaved({"dense": d, "pruned": p}, x.numpy(), rounds=400, warmup=20)
+
+
+def cached_case(args: tuple, work: Path) -> dict:
+    model, size, precision, fraction = args
+    path = work / "rows" / f"{model}-{size}-{precision}-{fraction:g}-v{ROW_FORMAT}.json"
+    if path.is_file():
+        log(f"{path.name}: from {path}")
+        return json.loads(path.read_text())
+    row = case(model, size, precision, fraction, work)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def table_row(r: dict) -> str:
+    if "refused" in r:
+        reach = r["refused"].split("the smallest reachable is ")[1].split(",")[0]
+        head = f"| {r['model']} | {r['size']} | {r['precision']} | {r['fraction']:g} |"
+        return f"{head} refused: smallest reachable {reach} (prune.min_width 0.25) |" + " |" * 7
+    s = r["side_by_side"]
+    dense, pruned = s["dense"]["median_ms"], s["pruned"]["median_ms"]
+    achieved = pruned / dense
+    within = abs(achieved / r["fraction"] - 1) <= 0.10
+    mac_cut = r["macs"][0] / r["macs"][1]
+    table = f"{r['table_s']:.0f} s {'built' if r['table_built'] else 'reused'}"
+    return (
+        f"| {r['model']} | {r['size']} | {r['precision']} | {r['fraction']:g} | {dense:.3f} | "
+        f"{pruned:.3f} | {achieved:.3f} ({'yes' if within else 'no'}) | "
+        f"{r['plan']['predicted_ms'] or 0:.3f} / {r['plan']['achieved_ms']:.3f} | "
+        f"{r['macs'][1] / r['macs'][0]:.0%} | {(dense / pruned) / mac_cut:.2f} | {table} | "
+        f"{r['prune_s']:.0f} s |"
+    )
+
+
+def section(rows: list[dict], quick: bool, env: tuple) -> str:
+    ok = sum(abs(r["side_by_side"]["pruned"]["median_ms"] / r["side_by_side"]["dense"]["median_ms"]
+                 / r["fraction"] - 1) <= 0.10 for r in rows if "refused" not in r)  # fmt: skip
+    refused = sum("refused" in r for r in rows)
+    smoke = " (--quick: a smoke run, not the result)" if quick else ""
+    return "\n".join([
+        HEADING, "",
+        f"`benchmarks/latency_target.py`, measured on {describe_env(*env)}{smoke}.", "",
+        ("ExecuTorch XNNPACK, 1 thread, batch 1. Dense and pruned programs exported again after "
+         "pruning and timed side by side: 400 interleaved rounds after 20 warm-up calls, median "
+         "(measured). Predicted: the latency table's figure for the chosen widths (estimated); "
+         "in-loop: the budget loop's own measurement of the pruned program (p50 of 50 calls). "
+         "Models are seeded initialisations (latency does not depend on weight values). Goal: "
+         "achieved/dense within ±10 % of the target; speed-up ÷ MAC reduction >= 0.8 for "
+         "ResNet-20/56."), "",
+        "| model | input | precision | target | dense ms | pruned ms | achieved / dense (within ±10 %) | predicted / in-loop ms | MACs kept | speed-up ÷ MAC reduction | latency table | pruning wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *[table_row(r) for r in rows], "",
+        (f"{ok} of {len(rows) - refused} pruned cases within ±10 % of their target (measured); "
+         f"{refused} target(s) refused as below the smallest reachable latency."),
+    ])  # fmt: skip
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small_cnn at 8 px, one target")
+    ap.add_argument("--models", help=f"comma-separated, from {', '.join(CASES)}")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-latency-target")
+    ap.add_argument("--out", type=Path, default=None, help="write the section here instead")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("SLIMSHIP_LATENCY_CACHE", str(args.work / "tables"))
+    if args.quick:
+        todo = [("small_cnn", 8, "int8", 0.7)]
+    else:
+        names = args.models.split(",") if args.models else list(CASES)
+        todo = [
+            (m, s, p, f) for m in names for s in CASES[m] for p in PRECISIONS for f in FRACTIONS
+        ]
+    start = environment()
+    rows = []
+    for args_ in todo:
+        rows.append(cached_case(args_, args.work))
+        log(table_row(rows[-1]))
+    publish(HEADING, section(rows, args.quick, (start, environment())), args.out, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
