@@ -137,3 +137,24 @@ def test_latency_target_quick_prunes_to_a_latency_and_times_both_programs_side_b
     assert side["dense"]["runs"] == side["pruned"]["runs"] == 400
     assert row["macs"][1] < row["macs"][0] and row["plan"]["predicted_ms"] > 0
     assert list((tmp_path / "tables").glob("*.json"))  # the table went to --work's cache
+
+
+def test_latency_accuracy_quick_matches_three_contenders_to_one_latency_and_tests_each(tmp_path):
+    text = run_quick("latency_accuracy.py", tmp_path, timeout=900)
+    assert text.startswith("## Accuracy at equal latency")
+    for row in (
+        "| dense teacher |",
+        "| latency-targeted |",
+        "| MAC-targeted |",
+        "| torch-pruning uniform |",
+    ):
+        assert row in text, row
+    res = json.loads((tmp_path / "latency_accuracy.json").read_text())
+    assert set(res["timing"]) == {
+        "dense",
+        "latency-targeted",
+        "MAC-targeted",
+        "torch-pruning uniform",
+    }
+    assert all(r["macs"] < res["macs_dense"] for r in res["rows"].values())
+    assert "Latency-targeted minus MAC-targeted" in text

@@ -83,3 +83,28 @@ def test_a_latency_target_that_is_not_a_fraction_is_one_line_exit_2(value, tmp_p
     assert result.exit_code == 2
     assert result.output.count("\n") == 1 and "--latency-target" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def _two_groups(values=None):
+    """Two 32-channel groups whose layers cost the same predicted time per width."""
+    from pipeline.prune.widths import _Analysis, _Group
+
+    groups = [_Group(f"g{i}", 32, [32, 24, 16, 8]) for i in range(2)]
+    ana = _Analysis(groups, [(1.0, (0,)), (1.0, (1,))], 0.1, [], by_saving=True)
+    ana.values = values or {}
+    return ana
+
+
+def test_with_equal_latency_the_planner_cuts_the_group_whose_dropped_channels_matter_least():
+    from pipeline.prune.widths import _plan_widths
+
+    skewed = np.r_[np.full(24, 0.1 / 24), np.full(8, 0.9 / 8)]  # ascending, sums to 1
+    kept = _plan_widths(_two_groups({0: np.full(32, 1 / 32), 1: skewed}), budget=1.35)
+    assert kept == {0: 32, 1: 8}  # group 1's 24 weakest channels hold 10 % of its importance
+
+
+def test_without_channel_values_equal_groups_are_cut_alike():
+    from pipeline.prune.widths import _plan_widths
+
+    kept = _plan_widths(_two_groups(), budget=1.35)
+    assert sorted(kept.values()) == [16, 24]  # one step apart, as even as the steps allow

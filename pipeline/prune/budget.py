@@ -12,7 +12,7 @@ from pipeline.prune.checks import _verify
 from pipeline.prune.counting import channels, measure
 from pipeline.prune.graph import GroupFailure, _all_groups, _build_graph, _expand
 from pipeline.prune.plan import _pruned_attributes
-from pipeline.prune.surgery import IMPORTANCE_FACTORIES, _prune_copy
+from pipeline.prune.surgery import IMPORTANCE_FACTORIES, _prune_copy, channel_values
 from pipeline.prune.widths import (
     _ROOT_TYPES,
     _analyse,
@@ -42,7 +42,7 @@ def _plan_and_prune(
     current = measure(model, example, target, ignored_layers)
     if not isinstance(target, str):  # a measured target: its table, fitted on copies
         ana.terms, ana.const = target.fitted(model, example, ana, _copier(round_to, seed))
-        ana.by_saving = True
+        ana.by_saving, ana.values = True, channel_values(model, example, ana, importance, data)
         _reachable(ana, target, budget, current, min_width)
     if budget >= current:
         return copy.deepcopy(model).eval(), {
