@@ -5,7 +5,8 @@ test split and on random inputs.
 Top-1 agreement is judged on the test images whose reference leads by more than two steps of
 its own output grid: an int8 output is dequantized onto a grid, one step of rounding in each of
 two logits can reverse a two-step lead, and such near-ties flip between two correct files. They
-are counted and reported, never hidden; a file with too few decided images fails."""
+are counted and reported, never hidden. Where fewer than half the images are decided (a weakly
+trained model) or the outputs lie on no grid (fp32), agreement is judged on every image."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def structural_problems(reference: np.ndarray, actual: np.ndarray) -> list[str]:
 
 
 TIE_STEPS = 2
-MIN_DECIDED = 0.5  # below this share of decided images, agreement says nothing
+MIN_DECIDED = 0.5  # below this share of decided images, every image is judged
 
 
 def output_step(reference: np.ndarray) -> float:
@@ -45,16 +46,19 @@ def output_step(reference: np.ndarray) -> float:
 
 
 def decided_agreement(reference: np.ndarray, actual: np.ndarray) -> dict:
-    """Top-1 agreement on the images whose reference lead exceeds TIE_STEPS output steps."""
+    """Top-1 agreement on the images whose reference lead exceeds TIE_STEPS output steps, or on
+    all of them where too few are (see the module docstring)."""
     step = output_step(reference)
     top2 = np.sort(reference, axis=1)[:, -2:]
     decided = (top2[:, 1] - top2[:, 0]) > TIE_STEPS * step
+    if step == 0.0 or decided.sum() < MIN_DECIDED * len(decided):
+        decided[:] = True
     same = reference.argmax(1) == actual.argmax(1)
     return {
         "output_step": step,
         "near_ties": int((~decided).sum()),
         "top1_agreement_all": float(same.mean()),
-        "top1_agreement": float(same[decided].mean()) if decided.any() else 0.0,
+        "top1_agreement": float(same[decided].mean()),
     }
 
 
@@ -87,21 +91,8 @@ def parity(ref_test, out_test, ref_random, out_random, labels, tol: Tolerance) -
         block["file_accuracy"] = float((out_test.argmax(1) == labels).mean())
         block["reference_accuracy"] = float((ref_test.argmax(1) == labels).mean())
         problems = [f"test split: {p}" for p in judge(block["test_split"], tol)]
-        problems += _too_few_decided(block["test_split"])
         rand_tol = Tolerance(tol.max_abs_rel, tol.min_sqnr_db, 0.0)
         problems += [f"random inputs: {p}" for p in judge(block["random_inputs"], rand_tol)]
     block["state"] = "failed" if problems else "verified"
     block["problems"] = problems
     return block
-
-
-def _too_few_decided(t: dict) -> list[str]:
-    if t["inputs"] - t["near_ties"] >= MIN_DECIDED * t["inputs"]:
-        return []
-    decided = t["inputs"] - t["near_ties"]
-    why = (
-        f"test split: only {decided} of {t['inputs']} images lead by more than {TIE_STEPS} "
-        f"output steps ({t['output_step']:.3g}): top-1 agreement cannot be judged; more test "
-        "images would decide it"
-    )
-    return [why]
