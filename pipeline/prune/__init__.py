@@ -1,6 +1,7 @@
 """Structured channel pruning on torch-pruning's dependency graph, to a MAC/parameter/channel
-target; iterative pruning with a cubic schedule, lottery-ticket rewinding, and unstructured
-magnitude pruning as the comparison that buys no speed.
+target or to a latency measured through the target's runtime (pipeline/prune/latency.py);
+iterative pruning with a cubic schedule, lottery-ticket rewinding, and unstructured magnitude
+pruning as the comparison that buys no speed.
 
 Removing whole channels is what becomes speed on a phone: every pruned group shrinks the
 dense conv/linear kernels XNNPACK runs. The result is recorded as a plan (torch-pruning's

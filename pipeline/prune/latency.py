@@ -165,12 +165,11 @@ def _features(layers: list[str], timed: dict, ana, frac: dict[int, float]) -> li
             f"operators, the model calls {len(layers)} conv/linear layers; they cannot be "
             "lined up (prune.target macs avoids the table)"
         )
-    out, it, groups, layer = [], iter(layers), (), None
+    out, it, layer = [], iter(layers), None
     for name, ms in events:
         if name.startswith(LAYER_EVENTS):
             layer = next(it)
-            groups = tuple(ana.member.get(layer, ()))
-            mine = groups
+            mine = tuple(ana.member.get(layer, ()))
         else:  # moves the tensor the last layer wrote
             mine = (ana.out_of[layer],) if layer in ana.out_of else ()
         x = float(np.prod([frac[g] for g in mine])) if mine else 1.0
