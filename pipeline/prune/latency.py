@@ -14,8 +14,10 @@ time less the events' sum: a constant. The fit's error on the measured configura
 
 The table is cached by a content key (layer shapes, widths, backend and its version, precision,
 threads, CPU) and reused across runs. After the planner picks widths, the pruned program is
-exported and measured again; the budget loop re-aims on that measurement (pipeline/prune/
-budget.py), so what the report calls achieved is measured, never the table's prediction.
+exported and measured again, interleaved with the dense program (loaded once, at its first
+measurement) and scaled by it, so that a shared machine's drift cancels; the budget loop
+re-aims on that measurement (pipeline/prune/budget.py), so what the report calls achieved is
+measured, never the table's prediction.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
+import time
+import weakref
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -59,25 +64,48 @@ class LatencyCost:
     name: str = "latency"
     table: dict | None = None  # the fitted table of the last analysis (for the report)
     _memo: dict = field(default_factory=dict, repr=False)
+    _reference: tuple | None = field(default=None, repr=False)  # (runner, first p50 ms)
 
     def __str__(self) -> str:
         return f"latency on {self.backend.name} {self.precision}, {self.threads} thread(s)"
 
     def measure(self, model: nn.Module, example: torch.Tensor) -> float:
-        """p50 ms of the whole exported program (memoized by the model's weights)."""
+        """p50 ms of the whole exported program (memoized by the model's weights). The first
+        program measured (the dense model) stays loaded as the reference: every later one is
+        timed interleaved with it and scaled by the reference's first time over its time now,
+        so that a shared machine speeding up or slowing down between the two does not move
+        the figure."""
         key = _weights_digest(model)
         if key not in self._memo:
-            self._memo[key] = self._timed(model, example)["total_ms"]
+            self._memo[key] = self._program_ms(model, example)
         return self._memo[key]
 
-    def _timed(self, model: nn.Module, example: torch.Tensor) -> dict:
+    def _program_ms(self, model: nn.Module, example: torch.Tensor) -> float:
+        x = example.numpy()
+        if self._reference is None:
+            folder = Path(tempfile.mkdtemp(prefix="slimship-latency-"))
+            weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+            runner = self.backend.load(self._export(model, example, folder), threads=self.threads)
+            ms = _timed_calls({"ref": runner}, x, self.runs)["ref"]
+            self._reference = (runner, ms)
+            return ms
+        ref, first = self._reference
+        with tempfile.TemporaryDirectory() as tmp:
+            runner = self.backend.load(self._export(model, example, Path(tmp)), self.threads)
+            t = _timed_calls({"ref": ref, "this": runner}, x, self.runs)
+        return t["this"] * first / t["ref"]
+
+    def _export(self, model: nn.Module, example: torch.Tensor, folder: Path) -> Path:
         from targets._base import ExportRequest
 
+        req = ExportRequest(
+            copy.deepcopy(model).eval(), example, self.precision, self.calibration, folder
+        )
+        return self.backend.export(req).path
+
+    def _timed(self, model: nn.Module, example: torch.Tensor) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
-            req = ExportRequest(
-                copy.deepcopy(model).eval(), example, self.precision, self.calibration, Path(tmp)
-            )
-            path = self.backend.export(req).path
+            path = self._export(model, example, Path(tmp))
             return self.backend.operator_times(path, example.numpy(), self.threads, self.runs)
 
     def fitted(self, model, example, ana, prune_copy) -> tuple[list, float]:
@@ -125,6 +153,21 @@ class LatencyCost:
             frac = {int(g): k / ana.groups[int(g)].size for g, k in kept.items()}
             rows.append((timed, _features(_layer_order(pruned, example), timed, ana, frac)))
         return _fit(rows, str(self))
+
+
+def _timed_calls(runners: dict, x: np.ndarray, runs: int) -> dict[str, float]:
+    """Median ms of each runner, called in turn: at least `runs` rounds and half a second."""
+    for run in runners.values():
+        for _ in range(3):
+            run(x)
+    times = {k: [] for k in runners}
+    start = time.perf_counter()
+    while len(times[next(iter(runners))]) < runs or time.perf_counter() - start < 0.5:
+        for k, run in runners.items():
+            t0 = time.perf_counter()
+            run(x)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def _uniform_configs(ana) -> list[dict]:
