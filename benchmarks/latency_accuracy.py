@@ -62,7 +62,7 @@ def prune_uniform(dense, example, ratio):
     return m.eval()
 
 
-def matched(make, cost, example, goal_ms, lo, hi, steps, larger_keeps_more=True):
+def matched(make, cost, example, goal_ms, lo, hi, steps):
     """Bisect the knob of `make` until the measured latency is at or just under goal_ms;
     returns (model, knob, ms): the slowest attempt that fits, else the fastest one. A knob the
     pruner refuses (below its floor) counts as too far."""
@@ -80,10 +80,24 @@ def matched(make, cost, example, goal_ms, lo, hi, steps, larger_keeps_more=True)
             best = (model, knob, ms)
         if model is not None:
             log(f"  knob {knob:.3f}: {ms:.4f} ms (goal {goal_ms:.4f})")
-        if fits == larger_keeps_more:
+        if fits:  # a larger knob keeps more
             lo = knob
         else:
             hi = knob
+    return best
+
+
+def scanned(make, cost, example, goal_ms, steps):
+    """torch-pruning's uniform ratio is not monotone in latency (a layer whose kept width
+    rounds to zero is left whole), so ratios are scanned, not bisected: the slowest that
+    fits, else the fastest."""
+    best = None
+    for ratio in np.linspace(0.3, 0.65, 2 * steps):
+        model = make(float(ratio))
+        ms = cost.measure(model, example)
+        log(f"  ratio {ratio:.3f}: {ms:.4f} ms (goal {goal_ms:.4f})")
+        if _closer(best, ms, goal_ms):
+            best = (model, float(ratio), ms)
     return best
 
 
@@ -108,9 +122,7 @@ def contenders(dense, example, cost, keep: float, steps: int) -> dict:
         1.0,
         steps,
     )
-    uni = matched(
-        lambda r: prune_uniform(dense, example, r), cost, example, goal, 0.0, 0.9, steps, False
-    )
+    uni = scanned(lambda r: prune_uniform(dense, example, r), cost, example, goal, steps)
     return {
         "latency-targeted": (lat.model, f"prune.target latency {keep:g}, {goal:.4f} ms in-loop"),
         "MAC-targeted": (macs[0], f"prune.target macs {macs[1]:.3f}, {macs[2]:.4f} ms"),
