@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -207,26 +206,15 @@ class ExecuTorchXnnpack:
     def app_snippet(self, entry: dict, shape: list[int]) -> list[str]:
         return _snippets.executorch(entry, shape)
 
-    def operator_times(self, path: Path, x: np.ndarray, threads: int, runs: int) -> dict:
-        """p50 ms of every XNNPACK operator (ETDump) in program order, and of the whole call
-        timed without the profiler (load once, warm up, at least `runs` calls)."""
+    def operator_times(self, path: Path, x: np.ndarray, threads: int, runs: int) -> list:
+        """(name, p50 ms) of every XNNPACK operator in program order (ETDump)."""
         rows = _etdump_rows(Path(path), x, runs=runs, warmup=3, threads=threads)["rows"]
         skip = ("Method::execute", "DELEGATE_CALL")
-        ops = [
+        return [
             (r["name"], r["p50_ms"])
             for r in rows
             if r["block"] == "Execute" and r["name"] not in skip
         ]
-        runner = self.load(path, threads=threads)
-        for _ in range(3):
-            runner(x)
-        times, start = [], time.perf_counter()
-        # at least `runs` calls and half a second: a 20-microsecond program needs thousands
-        while len(times) < runs or time.perf_counter() - start < 0.5:
-            t0 = time.perf_counter()
-            runner(x)
-            times.append((time.perf_counter() - t0) * 1e3)
-        return {"ops": ops, "total_ms": float(np.median(times))}
 
     def arm64_delegate_check(self, path: Path, res: dict, host: dict) -> tuple[dict, list[str]]:
         """Every delegate call in the file ran on aarch64, with XNNPACK operators inside."""

@@ -39,6 +39,13 @@ def measure(
     return macs if target == "macs" else params
 
 
+def _pick(target, macs: int, params: int, model, example, ignored_layers) -> float:
+    """measure(), from MACs and parameters already counted where the target is one of them."""
+    if target in ("macs", "params"):
+        return macs if target == "macs" else params
+    return measure(model, example, target, ignored_layers)
+
+
 def layer_widths(model: nn.Module) -> dict[str, int]:
     """Output channels/features of every conv and linear layer, for before/after tables."""
     return {

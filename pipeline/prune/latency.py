@@ -32,7 +32,6 @@ import tempfile
 import time
 import weakref
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,8 @@ from torch import nn
 
 from ground.errors import UsageError
 from ground.log import log
+from pipeline.estimate.hostfit import this_cpu
+from pipeline.rundir import library_versions
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)
 LAYER_EVENTS = ("Convolution", "Fully Connected", "Deconvolution")
@@ -104,9 +105,13 @@ class LatencyCost:
         return self.backend.export(req).path
 
     def _timed(self, model: nn.Module, example: torch.Tensor) -> dict:
+        """Every operator's p50 ms (the runtime's profiler) and the whole call's, unprofiled."""
+        x = example.numpy()
         with tempfile.TemporaryDirectory() as tmp:
             path = self._export(model, example, Path(tmp))
-            return self.backend.operator_times(path, example.numpy(), self.threads, self.runs)
+            ops = self.backend.operator_times(path, x, self.threads, self.runs)
+            runner = self.backend.load(path, threads=self.threads)
+            return {"ops": ops, "total_ms": _timed_calls({"it": runner}, x, self.runs)["it"]}
 
     def fitted(self, model, example, ana, prune_copy) -> tuple[list, float]:
         """Cost terms and constant (ms) for the planner, from the cached or measured table."""
@@ -134,10 +139,10 @@ class LatencyCost:
             "example": list(example.shape),
             "configs": configs,
             "backend": self.backend.name,
-            "versions": {lib: _version(lib) for lib in self.backend.libraries},
+            "versions": library_versions(),
             "precision": self.precision,
             "threads": self.threads,
-            "cpu": [platform.machine(), platform.processor(), _cpu_model()],
+            "cpu": [platform.machine(), this_cpu()],
         }
         return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
@@ -270,20 +275,3 @@ def _weights_digest(model: nn.Module) -> str:
         h.update(str(tuple(v.shape)).encode())
         h.update(v.detach().cpu().numpy().tobytes())
     return h.hexdigest()
-
-
-def _version(lib: str) -> str:
-    try:
-        return metadata.version(lib)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"

@@ -13,7 +13,7 @@ from ground.errors import UsageError
 from ground.log import log
 from pipeline.config import PRUNE_SCOPES, PRUNE_TARGETS
 from pipeline.prune.budget import _prune_global, _prune_step
-from pipeline.prune.counting import channels, count, layer_widths, measure
+from pipeline.prune.counting import _pick, channels, count, layer_widths
 from pipeline.prune.surgery import IMPORTANCE_FACTORIES
 
 TARGETS, SCOPES = PRUNE_TARGETS, PRUNE_SCOPES
@@ -59,7 +59,7 @@ def prune(
     _check_args(fraction, target, importance, scope)
     model = model.eval()
     macs0, params0 = count(model, example)
-    budget = fraction * measure(model, example, target, ignored_layers)
+    budget = fraction * _pick(target, macs0, params0, model, example, ignored_layers)
     search = _prune_global if scope == "global" else _prune_step
     pruned, step = search(
         model,
@@ -197,8 +197,8 @@ def _result(
     steps,
 ) -> PruneResult:
     macs1, params1 = count(pruned, example)
-    before = measure(dense, example, target, ignored)
-    after = measure(pruned, example, target, ignored)
+    before = _pick(target, macs0, params0, dense, example, ignored)
+    after = _pick(target, macs1, params1, pruned, example, ignored)
     ch0, ch1 = channels(dense, ignored), channels(pruned, ignored)
     ratio = 1 - ch1 / ch0 if ch0 else 0.0
     reached = after / before if before else 1.0

@@ -85,11 +85,12 @@ def _analyse(
     # cost terms: dense cost of each layer x the keep-fractions of the groups that shape it;
     # a measured target (latency) brings its own, fitted by its caller (prune/budget.py)
     terms, const = [], 0.0
-    if target == "channels":
-        terms, total = _channel_terms(names, set(ignored_mods), out_of)
-        const = total - sum(w for w, _ in terms)
-    elif isinstance(target, str):
-        terms, total = _counted_terms(m, example, target, member)
+    if isinstance(target, str):
+        terms, total = (
+            _channel_terms(names, set(ignored_mods), out_of)
+            if target == "channels"
+            else _counted_terms(m, example, target, member)
+        )
         const = total - sum(w for w, _ in terms)
     return _Analysis(
         groups,
