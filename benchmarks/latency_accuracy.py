@@ -109,9 +109,9 @@ def _closer(best, ms: float, goal: float) -> bool:
     return best[2] > goal and ms < best[2]
 
 
-def contenders(dense, example, cost, keep: float, steps: int) -> dict:
+def contenders(dense, example, cost, train, keep: float, steps: int) -> dict:
     """{name: (pruned model, note)} at the latency-targeted model's measured latency."""
-    lat = prune(dense, example, keep, target=cost)
+    lat = prune(dense, example, keep, target=cost, data=train)
     goal = lat.plan["latency"]["achieved_ms"]
     macs = matched(
         lambda f: prune(dense, example, f, target="macs").model,
@@ -177,7 +177,8 @@ def run(args) -> dict:
         res["dense"] = {"test_npz": accuracy(predict(dense, data.x_test), data.y_test)}
         if jpeg is not None:
             res["dense"]["test_jpeg"] = accuracy(predict(dense, jpeg[0]), jpeg[1])
-    models = contenders(dense, example, cost, *((0.7, 3) if quick else (KEEP, 7)))
+    train = (data.x_train, data.y_train)
+    models = contenders(dense, example, cost, train, *((0.7, 3) if quick else (KEEP, 7)))
     for who, (model, note) in models.items():
         if who not in res["rows"]:
             acc = tune_and_test(model, dense, data, jpeg, args.epochs or (1 if quick else 3))

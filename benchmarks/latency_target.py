@@ -36,7 +36,7 @@ CASES = {  # model: input sizes
 }
 PRECISIONS = ("int8", "fp32")
 FRACTIONS = (0.5, 0.33)
-ROW_FORMAT = 4
+ROW_FORMAT = 5
 
 
 def case(model_name: str, size: int, precision: str, fraction: float, work: Path) -> dict:

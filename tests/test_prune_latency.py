@@ -85,26 +85,46 @@ def test_a_latency_target_that_is_not_a_fraction_is_one_line_exit_2(value, tmp_p
     assert not (tmp_path / "o").exists()
 
 
-def _two_groups(values=None):
+def _two_groups(losses=None):
     """Two 32-channel groups whose layers cost the same predicted time per width."""
     from pipeline.prune.widths import _Analysis, _Group
 
     groups = [_Group(f"g{i}", 32, [32, 24, 16, 8]) for i in range(2)]
     ana = _Analysis(groups, [(1.0, (0,)), (1.0, (1,))], 0.1, [], by_saving=True)
-    ana.values = values or {}
+    ana.losses = losses or {}
     return ana
 
 
-def test_with_equal_latency_the_planner_cuts_the_group_whose_dropped_channels_matter_least():
+def test_with_equal_latency_the_planner_cuts_the_group_whose_narrowing_costs_least():
     from pipeline.prune.widths import _plan_widths
 
-    skewed = np.r_[np.full(24, 0.1 / 24), np.full(8, 0.9 / 8)]  # ascending, sums to 1
-    kept = _plan_widths(_two_groups({0: np.full(32, 1 / 32), 1: skewed}), budget=1.35)
-    assert kept == {0: 32, 1: 8}  # group 1's 24 weakest channels hold 10 % of its importance
+    losses = {0: np.array([0, 0.1, 0.2, 0.3]), 1: np.array([0, 0.01, 0.02, 0.03])}
+    assert _plan_widths(_two_groups(losses), budget=1.35) == {0: 32, 1: 8}
 
 
-def test_without_channel_values_equal_groups_are_cut_alike():
+def test_without_measured_losses_equal_groups_are_cut_alike():
     from pipeline.prune.widths import _plan_widths
 
     kept = _plan_widths(_two_groups(), budget=1.35)
     assert sorted(kept.values()) == [16, 24]  # one step apart, as even as the steps allow
+
+
+def test_dropping_channels_that_carry_nothing_costs_nothing_and_live_ones_cost_something():
+    from pipeline.prune.sensitivity import group_losses
+    from pipeline.prune.widths import _analyse
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 1, 10, 8).eval()
+    conv, bn = model.features[0][0], model.features[0][1]
+    with torch.no_grad():  # channels 8-31 of the first block output zero
+        for t in (conv.weight, bn.weight, bn.bias):
+            t[8:] = 0
+        model.classifier.weight.mul_(100)  # confident outputs: random init's are near-uniform
+    example = torch.zeros(1, 1, 8, 8)
+    ana = _analyse(model, example, (), 8, "macs", None)
+    roots = {g.root: gi for gi, g in enumerate(ana.groups)}
+    images = np.random.default_rng(0).standard_normal((64, 1, 8, 8)).astype(np.float32)
+    losses = group_losses(model, example, ana, "l2", 8, None, 0, images)
+    dead, live = losses[roots["features.0.0"]], losses[roots["features.1.0"]]
+    assert len(dead) == 4 and np.allclose(dead, 0, atol=1e-9)  # 32 -> 24, 16, 8: dead ones go
+    assert live[0] == 0 and live[1] > 1e-4 and np.all(np.diff(live) >= 0)

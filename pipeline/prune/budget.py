@@ -12,7 +12,8 @@ from pipeline.prune.checks import _verify
 from pipeline.prune.counting import channels, measure
 from pipeline.prune.graph import GroupFailure, _all_groups, _build_graph, _expand
 from pipeline.prune.plan import _pruned_attributes
-from pipeline.prune.surgery import IMPORTANCE_FACTORIES, _prune_copy, channel_values
+from pipeline.prune.sensitivity import group_losses
+from pipeline.prune.surgery import IMPORTANCE_FACTORIES, _prune_copy
 from pipeline.prune.widths import (
     _ROOT_TYPES,
     _analyse,
@@ -42,8 +43,10 @@ def _plan_and_prune(
     current = measure(model, example, target, ignored_layers)
     if not isinstance(target, str):  # a measured target: its table, fitted on copies
         ana.terms, ana.const = target.fitted(model, example, ana, _copier(round_to, seed))
-        ana.by_saving, ana.values = True, channel_values(model, example, ana, importance, data)
         _reachable(ana, target, budget, current, min_width)
+        images = target.calibration if data is None else data[0]
+        ana.by_saving = True
+        ana.losses = group_losses(model, example, ana, importance, round_to, data, seed, images)
     if budget >= current:
         return copy.deepcopy(model).eval(), {
             "history": [],

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import warnings
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
@@ -15,15 +14,13 @@ from ground.errors import UsageError
 from pipeline.prune.checks import _check_runs
 from pipeline.prune.graph import (
     GroupFailure,
-    _all_groups,
     _attention_modules,
-    _build_graph,
     _drop_traced_caches,
     _expand,
     _short,
 )
 from pipeline.prune.plan import _pruned_attributes
-from pipeline.prune.widths import _ROOT_TYPES, _Analysis, _removed_layers
+from pipeline.prune.widths import _Analysis, _removed_layers
 
 IMPORTANCE_FACTORIES = {
     "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
@@ -163,29 +160,6 @@ def _ranking_recorded(pruner, names: dict) -> list[str]:
 
     pruner.estimate_importance = recording
     return ranked
-
-
-def channel_values(model, example, ana: _Analysis, importance: str, data) -> dict:
-    """Per group: its channels' importance under the chosen criterion, ascending, scaled so
-    that each group's sum to 1 (a share of the group, as the planner counts widths). Groups
-    the criterion cannot score channel by channel (attention heads) are left out."""
-    m = copy.deepcopy(model).eval()
-    names = {mod: n for n, mod in m.named_modules()}
-    dg = _build_graph(m, example)
-    imp = IMPORTANCE_FACTORIES[importance]()
-    _prepare_importance(importance, imp, m, data)
-    found, _ = _all_groups(dg, names, _expand(m, ana.ignored), _ROOT_TYPES)
-    by_root = {g.root: gi for gi, g in enumerate(ana.groups) if not g.frozen}
-    out = {}
-    for group in found:
-        gi = by_root.get(names[group[0][0].target.module])
-        scores = imp(group) if gi is not None else None
-        if scores is None or len(scores) != ana.groups[gi].size:
-            continue
-        v = np.sort(np.abs(scores.detach().double().numpy()))
-        out[gi] = v / v.sum() if v.sum() > 0 else np.full(len(v), 1 / len(v))
-    m.zero_grad(set_to_none=True)
-    return out
 
 
 def _prepare_importance(name, imp, model, data):

@@ -52,8 +52,8 @@ class _Analysis:
     head_ratio: float | None = None
     member: dict[str, tuple[int, ...]] = field(default_factory=dict)  # layer -> its groups
     out_of: dict[str, int] = field(default_factory=dict)  # layer -> group of its outputs
-    by_saving: bool = False  # plan by time saved per value removed (a measured target)
-    values: dict[int, object] = field(default_factory=dict)  # group -> channel values, ascending
+    by_saving: bool = False  # plan by time saved per loss added (a measured target)
+    losses: dict[int, object] = field(default_factory=dict)  # group -> loss at each choice
 
 
 def _analyse(
@@ -176,19 +176,19 @@ def _counted_terms(m, example, target, member) -> tuple[list, float]:
 def _step_value(ana: _Analysis, idx: dict[int, int], gi: int) -> tuple:
     """Which group steps down next. Counted targets: the one that stays widest after the step,
     so the layers shrink about evenly. A measured target (latency): the step that saves the
-    most predicted time per importance it removes (its least important channels left), the
-    greedy form of HALP's knapsack (Shen et al. 2022); a group without channel values counts
-    each channel as an equal share of the group."""
+    most predicted time per loss it adds (prune/sensitivity.py), the greedy form of HALP's
+    knapsack (Shen et al. 2022); a group without measured losses counts each channel as an
+    equal share of the group."""
     g = ana.groups[gi]
     after = g.choices[idx[gi] + 1]
     if not ana.by_saving:
         return (after / g.size, g.size)
     kept = {i: ana.groups[i].choices[k] for i, k in idx.items()}
     saved = predicted_cost(ana, kept) - predicted_cost(ana, {**kept, gi: after})
-    values = ana.values.get(gi)
+    curve = ana.losses.get(gi)
     lost = (
-        float(sum(values[g.size - kept[gi] : g.size - after]))
-        if values is not None
+        float(curve[idx[gi] + 1] - curve[idx[gi]])
+        if curve is not None
         else (kept[gi] - after) / g.size
     )
     return (saved / max(lost, 1e-12), after / g.size)

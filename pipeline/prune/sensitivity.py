@@ -1,0 +1,53 @@
+"""What each channel group's narrower widths cost the model, measured, so that a measured
+target (latency) can weigh groups against each other.
+
+The chosen criterion ranks channels within a group, but its scores do not compare across
+groups (a magnitude in a 16-channel stem is not a magnitude in a 64-channel block). So, as in
+Li et al. 2017's sensitivity analysis and NetAdapt (Yang et al. 2018), each group is pruned
+alone to each of its allowed widths, the criterion choosing which channels go, and the change
+of the model's outputs is measured on training images: the KL divergence of the pruned model's
+class distribution from the unpruned one's. The planner then spends it like HALP's importance
+(Shen et al. 2022): the step that saves the most time per unit of divergence goes first."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.prune.surgery import _prune_copy
+from pipeline.prune.widths import _Analysis
+
+IMAGES = 256  # enough for the divergence to rank steps; each of ~40-100 copies runs them once
+
+
+def group_losses(
+    model, example, ana: _Analysis, importance, round_to, data, seed, images: np.ndarray
+) -> dict:
+    """Per group that may narrow: the divergence on `images` at each of its choices (0 at full
+    width), made non-decreasing as the width drops (a narrower width never counts as a gain)."""
+    x = torch.from_numpy(_sample(images, seed))
+    with torch.no_grad():
+        reference = F.log_softmax(model(x), dim=-1)
+    out = {}
+    for gi, g in enumerate(ana.groups):
+        if g.frozen or len(g.choices) < 2 or (g.qkv is not None and ana.head_ratio is not None):
+            continue
+        curve = [0.0]
+        for k in g.choices[1:]:
+            pruned, _ = _prune_copy(model, example, ana, {gi: k}, importance, round_to, data, seed)
+            with torch.no_grad():
+                kl = F.kl_div(
+                    F.log_softmax(pruned(x), dim=-1),
+                    reference,
+                    log_target=True,
+                    reduction="batchmean",
+                )
+            curve.append(max(curve[-1], float(kl)))
+        out[gi] = np.array(curve)
+    return out
+
+
+def _sample(x: np.ndarray, seed) -> np.ndarray:
+    pick = np.random.default_rng(seed).choice(len(x), min(IMAGES, len(x)), replace=False)
+    return np.ascontiguousarray(x[np.sort(pick)], dtype=np.float32)
