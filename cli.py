@@ -172,27 +172,29 @@ def recipe_overrides(flags: dict, settings=()) -> dict:
             value = {left: right for left, _, right in pairs}
         out[key] = list(value) if tp is list else value
     if flags.get("latency_target") is not None:
-        out.update(
-            {"prune.target": "latency", "prune.fraction": _fraction(flags["latency_target"])}
-        )
+        out.update(_latency_target(flags["latency_target"]))
     return out
 
 
-def _fraction(text: str) -> float:
-    """--latency-target: a fraction of the dense model's measured latency."""
+def _latency_target(text: str) -> dict:
+    """--latency-target: a fraction of the dense model's measured latency, or ms@device."""
     from ground.errors import UsageError
 
+    if "@" in text:
+        from pipeline.prune.device_latency import parse_device_target
+
+        parse_device_target(text)
+        return {"prune.target": "latency", "prune.latency_target": text}
     try:
         value = float(text)
     except ValueError:
         raise UsageError(
             f"--latency-target {text}: give a fraction of the dense model's latency measured on "
-            "the target's runtime here, e.g. 0.5 (milliseconds on a device profile are not "
-            "supported yet)"
+            "the target's runtime here (0.5) or milliseconds on a device profile (3ms@pixel-8)"
         ) from None
     if not 0 < value <= 1:
         raise UsageError(f"--latency-target {text}: the fraction must be in (0, 1]")
-    return value
+    return {"prune.target": "latency", "prune.fraction": value}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -226,7 +228,8 @@ def cli():
 @click.option(
     "--latency-target",
     help="Prune to this fraction of the dense model's latency, measured through the target's "
-    "runtime on this host (recipe prune.target latency, prune.fraction), e.g. 0.5.",
+    "runtime on this host (recipe prune.target latency, prune.fraction), e.g. 0.5; or to "
+    "milliseconds estimated on a device profile, e.g. 3ms@pixel-8 (prune.latency_target).",
 )
 @WEIGHTS_OPTION
 @TRUST_PICKLE_OPTION

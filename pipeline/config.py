@@ -73,6 +73,8 @@ class PruneConfig:
     # output channels, classifier and ignored layers excepted) or "latency" (measured)
     target: str = "macs"
     fraction: float | None = None  # kept fraction of `target`; None: macs_fraction
+    # target latency: "3ms@pixel-8" asks for ms estimated on a device profile, not a fraction
+    latency_target: str | None = None
     # "local": per-layer widths fitted to the target, layers shrink about evenly;
     # "global": one importance ranking over all layers (no layer below 10 %)
     scope: str = "local"
@@ -128,12 +130,13 @@ class PruneConfig:
                 f"got {self.head_pruning_ratio}"
             )
         _positive("prune.iterative_steps", self.iterative_steps)
-        if self.finetune_epochs is not None and self.finetune_epochs < 0:
-            raise UsageError(
-                f"recipe key prune.finetune_epochs must be >= 0, got {self.finetune_epochs}"
-            )
-        if self.rewind_epoch is not None and self.rewind_epoch < 0:
-            raise UsageError(f"recipe key prune.rewind_epoch must be >= 0, got {self.rewind_epoch}")
+        for key in ("finetune_epochs", "rewind_epoch"):
+            if (v := getattr(self, key)) is not None and v < 0:
+                raise UsageError(f"recipe key prune.{key} must be >= 0, got {v}")
+        if self.latency_target is not None:  # the stage estimates it: check it before any work
+            from pipeline.prune.device_latency import parse_device_target
+
+            parse_device_target(self.latency_target, self.target)
         if not 0 <= self.sparsity < 1:
             raise UsageError(f"recipe key prune.sparsity must be in [0, 1), got {self.sparsity}")
 
@@ -228,7 +231,6 @@ class ProfileConfig:
     threads: tuple[int, ...] = (1,)
 
     def check(self):
-        _positive("profile.runs", self.runs)
         if self.runs < 20:
             raise UsageError(f"recipe key profile.runs must be at least 20, got {self.runs}")
         if not self.threads:
@@ -349,10 +351,7 @@ def from_dict(cls, data, prefix: str, what: str = "recipe"):
             raise UsageError(
                 f"{what} key {prefix}{key} is unknown; known: {', '.join(sorted(names))}"
             )
-    kwargs = {}
-    for key, value in data.items():
-        kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}", what)
-    return cls(**kwargs)
+    return cls(**{k: _coerce(hints[k], v, f"{prefix}{k}", what) for k, v in data.items()})
 
 
 def _coerce(tp, value, key, what="recipe"):

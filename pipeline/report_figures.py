@@ -56,18 +56,18 @@ def _stage(info: dict, data, recipe) -> dict:
 
 
 def _latency_target(lat: dict) -> dict:
-    """prune.target latency: asked, predicted by the table, measured after pruning."""
-    on = f"{lat['measured_on']}, this host, whole exported program, p50"
-    t = lat["table"]
-    fit = (
-        f"latency table fitted on {t['configs']} measured uniform widths, error up to "
-        f"{t['fit_error_max']:.0%} on them"
+    """prune.target latency: asked, predicted by the table, and after pruning measured on this
+    host or, for a device profile, estimated by the device model."""
+    t, fig = lat["table"], measured if lat.get("how", "measured") == "measured" else estimated
+    on = f"{lat['measured_on']}" + (
+        ", this host, whole exported program, p50" if fig is measured else ""
     )
+    fit = f"latency table fitted on {t['configs']} uniform widths, error up to {t['fit_error_max']:.0%} on them"
     return {
-        "dense": measured(lat["dense_ms"], "ms", f"dense teacher, {on}"),
-        "target": measured(lat["target_ms"], "ms", f"prune.fraction x the dense teacher's, {on}"),
+        "dense": fig(lat["dense_ms"], "ms", f"dense teacher, {on}"),
+        "target": fig(lat["target_ms"], "ms", f"the asked latency, {on}"),
         "predicted": estimated(lat["predicted_ms"], "ms", f"pruned widths, {fit}"),
-        "achieved": measured(lat["achieved_ms"], "ms", f"pruned model, {on}"),
+        "achieved": fig(lat["achieved_ms"], "ms", f"pruned model, {on}"),
         "fixed_per_call": estimated(t["overhead_ms"], "ms", f"{fit}: time outside any operator"),
     }
 

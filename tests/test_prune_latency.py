@@ -72,8 +72,10 @@ def test_a_rerun_reuses_the_latency_table_and_says_so(two_runs):
     assert reachable[0] == reachable[1]  # the same table predicts the same floor
 
 
-@pytest.mark.parametrize("value", ["3ms@pixel-8", "1.5"])
-def test_a_latency_target_that_is_not_a_fraction_is_one_line_exit_2(value, tmp_path):
+@pytest.mark.parametrize("value", ["fast", "1.5", "3ms@no-such-phone", "0ms@pixel-8"])
+def test_a_latency_target_neither_a_fraction_nor_ms_on_a_known_device_is_one_line_exit_2(
+    value, tmp_path
+):
     from click.testing import CliRunner
 
     import cli
@@ -128,3 +130,40 @@ def test_dropping_channels_that_carry_nothing_costs_nothing_and_live_ones_cost_s
     dead, live = losses[roots["features.0.0"]], losses[roots["features.1.0"]]
     assert len(dead) == 4 and np.allclose(dead, 0, atol=1e-9)  # 32 -> 24, 16, 8: dead ones go
     assert live[0] == 0 and live[1] > 1e-4 and np.all(np.diff(live) >= 0)
+
+
+def test_a_device_profile_target_prunes_to_the_estimated_ms_and_reports_them_as_estimates(
+    android_bundle, tmp_path
+):
+    """--latency-target Nms@pixel-8 on the shared run: the device model's table, not this
+    host's runtime, and every latency figure in the report an estimate."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    import cli
+    from pipeline.prune.device_latency import DeviceLatency
+
+    run = shutil.copytree(android_bundle["run"], tmp_path / "run")
+    dense = DeviceLatency("pixel-8", "int8", None).measure(
+        create_model("small_cnn", 1, 10, 8).eval(), torch.zeros(1, 1, 8, 8)
+    )
+    ms = f"{0.93 * dense:.4f}ms@pixel-8"  # its floor is about 0.86 of dense
+    args = ["compress", "--target", "android", "--run-dir", str(run), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(cli.cli, [*args, "--epochs", "10", "--distill-epochs", "8",
+                                          "--latency-target", ms])  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "latency table for pixel-8 from the device model (estimated)" in result.output
+    report = json.loads((tmp_path / "o" / "android" / "report.json").read_text())
+    lat = report["stages"]["pruned"]["latency"]
+    assert {f["source"] for f in lat.values()} == {"estimated"}
+    assert lat["achieved"]["value"] <= lat["target"]["value"] * 1.1
+    assert "pixel-8" in lat["achieved"]["on"]
+
+
+def test_a_device_latency_target_with_another_prune_target_is_a_recipe_error():
+    from pipeline.config import load_recipe
+
+    with pytest.raises(UsageError, match="goes with prune.target latency, not macs"):
+        load_recipe(None, {"prune.latency_target": "3ms@pixel-8"})

@@ -102,11 +102,11 @@ def _reachable(ana, target, budget: float, dense: float, min_width: float) -> No
     fixed = target.table["overhead_ms"]
     raise UsageError(
         f"prune: {target}: a target of {budget:.3g} ms ({budget / dense:.0%} of the dense "
-        f"{dense:.3g} ms, measured) cannot be reached: the smallest reachable is {floor:.3g} ms "
+        f"{dense:.3g} ms, {target.how}) cannot be reached: the smallest reachable is {floor:.3g} ms "
         f"({floor / dense:.0%}), every channel group at its floor (prune.min_width "
         f"{min_width:g}), of which {fixed:.3g} ms is the runtime's fixed per-call cost "
         f"(latency table, fit error up to {target.table['fit_error_max']:.0%}); ask for at "
-        f"least {floor / dense:.2f} or lower prune.min_width"
+        f"least {floor / dense:.2f} of the dense latency ({floor:.3g} ms) or lower prune.min_width"
     )
 
 

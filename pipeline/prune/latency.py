@@ -46,6 +46,7 @@ from pipeline.rundir import library_versions
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)
 LAYER_EVENTS = ("Convolution", "Fully Connected", "Deconvolution")
 CACHE_ENV = "SLIMSHIP_LATENCY_CACHE"
+HOW = "measured per operator (runtime profiler) at uniform widths; fitted per event"
 
 
 def cache_dir() -> Path:
@@ -63,6 +64,7 @@ class LatencyCost:
     threads: int = 1
     runs: int = 50
     name: str = "latency"
+    how: str = "measured"  # on this host; a device profile's cost is estimated
     table: dict | None = None  # the fitted table of the last analysis (for the report)
     _memo: dict = field(default_factory=dict, repr=False)
     _reference: tuple | None = field(default=None, repr=False)  # (runner, first p50 ms)
@@ -128,9 +130,7 @@ class LatencyCost:
             tmp.write_text(json.dumps(self.table, indent=1))
             os.replace(tmp, path)
             log(f"[prune] latency table written to {path}")
-        terms = [(e["per_width"], tuple(e["groups"])) for e in self.table["events"]]
-        const = self.table["overhead_ms"] + sum(e["fixed"] for e in self.table["events"])
-        return terms, const
+        return planner_terms(self.table)
 
     def _key(self, model, example, configs) -> str:
         shapes = [(n, tuple(p.shape)) for n, p in model.state_dict().items()]
@@ -158,6 +158,12 @@ class LatencyCost:
             frac = {int(g): k / ana.groups[int(g)].size for g, k in kept.items()}
             rows.append((timed, _features(_layer_order(pruned, example), timed, ana, frac)))
         return _fit(rows, str(self))
+
+
+def planner_terms(table: dict) -> tuple[list, float]:
+    """A fitted table as the planner's cost terms (per-width ms, groups) and constant ms."""
+    terms = [(e["per_width"], tuple(e["groups"])) for e in table["events"]]
+    return terms, table["overhead_ms"] + sum(e["fixed"] for e in table["events"])
 
 
 def _timed_calls(runners: dict, x: np.ndarray, runs: int) -> dict[str, float]:
@@ -204,7 +210,7 @@ def _layer_order(model: nn.Module, example: torch.Tensor) -> list[str]:
 
 
 def _features(layers: list[str], timed: dict, ana, frac: dict[int, float]) -> list[dict]:
-    """Each event with the groups whose widths scale it and the product of their fractions."""
+    """The runtime's events, each conv/linear one named by the layer it runs (call order)."""
     events = timed["ops"]
     layer_events = [e for e in events if e[0].startswith(LAYER_EVENTS)]
     if len(layer_events) != len(layers):
@@ -213,19 +219,27 @@ def _features(layers: list[str], timed: dict, ana, frac: dict[int, float]) -> li
             f"operators, the model calls {len(layers)} conv/linear layers; they cannot be "
             "lined up (prune.target macs avoids the table)"
         )
-    out, it, layer = [], iter(layers), None
-    for name, ms in events:
-        if name.startswith(LAYER_EVENTS):
-            layer = next(it)
+    it = iter(layers)
+    named = [(n, ms, next(it) if n.startswith(LAYER_EVENTS) else None) for n, ms in events]
+    return grouped(named, ana, frac)
+
+
+def grouped(events: list[tuple], ana, frac: dict[int, float]) -> list[dict]:
+    """Each (event, ms, conv/linear layer or None) with the groups whose widths scale it and
+    the product of their fractions; an event of no layer moves the tensor the last one wrote."""
+    out, layer = [], None
+    for name, ms, runs in events:
+        if runs is not None:
+            layer = runs
             mine = tuple(ana.member.get(layer, ()))
-        else:  # moves the tensor the last layer wrote
+        else:
             mine = (ana.out_of[layer],) if layer in ana.out_of else ()
         x = float(np.prod([frac[g] for g in mine])) if mine else 1.0
         out.append({"event": name.rsplit(" #", 1)[0], "ms": ms, "groups": list(mine), "x": x})
     return out
 
 
-def _fit(rows: list[tuple[dict, list[dict]]], on: str) -> dict:
+def _fit(rows: list[tuple[dict, list[dict]]], on: str, how: str = HOW) -> dict:
     """Per event: ms = fixed + per_width * x, least squares over the configurations."""
     n_events = len(rows[0][1])
     if any(len(r[1]) != n_events for r in rows):
@@ -252,7 +266,7 @@ def _fit(rows: list[tuple[dict, list[dict]]], on: str) -> dict:
         "configs": len(rows),
         "dense_ms": float(totals[0]),
         "fit_error_max": float(np.abs(err).max()),
-        "how": "measured per operator (runtime profiler) at uniform widths; fitted per event",
+        "how": how,
     }
 
 

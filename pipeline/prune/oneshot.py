@@ -232,10 +232,12 @@ def _result(
 
 
 def _latency_plan(target, dense: float, achieved: float, fraction: float, step: dict) -> dict:
-    """Target, table prediction and measured result of a latency-targeted pruning (ms)."""
+    """Target, table prediction and result (measured here, or estimated for a device
+    profile) of a latency-targeted pruning (ms)."""
     table = target.table or {}
     return {
         "measured_on": str(target),
+        "how": target.how,
         "dense_ms": dense,
         "target_ms": fraction * dense,
         "predicted_ms": step.get("predicted"),

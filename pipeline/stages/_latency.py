@@ -1,10 +1,17 @@
 """A latency target for the prune stage: which of the target's backends measures it (the first
-whose runtime times each operator on this host), at the precision the target exports it in."""
+whose runtime times each operator on this host), at the precision the target exports it in; or,
+for milliseconds on a device profile (prune.latency_target), the device model that estimates it
+at the target's first precision."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from ground.errors import UsageError
 from ground.log import log
+from pipeline.estimate.device_fit import DEVICE_FIT_PATH
+from pipeline.prune.device_latency import DeviceLatency, parse_device_target
 from pipeline.prune.latency import LatencyCost
 from pipeline.stages import export
 from pipeline.stages._job import Job
@@ -26,24 +33,41 @@ def _measuring(choices):
 
 
 def key(job: Job, choices) -> dict:
+    spec, calib = job.recipe.prune.latency_target, export.calibration_images(job)["sha256"]
+    if spec is not None:
+        fit = hashlib.sha256(Path(DEVICE_FIT_PATH).read_bytes()).hexdigest()
+        on = {"device": spec, "precision": choices[0].precision, "threads": THREADS}
+        return {"latency_on": on, "device_fit": fit, "calibration": calib}
     c = _measuring(choices)
-    calib = export.calibration_images(job)
-    return {
-        "latency_on": {"backend": c.backend, "precision": c.precision, "threads": THREADS},
-        "calibration": calib["sha256"],
-    }
+    on = {"backend": c.backend, "precision": c.precision, "threads": THREADS}
+    return {"latency_on": on, "calibration": calib}
 
 
-def cost(job: Job, choices) -> LatencyCost:
-    c = _measuring(choices)
+def cost(job: Job, choices) -> LatencyCost | DeviceLatency:
     calib = export.calibration_images(job)["x"]
+    spec = job.recipe.prune.latency_target
+    if spec is not None:
+        return DeviceLatency(parse_device_target(spec)[1], choices[0].precision, calib, THREADS)
+    c = _measuring(choices)
     return LatencyCost(get_backend(c.backend), c.precision, calib, THREADS)
+
+
+def fraction(job: Job, target, teacher, example) -> float:
+    """The kept fraction of the dense latency: prune.fraction, or the device milliseconds over
+    the dense model's estimate (1 when it is already within them)."""
+    spec = job.recipe.prune.latency_target
+    if spec is None:
+        return job.recipe.prune.kept_fraction
+    ms, dense = parse_device_target(spec)[0], target.measure(teacher, example)
+    if ms >= dense:
+        log(f"[prune] the dense model is estimated at {dense:.3g} ms, within {spec}")
+    return min(1.0, ms / dense)
 
 
 def log_result(lat: dict) -> None:
     log(
         f"[prune] latency ({lat['measured_on']}): dense {lat['dense_ms']:.3f} ms, target "
         f"{lat['target_ms']:.3f} ms, table predicted {lat['predicted_ms'] or 0:.3f} ms, "
-        f"measured {lat['achieved_ms']:.3f} ms ({lat['achieved_ms'] / lat['target_ms'] - 1:+.0%} "
+        f"{lat['how']} {lat['achieved_ms']:.3f} ms ({lat['achieved_ms'] / lat['target_ms'] - 1:+.0%} "
         "of the target)"
     )

@@ -39,9 +39,11 @@ def key(job: Job, teacher: StageResult, round_to: int, choices=()) -> dict:
         {**asdict(r.distill), "train": asdict(r.train)} if r.prune.iterative_steps > 1 else None
     )
     measured = latency.key(job, choices) if r.prune.target == "latency" else {}
+    config = asdict(r.prune)
+    config.pop("latency_target")  # in the latency part of the key, where it applies
     return {
         "config": {
-            **asdict(r.prune),
+            **config,
             "round_to": round_to,
             "student_model": r.distill.student_model,
             "finetune": finetune,
@@ -70,7 +72,10 @@ def _prune(job: Job, folder: Path, teacher_dir: Path, round_to: int, choices) ->
     if job.recipe.distill.student_model:
         return _fresh_student(job, folder, teacher)
     if cfg.target == "latency":
-        cfg = replace(cfg, target=latency.cost(job, choices))
+        target = latency.cost(job, choices)
+        cfg = replace(
+            cfg, target=target, fraction=latency.fraction(job, target, teacher, job.example)
+        )
     res = _structured(job, cfg, teacher, round_to)
     model, plan, extra = res.model, res.plan, {}
     if cfg.sparsity > 0:  # the mask is chosen on the trained weights, before any rewind
