@@ -136,7 +136,9 @@ def section(rows: list[dict], quick: bool, env: tuple) -> str:
          "pruning and timed side by side: 400 interleaved rounds after 20 warm-up calls, median "
          "(measured). Predicted: the latency table's figure for the chosen widths (estimated); "
          "in-loop: the budget loop's own measurement of the pruned program (p50 of 50 calls). "
-         "Models are seeded initialisations (latency does not depend on weight values). Goal: "
+         "Models are seeded initialisations (latency does not depend on weight values; which "
+         "widths the planner picks does, through its sensitivity measure, so the widths here "
+         "are not the ones a trained model gets). Goal: "
          "achieved/dense within ±10 % of the target; speed-up ÷ MAC reduction >= 0.8 for "
          "ResNet-20/56."), "",
         "| model | input | precision | target | dense ms | pruned ms | achieved / dense (within ±10 %) | predicted / in-loop ms | MACs kept | speed-up ÷ MAC reduction | latency table | pruning wall time |",

@@ -99,12 +99,14 @@ def _reachable(ana, target, budget: float, dense: float, min_width: float) -> No
     floor = predicted_cost(ana, floor_widths(ana))
     if budget >= floor:
         return
-    fixed = target.table["overhead_ms"]
+    call = target.table["overhead_ms"]
+    fixed = sum(e["fixed"] for e in target.table["events"])
     raise UsageError(
         f"prune: {target}: a target of {budget:.3g} ms ({budget / dense:.0%} of the dense "
         f"{dense:.3g} ms, {target.how}) cannot be reached: the smallest reachable is {floor:.3g} ms "
         f"({floor / dense:.0%}), every channel group at its floor (prune.min_width "
-        f"{min_width:g}), of which {fixed:.3g} ms is the runtime's fixed per-call cost "
+        f"{min_width:g}), of which {call:.3g} ms is the runtime's fixed per-call cost and "
+        f"{fixed:.3g} ms the operators' parts that do not shrink with width "
         f"(latency table, fit error up to {target.table['fit_error_max']:.0%}); ask for at "
         f"least {floor / dense:.2f} of the dense latency ({floor:.3g} ms) or lower prune.min_width"
     )
