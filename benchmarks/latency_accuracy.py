@@ -227,7 +227,19 @@ def section(res: dict, env: tuple, quick: bool) -> str:
         *rows, "",
         (f"Latency-targeted minus MAC-targeted: {gain:+.2f} points on {key.replace('_', ' ')} "
          f"(goal >= +1.0: {'met' if gain >= 1.0 else 'not met'})."),
+        *_unequal(t, "latency-targeted"),
     ])  # fmt: skip
+
+
+def _unequal(t: dict, ref: str) -> list[str]:
+    """Contenders whose side-by-side latency is more than 2 % off the reference's: near the
+    fixed cost a few % of latency buys many MACs, so their accuracy is not at equal latency."""
+    off = {k: v["median_ms"] / t[ref]["median_ms"] for k, v in t.items() if k not in ("dense", ref)}
+    off = {k: r for k, r in off.items() if abs(r - 1) > 0.02}
+    if not off:
+        return []
+    named = ", ".join(f"{k} ({r - 1:+.0%})" for k, r in off.items())
+    return ["", f"Not at equal latency (side by side, against latency-targeted): {named}."]
 
 
 def main(argv=None) -> int:
