@@ -17,6 +17,7 @@ from pipeline.stages import export
 from pipeline.stages._job import Job
 from targets import get_backend, list_backends
 
+WEIGHING = "output KL per group narrowed alone"  # how the planner weighs groups (a re-plan)
 THREADS = 1  # what the profile stage reports as p50; phones' apps mostly run one inference thread
 
 
@@ -37,10 +38,10 @@ def key(job: Job, choices) -> dict:
     if spec is not None:
         fit = hashlib.sha256(Path(DEVICE_FIT_PATH).read_bytes()).hexdigest()
         on = {"device": spec, "precision": choices[0].precision, "threads": THREADS}
-        return {"latency_on": on, "device_fit": fit, "calibration": calib}
+        return {"latency_on": on, "device_fit": fit, "calibration": calib, "weighing": WEIGHING}
     c = _measuring(choices)
     on = {"backend": c.backend, "precision": c.precision, "threads": THREADS}
-    return {"latency_on": on, "calibration": calib}
+    return {"latency_on": on, "calibration": calib, "weighing": WEIGHING}
 
 
 def cost(job: Job, choices) -> LatencyCost | DeviceLatency:
