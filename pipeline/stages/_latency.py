@@ -37,7 +37,7 @@ def key(job: Job, choices) -> dict:
     spec, calib = job.recipe.prune.latency_target, export.calibration_images(job)["sha256"]
     if spec is not None:
         fit = hashlib.sha256(Path(DEVICE_FIT_PATH).read_bytes()).hexdigest()
-        on = {"device": spec, "precision": choices[0].precision, "threads": THREADS}
+        on = {"device": spec, "precision": _device_precision(choices), "threads": THREADS}
         return {"latency_on": on, "device_fit": fit, "calibration": calib, "weighing": WEIGHING}
     c = _measuring(choices)
     on = {"backend": c.backend, "precision": c.precision, "threads": THREADS}
@@ -48,9 +48,16 @@ def cost(job: Job, choices) -> LatencyCost | DeviceLatency:
     calib = export.calibration_images(job)["x"]
     spec = job.recipe.prune.latency_target
     if spec is not None:
-        return DeviceLatency(parse_device_target(spec)[1], choices[0].precision, calib, THREADS)
+        device = parse_device_target(spec)[1]
+        return DeviceLatency(device, _device_precision(choices), calib, THREADS)
     c = _measuring(choices)
     return LatencyCost(get_backend(c.backend), c.precision, calib, THREADS)
+
+
+def _device_precision(choices) -> str:
+    """The device model knows int8 and fp32 kernels; as the profile stage's estimates do, any
+    other scheme (fp16, palettized) counts as fp32."""
+    return "int8" if choices and choices[0].precision == "int8" else "fp32"
 
 
 def fraction(job: Job, target, teacher, example) -> float:
