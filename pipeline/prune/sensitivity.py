@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from pipeline.prune.surgery import _prune_copy
 from pipeline.prune.widths import _Analysis
 
-IMAGES = 256  # enough for the divergence to rank steps; each of ~40-100 copies runs them once
+# enough for the divergence to rank steps at 32x32; each of ~40-150 copies runs them once, so
+# larger inputs take fewer (32 at 224x224), keeping the pixels seen about constant
+IMAGES, PIXELS = 256, 256 * 32 * 32
 
 
 def group_losses(
@@ -49,5 +51,6 @@ def group_losses(
 
 
 def _sample(x: np.ndarray, seed) -> np.ndarray:
-    pick = np.random.default_rng(seed).choice(len(x), min(IMAGES, len(x)), replace=False)
+    n = min(len(x), IMAGES, max(32, PIXELS // int(np.prod(x.shape[2:]))))
+    pick = np.random.default_rng(seed).choice(len(x), n, replace=False)
     return np.ascontiguousarray(x[np.sort(pick)], dtype=np.float32)
