@@ -69,7 +69,15 @@ def _latency_target(lat: dict) -> dict:
         "predicted": estimated(lat["predicted_ms"], "ms", f"pruned widths, {fit}"),
         "achieved": fig(lat["achieved_ms"], "ms", f"pruned model, {on}"),
         "fixed_per_call": estimated(t["overhead_ms"], "ms", f"{fit}: time outside any operator"),
-    }
+    } | _width_independent(t, fit)
+
+
+def _width_independent(t: dict, fit: str) -> dict:
+    """What no width can remove (absent from runs pruned before it was recorded)."""
+    if t.get("width_independent_ms") is None:
+        return {}
+    why = "the per-call cost and the operators' parts that do not shrink with any channel width"
+    return {"width_independent": estimated(t["width_independent_ms"], "ms", f"{fit}: {why}")}
 
 
 def _temperature(info: dict, data) -> dict:

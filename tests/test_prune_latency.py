@@ -160,6 +160,7 @@ def test_a_device_profile_target_prunes_to_the_estimated_ms_and_reports_them_as_
     assert {f["source"] for f in lat.values()} == {"estimated"}
     assert lat["achieved"]["value"] <= lat["target"]["value"] * 1.1
     assert "pixel-8" in lat["achieved"]["on"]
+    assert 0 < lat["width_independent"]["value"] < lat["achieved"]["value"]  # what none removes
 
 
 def test_a_device_latency_target_with_another_prune_target_is_a_recipe_error():

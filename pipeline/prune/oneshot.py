@@ -14,6 +14,7 @@ from ground.log import log
 from pipeline.config import PRUNE_SCOPES, PRUNE_TARGETS
 from pipeline.prune.budget import _prune_global, _prune_step
 from pipeline.prune.counting import _pick, channels, count, layer_widths
+from pipeline.prune.latency import planner_terms
 from pipeline.prune.surgery import IMPORTANCE_FACTORIES
 
 TARGETS, SCOPES = PRUNE_TARGETS, PRUNE_SCOPES
@@ -235,6 +236,8 @@ def _latency_plan(target, dense: float, achieved: float, fraction: float, step: 
     """Target, table prediction and result (measured here, or estimated for a device
     profile) of a latency-targeted pruning (ms)."""
     table = target.table or {}
+    # what no width can remove: the per-call cost and the operators' fixed parts
+    floor = planner_terms(table)[1] if table else None
     return {
         "measured_on": str(target),
         "how": target.how,
@@ -242,7 +245,10 @@ def _latency_plan(target, dense: float, achieved: float, fraction: float, step: 
         "target_ms": fraction * dense,
         "predicted_ms": step.get("predicted"),
         "achieved_ms": achieved,
-        "table": {k: table.get(k) for k in ("configs", "overhead_ms", "fit_error_max", "how")},
+        "table": {
+            **{k: table.get(k) for k in ("configs", "overhead_ms", "fit_error_max", "how")},
+            "width_independent_ms": floor,
+        },
     }
 
 
