@@ -14,7 +14,7 @@ import torch
 from ground.errors import UsageError
 from models import create_model
 from pipeline.prune import prune
-from pipeline.prune.latency import CACHE_ENV, LatencyCost, _fit
+from pipeline.prune.latency import CACHE_ENV, LatencyCost, _fit, planner_terms, scaled
 from targets import get_backend
 
 
@@ -35,6 +35,13 @@ def test_the_fit_recovers_each_operators_fixed_and_per_width_parts_and_the_overh
     fitted = [(e["fixed"], e["per_width"]) for e in table["events"]]
     assert np.allclose(fitted, [(0.002, 0.010), (0.0, 0.030)], atol=1e-9)
     assert abs(table["overhead_ms"] - 0.05) < 1e-9 and table["fit_error_max"] < 1e-9
+
+
+def test_a_table_measured_on_a_busier_machine_is_scaled_to_the_dense_time_now():
+    table = _fit(_rows([0.002, 0.0], [0.010, 0.030], 0.05, [1.0, 0.5625, 0.25, 0.0625]), "test")
+    terms, const = planner_terms(scaled(table, 0.046))  # measured at 0.092 ms, 0.046 ms now
+    assert abs(const + sum(w for w, _ in terms) - 0.046) < 1e-9
+    assert abs(const - (0.05 + 0.002) / 2) < 1e-9  # the floor halves with it
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +75,8 @@ def test_a_rerun_reuses_the_latency_table_and_says_so(two_runs):
     first, second = two_runs[0][0], two_runs[1][0]
     assert "latency table written to" in first and "reused" not in first
     assert "latency table reused from" in second and "building the latency table" not in second
-    reachable = [m.split("smallest reachable is ")[1].split(" ms")[0] for _, m in two_runs]
-    assert reachable[0] == reachable[1]  # the same table predicts the same floor
+    reachable = [m.split("ask for at least ")[1].split(" of the dense")[0] for _, m in two_runs]
+    assert reachable[0] == reachable[1]  # the same table predicts the same floor, as a fraction
 
 
 @pytest.mark.parametrize("value", ["fast", "1.5", "3ms@no-such-phone", "0ms@pixel-8"])

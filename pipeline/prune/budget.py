@@ -42,7 +42,7 @@ def _plan_and_prune(
     ana = _analyse(model, example, ignored_layers, round_to, target, head_pruning_ratio, min_width)
     current = measure(model, example, target, ignored_layers)
     if not isinstance(target, str):  # a measured target: its table, fitted on copies
-        ana.terms, ana.const = target.fitted(model, example, ana, _copier(round_to, seed))
+        ana.terms, ana.const = target.fitted(model, example, ana, _copier(round_to, seed), current)
         _reachable(ana, target, budget, current, min_width)
         images = target.calibration if data is None else data[0]
         ana.by_saving = True

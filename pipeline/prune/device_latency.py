@@ -19,7 +19,7 @@ from pipeline.estimate import device_model as D
 from pipeline.estimate.count import count_layers
 from pipeline.estimate.device_fit import RUNTIME, load_device_fit
 from pipeline.estimate.per_device import validation
-from pipeline.prune.latency import _fit, _uniform_configs, grouped, planner_terms
+from pipeline.prune.latency import _fit, _uniform_configs, grouped, planner_terms, scaled
 
 _TARGET = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*ms\s*@\s*(\S+)\s*$")
 LAYER_KINDS = ("conv", "dwconv", "pwconv", "linear")
@@ -91,9 +91,10 @@ class DeviceLatency:
         rows = [(x.name, x.kind, float(ms)) for x, ms in zip(layers, per)]
         return rows, float(D.case_ms(cases, fit, t)[0])
 
-    def fitted(self, model, example, ana, prune_copy) -> tuple[list, float]:
+    def fitted(self, model, example, ana, prune_copy, now_ms: float) -> tuple[list, float]:
         """Cost terms and constant (ms) for the planner, fitted on the estimates at uniform
-        widths like a measured table (cheap: no export, so nothing is cached)."""
+        widths like a measured table (cheap: no export, so nothing is cached), scaled to the
+        model's estimate `now_ms` (which removes the fit's error at full width)."""
         rows = []
         for kept in _uniform_configs(ana):
             pruned = prune_copy(model, example, ana, {int(k): v for k, v in kept.items()})
@@ -102,6 +103,6 @@ class DeviceLatency:
             named = [(n, ms, n if kind in LAYER_KINDS else None) for n, kind, ms in layers]
             rows.append(({"total_ms": total}, grouped(named, ana, frac)))
         how = "estimated per layer by the device model at uniform widths; fitted per layer"
-        self.table = _fit(rows, str(self), how)
+        self.table = scaled(_fit(rows, str(self), how), now_ms)
         log(f"[prune] latency table for {self.device} from the device model (estimated)")
         return planner_terms(self.table)
