@@ -97,6 +97,18 @@ def interleaved(runners: dict, x: np.ndarray, rounds: int, warmup: int, seed: in
     return out
 
 
+def interleaved_loads(paths: dict, x: np.ndarray, loads: int, rounds: int, warmup: int) -> dict:
+    """interleaved() over `loads` fresh ExecuTorch loads of each program (1 thread); per
+    program the median of its loads' medians (one load can time a few % from another)."""
+    import targets
+
+    b = targets.get_backend("executorch-xnnpack")
+    runners = {(k, i): b.load(p, threads=1) for k, p in paths.items() for i in range(loads)}
+    t = interleaved(runners, x, rounds=rounds, warmup=warmup)
+    med = lambda k: float(np.median([t[(k, i)]["median_ms"] for i in range(loads)]))
+    return {k: {"median_ms": med(k), "runs": rounds, "loads": loads} for k in paths}
+
+
 def export(backend: str, model, example, precision: str, calibration, folder: Path, **kw):
     """Export through the project's backend (the pipeline's own path) and load it, 1 thread."""
     import targets

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import ROOT, describe_env, environment, export, interleaved, log, publish
+from _common import ROOT, describe_env, environment, export, interleaved_loads, log, publish
 
 HEADING = "## Pruning to a latency target (issue 27)"
 CASES = {  # model: input sizes
@@ -38,7 +38,7 @@ PRECISIONS = ("int8", "fp32")
 # (fraction of the dense latency, prune.min_width): at the default floor (a quarter of each
 # group's width) no case reached 0.33 but one, so that target lets the groups go narrower
 TARGETS = ((0.5, 0.25), (0.33, 0.1))
-ROW_FORMAT = 7
+ROW_FORMAT = 8
 
 
 def case(model_name: str, size: int, precision: str, fraction: float, min_width: float) -> dict:
@@ -89,10 +89,14 @@ def case(model_name: str, size: int, precision: str, fraction: float, min_width:
 
 
 def _side_by_side(dense, pruned, x, precision, calib) -> dict:
+    from pipeline.prune.latency import LOADS
+
     with tempfile.TemporaryDirectory() as tmp:
-        _, d = export("executorch-xnnpack", dense, x, precision, calib, Path(tmp) / "d")
-        _, p = export("executorch-xnnpack", pruned, x, precision, calib, Path(tmp) / "p")
-        return interleaved({"dense": d, "pruned": p}, x.numpy(), rounds=400, warmup=20)
+        paths = {
+            k: export("executorch-xnnpack", m, x, precision, calib, Path(tmp) / k)[0].path
+            for k, m in (("dense", dense), ("pruned", pruned))
+        }
+        return interleaved_loads(paths, x.numpy(), LOADS, rounds=400, warmup=20)
 
 
 def _row_path(args: tuple, work: Path) -> Path:
@@ -151,6 +155,8 @@ def _why(message: str) -> str:
 
 
 def section(rows: list[dict], quick: bool, env: tuple, missing=()) -> str:
+    from pipeline.prune.latency import LOADS
+
     ok = sum(abs(r["side_by_side"]["pruned"]["median_ms"] / r["side_by_side"]["dense"]["median_ms"]
                  / r["fraction"] - 1) <= 0.10 for r in rows if "refused" not in r)  # fmt: skip
     refused = sum("refused" in r for r in rows)
@@ -159,10 +165,11 @@ def section(rows: list[dict], quick: bool, env: tuple, missing=()) -> str:
         HEADING, "",
         f"`benchmarks/latency_target.py`, measured on {describe_env(*env)}{smoke}.", "",
         ("ExecuTorch XNNPACK, 1 thread, batch 1. Dense and pruned programs exported again after "
-         "pruning and timed side by side: 400 interleaved rounds after 20 warm-up calls, median "
-         "(measured). Predicted: the latency table's figure for the chosen widths (estimated); "
-         "in-loop: the budget loop's own measurement of the pruned program (median of at least 50 "
-         "calls interleaved with the dense one). Target (min width): the fraction of the dense "
+         f"pruning, each loaded {LOADS} times afresh, and timed side by side: 400 interleaved rounds "
+         "over all loads after 20 warm-up calls, the median of each program's loads' medians "
+         "(measured; one load can time a few % from another). Predicted: the latency table's figure for the chosen widths (estimated); "
+         "in-loop: the budget loop's own measurement of the pruned program (the same pooling of "
+         f"{LOADS} loads, at least 50 calls each, interleaved with the dense one). Target (min width): the fraction of the dense "
          "latency asked, and prune.min_width, the narrowest a group may go. In brackets after "
          "speed-up ÷ MAC reduction: the most any widths could give at the achieved latency were "
          "all but the table's width-independent time (per-call cost and the operators' fixed "

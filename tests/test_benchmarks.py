@@ -134,7 +134,7 @@ def test_latency_target_quick_prunes_to_a_latency_and_times_both_programs_side_b
     assert "pruned cases within ±10 % of their target (measured)" in text
     row = json.loads(next((tmp_path / "rows").glob("small_cnn-*.json")).read_text())
     side = row["side_by_side"]
-    assert side["dense"]["runs"] == side["pruned"]["runs"] == 400
+    assert side["dense"]["runs"] == side["pruned"]["runs"] == 400 and side["pruned"]["loads"] == 3
     assert row["macs"][1] < row["macs"][0] and row["plan"]["predicted_ms"] > 0
     assert list((tmp_path / "tables").glob("*.json"))  # the table went to --work's cache
 
