@@ -193,7 +193,8 @@ def scaled(table: dict, now_ms: float) -> dict:
     events = [
         {**e, "fixed": e["fixed"] * s, "per_width": e["per_width"] * s} for e in table["events"]
     ]
-    return {**table, "events": events, "overhead_ms": table["overhead_ms"] * s, "scale": s}
+    ms = {k: table[k] * s for k in ("overhead_ms", "dense_ms")}
+    return {**table, "events": events, **ms}
 
 
 def _timed_calls(runners: dict, x: np.ndarray, runs: int) -> dict[str, float]:
