@@ -1,7 +1,9 @@
 import copy
+import gc
 import itertools
 import json
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -27,6 +29,8 @@ from pipeline.prune import (
     remove_masks,
     rewind,
 )
+from pipeline.prune.surgery import _prune_copy
+from pipeline.prune.widths import _analyse
 from pipeline.train import accuracy, fit, predict
 
 SPEC = {
@@ -141,6 +145,24 @@ def test_small_cnn_at_a_quarter_respects_round_to():
     res = prune(model, x[:1], 0.25, round_to=8)
     assert 0.225 * res.macs_before <= res.macs_after <= 0.25 * res.macs_before
     assert all(w % 8 == 0 for n, w in layer_widths(res.model).items() if n != "classifier")
+
+
+def test_a_pruned_copy_frees_its_traced_forward_without_the_cycle_collector():
+    """Each of a budget loop's copies traces a forward; its activations must not wait for gc."""
+    model, x = _zoo("small_cnn")
+    ana = _analyse(model, x[:1], (), 8, "macs", None, 0.25)
+    traced = []
+    model.features[0][0].register_forward_hook(
+        lambda m, i, out: traced.append(weakref.ref(out)) if out.requires_grad else None
+    )
+    gc.collect()
+    gc.disable()
+    try:
+        _prune_copy(model, x[:1], ana, {0: ana.groups[0].choices[-1]}, "l1", 8, None, 0)
+        alive = [r for r in traced if r() is not None]
+    finally:
+        gc.enable()
+    assert traced and not alive
 
 
 def test_config_target_and_fraction():

@@ -28,6 +28,19 @@ def _build_graph(model, example):
     return dg
 
 
+def _release_trace(dg) -> None:
+    """The graph's nodes keep the traced forward's autograd functions, which hold that forward's
+    activations, in reference cycles that Python's collector frees only when its object counts
+    say so: MobileNetV2 at 224 grew past 11 GB over a budget loop's pruned copies. torch-pruning
+    reads them while it builds the graph and prunes (a slice's), so they go once it is done."""
+    for node in dg.module2node.values():
+        node.grad_fn = None
+        if isinstance(node.module, tp.ops._SliceOp):
+            node.module.grad_fn = None
+        elif isinstance(node.module, tp.ops._ElementWiseOp):
+            node.module._grad_fn = None
+
+
 def _drop_traced_caches(model) -> None:
     """Tracing runs an eval-mode forward with gradients on; attention that caches its bias
     table in eval mode (timm's LeViT, TinyViT, EfficientFormer) keeps it as a non-leaf tensor,

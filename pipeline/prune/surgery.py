@@ -17,6 +17,7 @@ from pipeline.prune.graph import (
     _attention_modules,
     _drop_traced_caches,
     _expand,
+    _release_trace,
     _short,
 )
 from pipeline.prune.plan import _pruned_attributes
@@ -58,6 +59,7 @@ def _prune_copy(
         [name, bool(is_out), [int(getattr(i, "idx", i)) for i in idxs]]
         for name, is_out, idxs in pruner.DG.pruning_history()
     ]
+    _release_trace(pruner.DG)
     _check_runs(model, m, example, history)
     return m.eval(), {"history": history, "attributes": _pruned_attributes(m)}
 
