@@ -93,6 +93,8 @@ class PruneConfig:
     # unstructured global magnitude sparsity of conv/linear weights after channel pruning
     # (0: off); real zeros, but no speed-up on dense kernels
     sparsity: float = 0.0
+    # a latency target may also remove residual blocks whole (depth), not only narrow channels
+    remove_blocks: bool = True
 
     @property
     def kept_fraction(self) -> float:

@@ -23,7 +23,7 @@ def _rows(fixed, per, overhead, xs):
     rows = []
     for x in xs:
         events = [
-            {"event": "Convolution", "ms": f + p * x, "groups": [0], "x": x}
+            {"event": "Convolution", "ms": f + p * x, "groups": [0], "x": x, "layer": "conv"}
             for f, p in zip(fixed, per)
         ]
         rows.append(({"total_ms": overhead + sum(e["ms"] for e in events)}, events))

@@ -8,6 +8,7 @@ import copy
 
 from ground.errors import UsageError
 from ground.log import log
+from pipeline.prune.blocks import add_block_groups
 from pipeline.prune.checks import _verify
 from pipeline.prune.counting import channels, measure
 from pipeline.prune.graph import GroupFailure, _all_groups, _build_graph, _expand
@@ -42,6 +43,8 @@ def _plan_and_prune(
     ana = _analyse(model, example, ignored_layers, round_to, target, head_pruning_ratio, min_width)
     current = measure(model, example, target, ignored_layers)
     if not isinstance(target, str):  # a measured target: its table, fitted on copies
+        if target.depth:
+            add_block_groups(ana, model, example, min_width)
         ana.terms, ana.const = target.fitted(model, example, ana, _copier(round_to, seed), current)
         _reachable(ana, target, budget, current, min_width)
         images = target.calibration if data is None else data[0]
@@ -105,11 +108,15 @@ def _reachable(ana, target, budget: float, dense: float, min_width: float) -> No
         f"prune: {target}: a target of {budget:.3g} ms ({budget / dense:.0%} of the dense "
         f"{dense:.3g} ms, {target.how}) cannot be reached: the smallest reachable is {floor:.3g} ms "
         f"({floor / dense:.0%}), every channel group at its floor (prune.min_width "
-        f"{min_width:g}), of which {call:.3g} ms is the runtime's fixed per-call cost and "
+        f"{min_width:g}){_blocks_words(ana)}, of which {call:.3g} ms is the runtime's fixed per-call cost and "
         f"{fixed:.3g} ms the operators' parts that do not shrink with width "
         f"(latency table, fit error up to {target.table['fit_error_max']:.0%}); ask for at "
         f"least {floor / dense:.2f} of the dense latency ({floor:.3g} ms) or lower prune.min_width"
     )
+
+
+def _blocks_words(ana) -> str:
+    return f" and {ana.max_blocks} residual block(s) removed" if ana.max_blocks else ""
 
 
 def _global_ratio(
@@ -240,6 +247,7 @@ def _spread(ana, kept: dict[int, int]) -> dict:
             g.root
             for gi, g in enumerate(ana.groups)
             if len(g.choices) > 1
+            and not g.block
             and kept.get(gi) == g.choices[-1]
             and (g.qkv is None or ana.head_ratio is None)  # a recipe's head ratio is no floor
         ],

@@ -57,6 +57,7 @@ class DeviceLatency:
     threads: int = 1
     name: str = "latency"
     how: str = "estimated"
+    depth: bool = True  # the planner may remove residual blocks whole (prune/blocks.py)
     table: dict | None = None  # the fitted table of the last analysis (for the report)
 
     def __str__(self) -> str:
@@ -105,4 +106,4 @@ class DeviceLatency:
         how = "estimated per layer by the device model at uniform widths; fitted per layer"
         self.table = scaled(_fit(rows, str(self), how), now_ms)
         log(f"[prune] latency table for {self.device} from the device model (estimated)")
-        return planner_terms(self.table)
+        return planner_terms(self.table, ana)

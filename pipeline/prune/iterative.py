@@ -13,6 +13,7 @@ from ground.errors import UsageError
 from pipeline.prune.budget import _prune_global, _prune_step
 from pipeline.prune.counting import count, measure
 from pipeline.prune.oneshot import PruneResult, _check_args, _reached, _result
+from pipeline.prune.plan import step_plan
 
 
 def cubic_schedule(final_fraction: float, steps: int, initial_fraction: float = 1.0) -> list[float]:
@@ -100,14 +101,7 @@ def _prune_and_finetune(dense, example, cfg, data, finetune, round_to, ignored, 
 def _plan(records) -> dict:
     """One history per step, replayed in order; the last step's attributes are the model's."""
     return {
-        "steps": [
-            {
-                "history": r["history"],
-                "attributes": r["attributes"],
-                "kept_fraction_goal": r["kept_fraction_goal"],
-            }
-            for r in records
-        ],
+        "steps": [{**step_plan(r), "kept_fraction_goal": r["kept_fraction_goal"]} for r in records],
         "attributes": records[-1]["attributes"],
         "schedule": "cubic (Zhu & Gupta 2017)",
     }

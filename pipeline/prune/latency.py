@@ -41,6 +41,7 @@ from torch import nn
 from ground.errors import UsageError
 from ground.log import log
 from pipeline.estimate.hostfit import this_cpu
+from pipeline.prune.blocks import inside
 from pipeline.rundir import library_versions
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.25)
@@ -68,6 +69,7 @@ class LatencyCost:
     runs: int = 50
     name: str = "latency"
     how: str = "measured"  # on this host; a device profile's cost is estimated
+    depth: bool = True  # the planner may remove residual blocks whole (prune/blocks.py)
     table: dict | None = None  # the fitted table of the last analysis (for the report)
     _memo: dict = field(default_factory=dict, repr=False)
     _reference: tuple | None = field(default=None, repr=False)  # (program path, first p50 ms)
@@ -145,11 +147,12 @@ class LatencyCost:
             os.replace(tmp, path)
             log(f"[prune] latency table written to {path}")
         self.table = scaled(table, now_ms)
-        return planner_terms(self.table)
+        return planner_terms(self.table, ana)
 
     def _key(self, model, example, configs) -> str:
         shapes = [(n, tuple(p.shape)) for n, p in model.state_dict().items()]
         parts = {
+            "format": 2,  # events name their layer
             "shapes": shapes,
             "example": list(example.shape),
             "configs": configs,
@@ -175,10 +178,20 @@ class LatencyCost:
         return _fit(rows, str(self))
 
 
-def planner_terms(table: dict) -> tuple[list, float]:
-    """A fitted table as the planner's cost terms (per-width ms, groups) and constant ms."""
-    terms = [(e["per_width"], tuple(e["groups"])) for e in table["events"]]
-    return terms, table["overhead_ms"] + sum(e["fixed"] for e in table["events"])
+def planner_terms(table: dict, ana=None) -> tuple[list, float]:
+    """A fitted table as the planner's cost terms (ms, groups whose kept fractions scale it)
+    and constant ms. With the analysis, an event of a layer inside a residual block also
+    scales with that block's group (0 once removed), its fixed part too."""
+    blocks = [(gi, g.root) for gi, g in enumerate(ana.groups) if g.block] if ana else []
+    terms, const = [], table["overhead_ms"]
+    for e in table["events"]:
+        holds = tuple(gi for gi, root in blocks if inside(e.get("layer"), root))
+        terms.append((e["per_width"], tuple(e["groups"]) + holds))
+        if holds:
+            terms.append((e["fixed"], holds))
+        else:
+            const += e["fixed"]
+    return terms, const
 
 
 def scaled(table: dict, now_ms: float) -> dict:
@@ -219,6 +232,7 @@ def _uniform_configs(ana) -> list[dict]:
         kept = {
             str(gi): min(g.choices, key=lambda c, g=g: abs(c - f * g.size))
             for gi, g in enumerate(ana.groups)
+            if not g.block  # blocks stay: the table times the layers they hold
         }
         if kept not in configs:
             configs.append(kept)
@@ -266,7 +280,8 @@ def grouped(events: list[tuple], ana, frac: dict[int, float]) -> list[dict]:
         else:
             mine = (ana.out_of[layer],) if layer in ana.out_of else ()
         x = float(np.prod([frac[g] for g in mine])) if mine else 1.0
-        out.append({"event": name.rsplit(" #", 1)[0], "ms": ms, "groups": list(mine), "x": x})
+        event = name.rsplit(" #", 1)[0]
+        out.append({"event": event, "ms": ms, "groups": list(mine), "x": x, "layer": layer})
     return out
 
 
@@ -285,7 +300,11 @@ def _fit(rows: list[tuple[dict, list[dict]]], on: str, how: str = HOW) -> dict:
         predicted += fixed + per * x
         first = rows[0][1][i]
         events.append(
-            {"event": first["event"], "groups": first["groups"], "fixed": fixed, "per_width": per}
+            {
+                **{k: first[k] for k in ("event", "groups", "layer")},
+                "fixed": fixed,
+                "per_width": per,
+            }
         )
     totals = np.array([r[0]["total_ms"] for r in rows])
     overhead = float(max(0.0, np.mean(totals - predicted)))

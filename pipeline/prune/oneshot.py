@@ -15,6 +15,7 @@ from pipeline.config import PRUNE_SCOPES, PRUNE_TARGETS
 from pipeline.prune.budget import _prune_global, _prune_step
 from pipeline.prune.counting import _pick, channels, count, layer_widths
 from pipeline.prune.latency import planner_terms
+from pipeline.prune.plan import step_plan
 from pipeline.prune.surgery import IMPORTANCE_FACTORIES
 
 TARGETS, SCOPES = PRUNE_TARGETS, PRUNE_SCOPES
@@ -75,7 +76,7 @@ def prune(
         seed,
         min_width,
     )
-    plan = {"history": step["history"], "attributes": step["attributes"]}
+    plan = step_plan(step)
     return _reached(
         _result(
             model,
@@ -259,6 +260,11 @@ def _warn_spread(plan: dict) -> None:
         log(
             f"[prune] warning: {len(plan['frozen'])} channel group(s) keep their width: "
             + "; ".join(f"{k!r} ({v})" for k, v in plan["frozen"].items())
+        )
+    if plan.get("removed_blocks"):
+        log(
+            f"[prune] {len(plan['removed_blocks'])} residual block(s) removed whole, their skip "
+            f"path kept: {', '.join(plan['removed_blocks'])}"
         )
     if plan["floored"]:
         log(

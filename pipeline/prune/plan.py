@@ -8,6 +8,7 @@ from torch import nn
 
 from ground.errors import UsageError
 from models import create_from_spec, example_input, load_state
+from pipeline.prune.blocks import remove_blocks
 from pipeline.prune.graph import _build_graph, _short
 
 
@@ -20,22 +21,29 @@ def _pruned_attributes(model: nn.Module) -> dict:
     return out
 
 
+def step_plan(record: dict) -> dict:
+    """What a pruning step's record keeps in the plan: its torch-pruning history, the
+    attributes it set, the residual blocks it removed whole."""
+    keys = (("history", []), ("attributes", {}), ("removed_blocks", []))
+    return {k: record.get(k, d) for k, d in keys}
+
+
 def apply_plan(
     model: nn.Module, plan: dict, example: torch.Tensor, attributes: bool = True
 ) -> nn.Module:
     """Replay a saved plan on a fresh model of the same architecture (in place; returned).
 
     A plan holds one pruning history (one-shot) or `steps`, one history per iterative step;
-    each step is replayed on a freshly traced dependency graph, then its attributes are set.
+    each step is replayed on a freshly traced dependency graph, then its residual blocks
+    removed whole are replaced by their skip path and its attributes are set.
     """
-    steps = plan.get("steps") or [
-        {"history": plan.get("history", []), "attributes": plan.get("attributes", {})}
-    ]
+    steps = plan.get("steps") or [step_plan(plan)]
     modules = dict(model.named_modules())
     for step in steps:
         if step["history"]:
             dg = _build_graph(model.eval(), example)
             dg.load_pruning_history([tuple(h) for h in step["history"]])
+        remove_blocks(model, step.get("removed_blocks", ()))
         if attributes:
             _set_attributes(modules, step.get("attributes", {}))
     if attributes:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.prune.blocks import identity_losses
 from pipeline.prune.surgery import _prune_copy
 from pipeline.prune.widths import _Analysis
 
@@ -38,7 +39,12 @@ def group_losses(
         reference = F.log_softmax(model(x), dim=-1)
     out = {}
     for gi, g in enumerate(ana.groups):
-        if g.frozen or len(g.choices) < 2 or (g.qkv is not None and ana.head_ratio is not None):
+        if (
+            g.block
+            or g.frozen
+            or len(g.choices) < 2
+            or (g.qkv is not None and ana.head_ratio is not None)
+        ):
             continue
         at = np.unique(np.round(np.linspace(0, len(g.choices) - 1, points)).astype(int))
         kl = [0.0]
@@ -50,6 +56,9 @@ def group_losses(
             kl.append(float(F.kl_div(out_i, reference, log_target=True, reduction="batchmean")))
         curve = np.interp(np.arange(len(g.choices)), at, kl)
         out[gi] = np.maximum.accumulate(curve)
+    blocks = [gi for gi, g in enumerate(ana.groups) if g.block]
+    kls = identity_losses(model, x, reference, [ana.groups[gi].root for gi in blocks])
+    out.update({gi: np.array([0.0, kl]) for gi, kl in zip(blocks, kls)})
     return out
 
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from ground.errors import UsageError
+from pipeline.prune.blocks import remove_blocks
 from pipeline.prune.checks import _check_runs
 from pipeline.prune.graph import (
     GroupFailure,
@@ -44,8 +45,9 @@ def _prune_copy(
     seed,
     global_ratio: float | None = None,
 ):
-    """Prune a deep copy: per-group widths (`kept`) or one global ratio. Returns the copy and
-    the step record {history, attributes}."""
+    """Prune a deep copy: per-group widths (`kept`; a block group at 0 is removed whole) or
+    one global ratio. Returns the copy and the step record {history, attributes,
+    removed_blocks}."""
     m = copy.deepcopy(model).eval()
     attn = _attention_modules(m)
     num_heads = {a.qkv: int(a.num_heads) for a in attn.values()}
@@ -60,8 +62,11 @@ def _prune_copy(
         for name, is_out, idxs in pruner.DG.pruning_history()
     ]
     _release_trace(pruner.DG)
+    removed = [g.root for gi, g in enumerate(ana.groups) if g.block and (kept or {}).get(gi) == 0]
+    remove_blocks(m, removed)
     _check_runs(model, m, example, history)
-    return m.eval(), {"history": history, "attributes": _pruned_attributes(m)}
+    record = {"history": history, "attributes": _pruned_attributes(m), "removed_blocks": removed}
+    return m.eval(), record
 
 
 def _ratios(m, ana: _Analysis, kept, global_ratio, num_heads) -> dict:
@@ -79,7 +84,7 @@ def _ratios(m, ana: _Analysis, kept, global_ratio, num_heads) -> dict:
     ratios, head_ratios = {}, {}
     for gi, k in kept.items():
         g = ana.groups[gi]
-        if k >= g.size:
+        if k >= g.size or g.block:  # a block goes after the channels (_prune_copy)
             continue
         if g.qkv is not None:  # MetaPruner removes ceil(ratio * heads) heads
             head_ratios[modules[g.qkv]] = (g.size - k - 0.5) / g.size

@@ -40,6 +40,7 @@ class _Group:
     choices: list[int]  # allowed kept units, descending, choices[0] == size
     qkv: str | None = None  # attention: the fused qkv linear whose heads go
     frozen: str | None = None  # why the group keeps its width, when it must
+    block: bool = False  # a residual block (prune/blocks.py): kept 1 or removed 0
 
 
 @dataclass
@@ -54,6 +55,7 @@ class _Analysis:
     out_of: dict[str, int] = field(default_factory=dict)  # layer -> group of its outputs
     by_saving: bool = False  # plan by time saved per loss added (a measured target)
     losses: dict[int, object] = field(default_factory=dict)  # group -> loss at each choice
+    max_blocks: int = 0  # how many block groups may be removed
 
 
 def _analyse(
@@ -201,7 +203,22 @@ def predicted_cost(ana: _Analysis, kept: dict[int, int]) -> float:
 
 
 def floor_widths(ana: _Analysis) -> dict[int, int]:
-    return {gi: g.choices[-1] for gi, g in enumerate(ana.groups)}
+    """Every group at its floor, and the max_blocks blocks whose removal then saves most."""
+    kept = {gi: g.choices[-1] for gi, g in enumerate(ana.groups) if not g.block}
+    blocks = [gi for gi, g in enumerate(ana.groups) if g.block]
+    full = predicted_cost(ana, kept)
+    saves = {gi: full - predicted_cost(ana, {**kept, gi: 0}) for gi in blocks}
+    gone = sorted(blocks, key=saves.get, reverse=True)[: ana.max_blocks]
+    return {**kept, **{gi: 0 if gi in gone else 1 for gi in blocks}}
+
+
+def _may_step(ana: _Analysis, idx: dict[int, int], gi: int) -> bool:
+    """A group may narrow further: it has a narrower choice, its heads are not fixed by the
+    recipe, and a block goes only while fewer than max_blocks have gone."""
+    g = ana.groups[gi]
+    if idx[gi] + 1 >= len(g.choices) or (g.qkv is not None and ana.head_ratio is not None):
+        return False
+    return not g.block or sum(idx[i] for i, h in enumerate(ana.groups) if h.block) < ana.max_blocks
 
 
 def _plan_widths(ana: _Analysis, budget: float) -> dict[int, int]:
@@ -220,12 +237,7 @@ def _plan_widths(ana: _Analysis, budget: float) -> dict[int, int]:
         if g.qkv is not None and ana.head_ratio is not None:
             idx[gi] = len(g.choices) - 1
     while cost() > budget:
-        cand = [
-            gi
-            for gi, g in enumerate(groups)
-            if idx[gi] + 1 < len(g.choices)
-            and not (g.qkv is not None and ana.head_ratio is not None)
-        ]
+        cand = [gi for gi in idx if _may_step(ana, idx, gi)]
         if not cand:
             break
         gi = max(cand, key=lambda i: _step_value(ana, idx, i))

@@ -17,7 +17,8 @@ from pipeline.stages import export
 from pipeline.stages._job import Job
 from targets import get_backend, list_backends
 
-WEIGHING = "output KL per group narrowed alone"  # how the planner weighs groups (a re-plan)
+# how the planner weighs groups and blocks (a change re-plans)
+WEIGHING = "output KL per group narrowed alone, per residual block removed alone"
 THREADS = 1  # what the profile stage reports as p50; phones' apps mostly run one inference thread
 
 
@@ -35,13 +36,14 @@ def _measuring(choices):
 
 def key(job: Job, choices) -> dict:
     spec, calib = job.recipe.prune.latency_target, export.calibration_images(job)["sha256"]
+    plan = {"calibration": calib, "weighing": WEIGHING, "blocks": job.recipe.prune.remove_blocks}
     if spec is not None:
         fit = hashlib.sha256(Path(DEVICE_FIT_PATH).read_bytes()).hexdigest()
         on = {"device": spec, "precision": _device_precision(choices), "threads": THREADS}
-        return {"latency_on": on, "device_fit": fit, "calibration": calib, "weighing": WEIGHING}
+        return {"latency_on": on, "device_fit": fit, **plan}
     c = _measuring(choices)
     on = {"backend": c.backend, "precision": c.precision, "threads": THREADS}
-    return {"latency_on": on, "calibration": calib, "weighing": WEIGHING}
+    return {"latency_on": on, **plan}
 
 
 def cost(job: Job, choices) -> LatencyCost | DeviceLatency:
@@ -49,9 +51,12 @@ def cost(job: Job, choices) -> LatencyCost | DeviceLatency:
     spec = job.recipe.prune.latency_target
     if spec is not None:
         device = parse_device_target(spec)[1]
-        return DeviceLatency(device, _device_precision(choices), calib, THREADS)
-    c = _measuring(choices)
-    return LatencyCost(get_backend(c.backend), c.precision, calib, THREADS)
+        cost = DeviceLatency(device, _device_precision(choices), calib, THREADS)
+    else:
+        c = _measuring(choices)
+        cost = LatencyCost(get_backend(c.backend), c.precision, calib, THREADS)
+    cost.depth = job.recipe.prune.remove_blocks
+    return cost
 
 
 def _device_precision(choices) -> str:

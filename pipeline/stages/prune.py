@@ -40,7 +40,9 @@ def key(job: Job, teacher: StageResult, round_to: int, choices=()) -> dict:
     )
     measured = latency.key(job, choices) if r.prune.target == "latency" else {}
     config = asdict(r.prune)
-    config.pop("latency_target")  # in the latency part of the key, where it applies
+    # in the latency part of the key, where they apply
+    config.pop("latency_target")
+    config.pop("remove_blocks")
     return {
         "config": {
             **config,
