@@ -38,7 +38,7 @@ PRECISIONS = ("int8", "fp32")
 # (fraction of the dense latency, prune.min_width): at the default floor (a quarter of each
 # group's width) no case reached 0.33 but one, so that target lets the groups go narrower
 TARGETS = ((0.5, 0.25), (0.33, 0.1))
-ROW_FORMAT = 8
+ROW_FORMAT = 9  # 9: the planner may remove residual blocks whole
 
 
 def case(model_name: str, size: int, precision: str, fraction: float, min_width: float) -> dict:
@@ -82,6 +82,7 @@ def case(model_name: str, size: int, precision: str, fraction: float, min_width:
         "plan": lat,
         "side_by_side": side,
         "macs": [res.macs_before, res.macs_after],
+        "removed_blocks": res.plan["removed_blocks"],
         "table_s": table_s.get("s"),
         "table_built": set(cache_dir().glob("*.json")) != tables_before,
         "prune_s": wall,
@@ -119,7 +120,7 @@ def cached_case(args: tuple, work: Path) -> dict:
 def table_row(r: dict) -> str:
     head = f"| {r['model']} | {r['size']} | {r['precision']} | {r['fraction']:g} ({r['min_width']:g}) |"
     if "refused" in r:
-        return f"{head} refused: {_why(r['refused'])} |" + " |" * 7
+        return f"{head} refused: {_why(r['refused'])} |" + " |" * 8
     s = r["side_by_side"]
     dense, pruned = s["dense"]["median_ms"], s["pruned"]["median_ms"]
     achieved = pruned / dense
@@ -129,7 +130,8 @@ def table_row(r: dict) -> str:
     return (
         f"{head} {dense:.3f} | {pruned:.3f} | {achieved:.3f} ({'yes' if within else 'no'}) | "
         f"{r['plan']['predicted_ms'] or 0:.3f} / {r['plan']['achieved_ms']:.3f} | "
-        f"{r['macs'][1] / r['macs'][0]:.0%} | {(dense / pruned) / mac_cut:.2f} "
+        f"{r['macs'][1] / r['macs'][0]:.0%} | {len(r['removed_blocks'])} | "
+        f"{(dense / pruned) / mac_cut:.2f} "
         f"({_ceiling(r, achieved):.2f}) | {table} | "
         f"{r['prune_s']:.0f} s |"
     )
@@ -178,9 +180,10 @@ def section(rows: list[dict], quick: bool, env: tuple, missing=()) -> str:
          "widths the planner picks does, through its sensitivity measure, so the widths here "
          "are not the ones a trained model gets). Goal: "
          "achieved/dense within ±10 % of the target; speed-up ÷ MAC reduction >= 0.8 for "
-         "ResNet-20/56."), "",
-        "| model | input | precision | target (min width) | dense ms | pruned ms | achieved / dense (within ±10 %) | predicted / in-loop ms | MACs kept | speed-up ÷ MAC reduction | latency table | pruning wall time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+         "ResNet-20/56. Blocks removed: residual blocks the planner replaced by their skip path "
+         "(prune.remove_blocks, at most 1 - min width of them), counted."), "",
+        "| model | input | precision | target (min width) | dense ms | pruned ms | achieved / dense (within ±10 %) | predicted / in-loop ms | MACs kept | blocks removed | speed-up ÷ MAC reduction | latency table | pruning wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *[table_row(r) for r in rows], "",
         (f"{ok} of {len(rows) - refused} pruned cases within ±10 % of their target (measured); "
          f"{refused} target(s) refused (below the smallest reachable latency, or missed by over "
