@@ -27,7 +27,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch_pruning as tp
-from _common import CIFAR, ROOT, describe_env, environment, export, interleaved, log, publish
+from _common import (
+    CIFAR,
+    ROOT,
+    describe_env,
+    environment,
+    export,
+    interleaved_loads,
+    log,
+    publish,
+)
 from _common import teacher as cached_teacher
 from augmentation import jpeg_test
 
@@ -37,7 +46,7 @@ from pipeline.config import AugmentConfig, DistillConfig
 from pipeline.data import load_dataset
 from pipeline.distill import kd_loss_fn
 from pipeline.prune import count, prune
-from pipeline.prune.latency import LatencyCost
+from pipeline.prune.latency import LOADS, LatencyCost
 from pipeline.train import accuracy, fit, predict
 from targets import get_backend
 
@@ -123,10 +132,14 @@ def contenders(dense, example, cost, train, keep: float, steps: int) -> dict:
         steps,
     )
     uni = scanned(lambda r: prune_uniform(dense, example, r), cost, example, goal, steps)
-    return {
-        "latency-targeted": (lat.model, f"prune.target latency {keep:g}, {goal:.4f} ms in-loop"),
-        "MAC-targeted": (macs[0], f"prune.target macs {macs[1]:.3f}, {macs[2]:.4f} ms"),
-        "torch-pruning uniform": (uni[0], f"MetaPruner ratio {uni[1]:.3f}, {uni[2]:.4f} ms"),
+    return {  # name: (model, how it was cut, residual blocks removed)
+        "latency-targeted": (
+            lat.model,
+            f"prune.target latency {keep:g}, {goal:.4f} ms in-loop",
+            lat.plan["removed_blocks"],
+        ),
+        "MAC-targeted": (macs[0], f"prune.target macs {macs[1]:.3f}, {macs[2]:.4f} ms", []),
+        "torch-pruning uniform": (uni[0], f"MetaPruner ratio {uni[1]:.3f}, {uni[2]:.4f} ms", []),
     }
 
 
@@ -154,11 +167,13 @@ def tune_and_test(model, dense, data, jpeg, epochs: int) -> dict:
 
 def side_by_side(models: dict, example, calib) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        runners = {
-            name: export("executorch-xnnpack", m, example, "int8", calib, Path(tmp) / str(i))[1]
+        paths = {
+            name: export("executorch-xnnpack", m, example, "int8", calib, Path(tmp) / str(i))[
+                0
+            ].path
             for i, (name, m) in enumerate(models.items())
         }
-        return interleaved(runners, example.numpy(), rounds=400, warmup=20)
+        return interleaved_loads(paths, example.numpy(), LOADS, rounds=400, warmup=20)
 
 
 def run(args) -> dict:
@@ -179,7 +194,7 @@ def run(args) -> dict:
             res["dense"]["test_jpeg"] = accuracy(predict(dense, jpeg[0]), jpeg[1])
     train = (data.x_train, data.y_train)
     models = contenders(dense, example, cost, train, *((0.7, 3) if quick else (KEEP, 7)))
-    for who, (model, note) in models.items():
+    for who, (model, note, _) in models.items():
         if who not in res["rows"]:
             acc = tune_and_test(model, dense, data, jpeg, args.epochs or (1 if quick else 3))
             res["rows"][who] = {"note": note, "macs": count(model, example)[0], **acc}
@@ -187,7 +202,7 @@ def run(args) -> dict:
             rows_path.write_text(json.dumps(res, indent=1) + "\n")
         log(f"{who}: {res['rows'][who]}")
     res["timing"] = side_by_side(
-        {"dense": dense} | {k: m for k, (m, _) in models.items()}, example, calib
+        {"dense": dense} | {k: m for k, (m, _, _) in models.items()}, example, calib
     )
     res["macs_dense"], res["model"], res["train_images"] = (
         count(dense, example)[0],
@@ -195,6 +210,7 @@ def run(args) -> dict:
         len(data.y_train),
     )
     res["epochs"] = args.epochs or (1 if quick else 3)
+    res["removed_blocks"] = models["latency-targeted"][2]
     rows_path.write_text(json.dumps(res, indent=1) + "\n")
     return res
 
@@ -219,8 +235,11 @@ def section(res: dict, env: tuple, quick: bool) -> str:
          f"(test.npz), {res['train_images']:,} training images. Each contender cut to the "
          f"latency-targeted model's measured latency, then {res['epochs']} epoch(s) of KD "
          "fine-tuning (T=4, alpha 0.7, flip + pad-crop 4), the same for all. Latency: ExecuTorch "
-         "XNNPACK int8, 1 thread, all programs timed side by side (400 interleaved rounds, median, "
-         "measured; in brackets the fraction of the dense model's)."), "",
+         "XNNPACK int8, 1 thread, all programs timed side by side (each loaded "
+         f"{LOADS} times afresh, 400 interleaved rounds, the median of each program's loads' "
+         "medians, measured; in brackets the fraction of the dense model's). The "
+         f"latency-targeted model may remove residual blocks whole (prune.remove_blocks): "
+         f"{_blocks(res)}."), "",
         "| contender | how it was cut | int8 ms (of dense) | MACs kept | 10k JPEG | test.npz |",
         "|---|---|---|---|---|---|",
         f"| dense teacher | – | {dense_ms:.4f} (1.00) | 100% | {jpeg(res['dense'])} | {res['dense']['test_npz']:.2%} |",
@@ -229,6 +248,11 @@ def section(res: dict, env: tuple, quick: bool) -> str:
          f"(goal >= +1.0: {'met' if gain >= 1.0 else 'not met'})."),
         *_unequal(t, "latency-targeted"),
     ])  # fmt: skip
+
+
+def _blocks(res: dict) -> str:
+    gone = res.get("removed_blocks")
+    return f"it removed {len(gone)} ({', '.join(gone) or 'none'})" if gone is not None else "–"
 
 
 def _unequal(t: dict, ref: str) -> list[str]:

@@ -30,6 +30,20 @@ def test_the_blocks_are_the_innermost_modules_with_a_skip_path_around_their_laye
     assert residual_blocks(plain, torch.randn(1, 1, 8, 8), ["classifier"]) == []
 
 
+class _Gated(torch.nn.Module):
+    def __init__(self, residual: bool):
+        super().__init__()
+        self.conv, self.residual = torch.nn.Conv2d(4, 4, 1), residual
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else x * torch.sigmoid(self.conv(x))
+
+
+def test_a_gate_that_multiplies_its_input_is_no_skip_path():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), _Gated(False), _Gated(True))
+    assert residual_blocks(model, torch.randn(1, 3, 4, 4), []) == ["2"]
+
+
 def test_a_removed_block_computes_what_the_block_computes_with_its_branch_silenced():
     model, x = _resnet20()
     silenced = copy.deepcopy(model)

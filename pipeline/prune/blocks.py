@@ -6,9 +6,9 @@ is 40 % or more of the time, so channel pruning alone gets 0.3-0.5 of the speed-
 promises. Removing a block removes all of it (Veit et al. 2016: residual networks behave like
 ensembles of paths and survive losing single blocks; Elkerdawy et al. 2020 found layer pruning
 faster than filter pruning at the same accuracy). A block is a module whose output keeps its
-input's shape and reaches its input through a path with no weighted operator (the skip): then
-the module without its branch computes its input, which nn.Identity does exactly (ResNet's
-trailing ReLU passes the already non-negative input unchanged). Only the innermost such
+input's shape and reaches its input through an addition and no weighted operator (the skip):
+then the module with its branch silenced computes its input, which nn.Identity does exactly
+(ResNet's trailing ReLU passes the already non-negative input unchanged). Only the innermost such
 modules count (a ResNet stage of blocks is one too), and each one's cost to the model is
 measured like a channel group's: the divergence of the outputs with it replaced."""
 
@@ -50,6 +50,7 @@ def residual_blocks(model: nn.Module, example: torch.Tensor, keep: list[str]) ->
     finally:
         for h in hooks:
             h.remove()
+    found = list(dict.fromkeys(found))  # a module called twice is one block
     return [n for n in found if not any(o != n and inside(o, n) for o in found)]
 
 
@@ -58,18 +59,23 @@ def _weighted(mod: nn.Module) -> bool:
 
 
 def _reaches(fn, target) -> bool:
-    """Whether autograd function `target` is reachable from `fn` without passing through a
-    weighted operator."""
-    stack, seen = [fn], set()
+    """Whether autograd function `target` is reachable from `fn` through an addition (where
+    the skip joins the branch) and no weighted operator. A gate (squeeze-excitation multiplies
+    its input) is no skip."""
+    stack, seen = [(fn, False)], set()
     while stack:
-        f = stack.pop()
-        if f is None or f in seen:
+        f, added = stack.pop()
+        if f is None or (f, added) in seen:
             continue
         if f is target:
-            return True
-        seen.add(f)
-        if not type(f).__name__.startswith(_WEIGHTED):
-            stack.extend(g for g, _ in f.next_functions)
+            if added:
+                return True
+            continue
+        seen.add((f, added))
+        name = type(f).__name__
+        if not name.startswith(_WEIGHTED):
+            added = added or name.startswith("AddBackward")
+            stack.extend((g, added) for g, _ in f.next_functions)
     return False
 
 
