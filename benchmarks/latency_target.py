@@ -131,18 +131,9 @@ def table_row(r: dict) -> str:
         f"{head} {dense:.3f} | {pruned:.3f} | {achieved:.3f} ({'yes' if within else 'no'}) | "
         f"{r['plan']['predicted_ms'] or 0:.3f} / {r['plan']['achieved_ms']:.3f} | "
         f"{r['macs'][1] / r['macs'][0]:.0%} | {len(r['removed_blocks'])} | "
-        f"{(dense / pruned) / mac_cut:.2f} "
-        f"({_ceiling(r, achieved):.2f}) | {table} | "
+        f"{(dense / pruned) / mac_cut:.2f} | {table} | "
         f"{r['prune_s']:.0f} s |"
     )
-
-
-def _ceiling(r: dict, achieved: float) -> float:
-    """The most speed-up ÷ MAC reduction any widths could give at this latency, were every ms
-    but the table's width-independent ones proportional to the MACs: MACs kept (a - f)/(1 - f)
-    for achieved fraction a and width-independent share f of the dense model's time."""
-    f = r["plan"]["table"]["width_independent_ms"] / r["plan"]["dense_ms"]
-    return (achieved - f) / ((1 - f) * achieved)
 
 
 def _why(message: str) -> str:
@@ -172,10 +163,7 @@ def section(rows: list[dict], quick: bool, env: tuple, missing=()) -> str:
          "(measured; one load can time a few % from another). Predicted: the latency table's figure for the chosen widths (estimated); "
          "in-loop: the budget loop's own measurement of the pruned program (the same pooling of "
          f"{LOADS} loads, at least 50 calls each, interleaved with the dense one). Target (min width): the fraction of the dense "
-         "latency asked, and prune.min_width, the narrowest a group may go. In brackets after "
-         "speed-up ÷ MAC reduction: the most any widths could give at the achieved latency were "
-         "all but the table's width-independent time (per-call cost and the operators' fixed "
-         "parts) proportional to the MACs (estimated). "
+         "latency asked, and prune.min_width, the narrowest a group may go. "
          "Models are seeded initialisations (latency does not depend on weight values; which "
          "widths the planner picks does, through its sensitivity measure, so the widths here "
          "are not the ones a trained model gets). Goal: "

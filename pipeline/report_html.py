@@ -108,16 +108,25 @@ def _widths_chart(report: dict) -> str:
 
 
 def _group_notes(groups: dict | None) -> str:
-    """The channel groups the plan could not cut, cut as far as allowed, or not check."""
+    """The channel groups the plan could not cut, cut as far as allowed, or not check, and
+    the residual blocks it removed."""
     if not groups:
         return ""
-    items = [
-        f"<li>{html.escape(k)}: {what}, {html.escape(v)}</li>"
-        for what, key in (("kept its width", "frozen"), ("not verified", "unverified"))
-        for k, v in groups[key].items()
-    ] + [
-        f"<li>{html.escape(k)}: cut to its floor (prune.min_width)</li>" for k in groups["floored"]
-    ]
+    items = (
+        [
+            f"<li>{html.escape(k)}: {what}, {html.escape(v)}</li>"
+            for what, key in (("kept its width", "frozen"), ("not verified", "unverified"))
+            for k, v in groups[key].items()
+        ]
+        + [
+            f"<li>{html.escape(k)}: cut to its floor (prune.min_width)</li>"
+            for k in groups["floored"]
+        ]
+        + [
+            f"<li>{html.escape(k)}: residual block removed, its skip path kept</li>"
+            for k in groups.get("removed_blocks", [])
+        ]
+    )
     verified = f"<p>{len(groups['verified'])} channel group(s) verified exactly.</p>"
     return verified + (f"<ul>{''.join(items)}</ul>" if items else "")
 

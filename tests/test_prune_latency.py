@@ -175,3 +175,17 @@ def test_a_device_latency_target_with_another_prune_target_is_a_recipe_error():
 
     with pytest.raises(UsageError, match="goes with prune.target latency, not macs"):
         load_recipe(None, {"prune.latency_target": "3ms@pixel-8"})
+
+
+def test_a_target_the_floor_misses_by_under_ten_percent_is_pruned_for_not_refused():
+    """Any target may land up to 10 % over (the run is judged on what it reaches)."""
+    from types import SimpleNamespace
+
+    from pipeline.prune.budget import _reachable
+
+    ana = _two_groups()  # floor: 0.1 + 2 x 8/32 = 0.6 ms
+    target = SimpleNamespace(table={"overhead_ms": 0.1, "events": [], "fit_error_max": 0.0})
+    target.how = "measured"
+    _reachable(ana, target, budget=0.56, dense=2.1, min_width=0.25)
+    with pytest.raises(UsageError, match="the smallest reachable is 0.6 ms"):
+        _reachable(ana, target, budget=0.5, dense=2.1, min_width=0.25)

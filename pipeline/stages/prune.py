@@ -100,6 +100,9 @@ def _prune(job: Job, folder: Path, teacher_dir: Path, round_to: int, choices) ->
             "unverified": plan["unverified_why"],
             "frozen": plan["frozen"],
             "floored": plan["floored"],
+            "removed_blocks": [
+                b for s in plan.get("steps", [plan]) for b in s.get("removed_blocks", [])
+            ],
         },
     )
     if "latency" in plan:
