@@ -221,7 +221,9 @@ def section(res: dict, env: tuple, quick: bool) -> str:
     jpeg = lambda r: f"{r['test_jpeg']:.2%}" if "test_jpeg" in r else "–"
     rows = [
         f"| {who} | {r['note']} | {t[who]['median_ms']:.4f} ({t[who]['median_ms'] / dense_ms:.2f}) "
-        f"| {r['macs'] / res['macs_dense']:.0%} | {jpeg(r)} | {r['test_npz']:.2%} |"
+        f"| {r['macs'] / res['macs_dense']:.0%} "
+        f"| {(dense_ms / t[who]['median_ms']) / (res['macs_dense'] / r['macs']):.2f} "
+        f"| {jpeg(r)} | {r['test_npz']:.2%} |"
         for who, r in res["rows"].items()
     ]
     rl, rm = res["rows"]["latency-targeted"], res["rows"]["MAC-targeted"]
@@ -240,9 +242,9 @@ def section(res: dict, env: tuple, quick: bool) -> str:
          "medians, measured; in brackets the fraction of the dense model's). The "
          f"latency-targeted model may remove residual blocks whole (prune.remove_blocks): "
          f"{_blocks(res)}."), "",
-        "| contender | how it was cut | int8 ms (of dense) | MACs kept | 10k JPEG | test.npz |",
-        "|---|---|---|---|---|---|",
-        f"| dense teacher | – | {dense_ms:.4f} (1.00) | 100% | {jpeg(res['dense'])} | {res['dense']['test_npz']:.2%} |",
+        "| contender | how it was cut | int8 ms (of dense) | MACs kept | speed-up ÷ MAC reduction | 10k JPEG | test.npz |",
+        "|---|---|---|---|---|---|---|",
+        f"| dense teacher | – | {dense_ms:.4f} (1.00) | 100% | – | {jpeg(res['dense'])} | {res['dense']['test_npz']:.2%} |",
         *rows, "",
         (f"Latency-targeted minus MAC-targeted: {gain:+.2f} points on {key.replace('_', ' ')} "
          f"(goal >= +1.0: {'met' if gain >= 1.0 else 'not met'})."),
