@@ -93,8 +93,7 @@ class PruneConfig:
     # unstructured global magnitude sparsity of conv/linear weights after channel pruning
     # (0: off); real zeros, but no speed-up on dense kernels
     sparsity: float = 0.0
-    # a latency target may also remove residual blocks whole (depth), not only narrow channels;
-    # at most 1 - min_width of them go
+    # a latency target may also remove residual blocks whole (at most 1 - min_width of them)
     remove_blocks: bool = True
 
     @property

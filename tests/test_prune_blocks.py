@@ -117,3 +117,17 @@ def test_a_plan_that_removes_blocks_rebuilds_the_pruned_model_from_a_fresh_one()
     with torch.no_grad():
         assert torch.allclose(rebuilt(x), pruned(x), atol=1e-6)
     assert isinstance(rebuilt.layers[4], torch.nn.Identity)
+
+
+def test_the_overhead_splits_into_per_call_and_per_operator_by_the_program_without_blocks():
+    """0.02 ms per call and 0.02 ms per operator outside the profiled events: a program with
+    half the operators leaves 0.06 ms outside them, not the full program's 0.10."""
+    from pipeline.prune.latency import _split_overhead
+
+    events = [{"event": "Convolution", "groups": [], "fixed": 0.1, "per_width": 0.0}] * 4
+    table = {"events": events, "overhead_ms": 0.10}
+    depth = {"ops": [("Convolution", 0.1)] * 2, "total_ms": 0.2 + 0.06}
+    split = _split_overhead(table, depth)
+    assert abs(split["overhead_ms"] - 0.02) < 1e-9 and abs(split["per_operator_ms"] - 0.02) < 1e-9
+    terms, const = planner_terms(split)
+    assert abs(const + sum(w for w, _ in terms) - 0.5) < 1e-9  # the full program's time kept

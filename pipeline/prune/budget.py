@@ -12,6 +12,7 @@ from pipeline.prune.blocks import add_block_groups, inside
 from pipeline.prune.checks import _verify
 from pipeline.prune.counting import channels, measure
 from pipeline.prune.graph import GroupFailure, _all_groups, _build_graph, _expand
+from pipeline.prune.latency import fixed_ms
 from pipeline.prune.plan import _pruned_attributes
 from pipeline.prune.sensitivity import group_losses
 from pipeline.prune.surgery import IMPORTANCE_FACTORIES, _prune_copy
@@ -108,7 +109,7 @@ def _reachable(ana, target, budget: float, dense: float, min_width: float) -> No
     gone = [g.root for gi, g in enumerate(ana.groups) if g.block and at_floor[gi] == 0]
     call = target.table["overhead_ms"]
     fixed = sum(
-        e["fixed"]
+        fixed_ms(target.table, e)
         for e in target.table["events"]
         if not any(inside(e.get("layer"), b) for b in gone)
     )

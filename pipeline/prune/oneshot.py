@@ -247,7 +247,10 @@ def _latency_plan(target, dense: float, achieved: float, fraction: float, step: 
         "predicted_ms": step.get("predicted"),
         "achieved_ms": achieved,
         "table": {
-            **{k: table.get(k) for k in ("configs", "overhead_ms", "fit_error_max", "how")},
+            **{
+                k: table.get(k)
+                for k in ("configs", "overhead_ms", "per_operator_ms", "fit_error_max", "how")
+            },
             "width_independent_ms": floor,
         },
     }
