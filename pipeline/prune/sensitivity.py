@@ -7,7 +7,8 @@ Li et al. 2017's sensitivity analysis and NetAdapt (Yang et al. 2018), each grou
 alone to each of its allowed widths, the criterion choosing which channels go, and the change
 of the model's outputs is measured on training images: the KL divergence of the pruned model's
 class distribution from the unpruned one's. The planner then spends it like HALP's importance
-(Shen et al. 2022): the step that saves the most time per unit of divergence goes first."""
+(Shen et al. 2022): the step that saves the most time per unit of divergence goes first. A
+residual block's cost is the divergence with the block removed (prune/blocks.py)."""
 
 from __future__ import annotations
 
