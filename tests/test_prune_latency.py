@@ -189,14 +189,3 @@ def test_a_target_the_floor_misses_by_under_ten_percent_is_pruned_for_not_refuse
     _reachable(ana, target, budget=0.56, dense=2.1, min_width=0.25)
     with pytest.raises(UsageError, match="the smallest reachable is 0.6 ms"):
         _reachable(ana, target, budget=0.5, dense=2.1, min_width=0.25)
-
-
-def test_a_table_whose_fit_misses_its_programs_badly_is_used_once_not_cached(tmp_path, capsys):
-    from pipeline.prune.latency import UNCACHED_ERROR, _store
-
-    table = {"fit_error_max": UNCACHED_ERROR + 0.2, "events": []}
-    _store(table, tmp_path / "t.json")
-    assert not (tmp_path / "t.json").exists()
-    assert "not cached" in capsys.readouterr().err
-    _store({**table, "fit_error_max": UNCACHED_ERROR / 2}, tmp_path / "t.json")
-    assert (tmp_path / "t.json").is_file()

@@ -50,7 +50,6 @@ CACHE_ENV = "SLIMSHIP_LATENCY_CACHE"
 # independent loads pooled per program: one loaded instance of a program timed up to 5 % from
 # another (ResNet-56 int8 pruned to half: 0.42-0.47 of dense across pairs of loads, measured)
 LOADS = 3
-UNCACHED_ERROR = 0.5  # a table whose fit misses a program by more is not cached (_store)
 HOW = "measured per operator (runtime profiler) at uniform widths; fitted per event"
 
 
@@ -142,7 +141,11 @@ class LatencyCost:
             log(f"[prune] latency table reused from {path} (same layers, runtime, CPU, threads)")
         else:
             table = self._build(model, example, ana, configs, prune_copy)
-            _store(table, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(table, indent=1))
+            os.replace(tmp, path)
+            log(f"[prune] latency table written to {path}")
         self.table = scaled(table, now_ms)
         return planner_terms(self.table, ana)
 
@@ -178,25 +181,6 @@ class LatencyCost:
             return table
         gone = {gi: 0 for gi, g in enumerate(ana.groups) if g.block}
         return _split_overhead(table, self._timed(prune_copy(model, example, ana, gone), example))
-
-
-def _store(table: dict, path: Path) -> None:
-    """Cache the table, unless its fit misses the measured programs by more than
-    UNCACHED_ERROR: then the machine was busy while it was timed (MobileNetV2 fp32 timed beside
-    a test run: 70 %), and reusing it would mislead every later run; this run still uses it,
-    the budget loop measuring what it picks."""
-    err = table["fit_error_max"]
-    if err > UNCACHED_ERROR:
-        log(
-            f"[prune] warning: the latency table's fit misses its programs by up to {err:.0%} "
-            "(a busy machine?); used for this run only, not cached"
-        )
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(table, indent=1))
-    os.replace(tmp, path)
-    log(f"[prune] latency table written to {path}")
 
 
 def _blocks(ana) -> list[str]:
