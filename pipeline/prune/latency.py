@@ -134,7 +134,7 @@ class LatencyCost:
         """Cost terms and constant (ms) for the planner, from the cached or measured table,
         scaled to `now_ms`, the model's whole program measured now."""
         configs = _uniform_configs(ana)
-        key = self._key(model, example, configs, _blocks(ana))
+        key = self._key(model, example, configs, [ana.groups[gi].root for gi in ana.blocks])
         path = cache_dir() / f"{key[:24]}.json"
         if path.is_file():
             table = json.loads(path.read_text())
@@ -177,14 +177,10 @@ class LatencyCost:
             frac = {int(g): k / ana.groups[int(g)].size for g, k in kept.items()}
             rows.append((timed, _features(_layer_order(pruned, example), timed, ana, frac)))
         table = _fit(rows, str(self))
-        if not _blocks(ana):
+        if not ana.blocks:
             return table
-        gone = {gi: 0 for gi, g in enumerate(ana.groups) if g.block}
+        gone = dict.fromkeys(ana.blocks, 0)
         return _split_overhead(table, self._timed(prune_copy(model, example, ana, gone), example))
-
-
-def _blocks(ana) -> list[str]:
-    return [g.root for g in ana.groups if g.block]
 
 
 def _split_overhead(table: dict, depth: dict) -> dict:
@@ -212,7 +208,7 @@ def planner_terms(table: dict, ana=None) -> tuple[list, float]:
     """A fitted table as the planner's cost terms (ms, groups whose kept fractions scale it)
     and constant ms. With the analysis, an event of a layer inside a residual block also
     scales with that block's group (0 once removed), its fixed part too."""
-    blocks = [(gi, g.root) for gi, g in enumerate(ana.groups) if g.block] if ana else []
+    blocks = [(gi, ana.groups[gi].root) for gi in ana.blocks] if ana else []
     terms, const = [], table["overhead_ms"]
     for e in table["events"]:
         holds = tuple(gi for gi, root in blocks if inside(e.get("layer"), root))

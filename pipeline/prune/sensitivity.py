@@ -57,9 +57,8 @@ def group_losses(
             kl.append(float(F.kl_div(out_i, reference, log_target=True, reduction="batchmean")))
         curve = np.interp(np.arange(len(g.choices)), at, kl)
         out[gi] = np.maximum.accumulate(curve)
-    blocks = [gi for gi, g in enumerate(ana.groups) if g.block]
-    kls = identity_losses(model, x, reference, [ana.groups[gi].root for gi in blocks])
-    out.update({gi: np.array([0.0, kl]) for gi, kl in zip(blocks, kls)})
+    kls = identity_losses(model, x, reference, [ana.groups[gi].root for gi in ana.blocks])
+    out.update({gi: np.array([0.0, kl]) for gi, kl in zip(ana.blocks, kls)})
     return out
 
 

@@ -57,6 +57,11 @@ class _Analysis:
     losses: dict[int, object] = field(default_factory=dict)  # group -> loss at each choice
     max_blocks: int = 0  # how many block groups may be removed
 
+    @property
+    def blocks(self) -> list[int]:
+        """The residual-block groups (prune/blocks.py)."""
+        return [gi for gi, g in enumerate(self.groups) if g.block]
+
 
 def _analyse(
     model, example, ignored_layers, round_to, target, head_pruning_ratio, min_width=0.25
@@ -205,7 +210,7 @@ def predicted_cost(ana: _Analysis, kept: dict[int, int]) -> float:
 def floor_widths(ana: _Analysis) -> dict[int, int]:
     """Every group at its floor, and the max_blocks blocks whose removal then saves most."""
     kept = {gi: g.choices[-1] for gi, g in enumerate(ana.groups) if not g.block}
-    blocks = [gi for gi, g in enumerate(ana.groups) if g.block]
+    blocks = ana.blocks
     full = predicted_cost(ana, kept)
     saves = {gi: full - predicted_cost(ana, {**kept, gi: 0}) for gi in blocks}
     gone = sorted(blocks, key=saves.get, reverse=True)[: ana.max_blocks]
@@ -218,7 +223,7 @@ def _may_step(ana: _Analysis, idx: dict[int, int], gi: int) -> bool:
     g = ana.groups[gi]
     if idx[gi] + 1 >= len(g.choices) or (g.qkv is not None and ana.head_ratio is not None):
         return False
-    return not g.block or sum(idx[i] for i, h in enumerate(ana.groups) if h.block) < ana.max_blocks
+    return not g.block or sum(idx[i] for i in ana.blocks) < ana.max_blocks
 
 
 def _plan_widths(ana: _Analysis, budget: float) -> dict[int, int]:
