@@ -127,34 +127,43 @@ def test_prune_library_models_quick_trains_prunes_and_measures_both_accuracies(t
     assert len(rows) == 2 and [(p.stat().st_mtime_ns, p.read_text()) for p in rows] == kept
 
 
-def test_latency_target_quick_prunes_to_a_latency_and_times_both_programs_side_by_side(tmp_path):
-    text = run_quick("latency_target.py", tmp_path, timeout=900)
+@pytest.fixture(scope="module")
+def latency_quick(tmp_path_factory) -> tuple[str, Path]:
+    """latency_target.py --quick, run once: its section and its --work folder."""
+    work = tmp_path_factory.mktemp("latency-target")
+    return run_quick("latency_target.py", work, timeout=900), work
+
+
+def test_latency_target_quick_prunes_to_a_latency_and_times_both_programs_side_by_side(
+    latency_quick,
+):
+    text, tmp_path = latency_quick
     assert text.startswith("## Pruning to a latency target (issue 27)")
     assert "| small_cnn | 8 | int8 | 0.7 (0.25) |" in text and "built |" in text
     assert "pruned cases within ±10 % of their target (measured)" in text
-    row = json.loads(next((tmp_path / "rows").glob("small_cnn-*.json")).read_text())
+    row = json.loads(next((tmp_path / "rows").glob("small_cnn-*-w0.25-v*.json")).read_text())
     side = row["side_by_side"]
     assert side["dense"]["runs"] == side["pruned"]["runs"] == 400 and side["pruned"]["loads"] == 3
     assert row["macs"][1] < row["macs"][0] and row["plan"]["predicted_ms"] > 0
     assert list((tmp_path / "tables").glob("*.json"))  # the table went to --work's cache
 
 
-def test_latency_accuracy_quick_matches_three_contenders_to_one_latency_and_tests_each(tmp_path):
+def test_latency_target_quick_times_the_mac_keeping_plan_beside_the_planned_one(latency_quick):
+    text, tmp_path = latency_quick
+    assert "### Speed-up ÷ MAC reduction against the plan that keeps the most MACs" in text
+    assert "| small_cnn | int8 | 0.7 (0.25) |" in text
+    ref = json.loads(next((tmp_path / "rows").glob("*-mac-keeping-v*.json")).read_text())
+    assert ref["macs"][1] < ref["macs"][0] and 0 < ref["predicted"] <= 0.7
+    assert ref["side_by_side"]["pruned"]["runs"] == 400
+
+
+def test_latency_accuracy_quick_matches_four_contenders_to_one_latency_and_tests_each(tmp_path):
     text = run_quick("latency_accuracy.py", tmp_path, timeout=900)
     assert text.startswith("## Accuracy at equal latency")
-    for row in (
-        "| dense teacher |",
-        "| latency-targeted |",
-        "| MAC-targeted |",
-        "| torch-pruning uniform |",
-    ):
-        assert row in text, row
+    contenders = ("latency-targeted", "MAC-keeping plan", "MAC-targeted", "torch-pruning uniform")
+    for row in ("dense teacher", *contenders):
+        assert f"| {row} |" in text, row
     res = json.loads((tmp_path / "latency_accuracy.json").read_text())
-    assert set(res["timing"]) == {
-        "dense",
-        "latency-targeted",
-        "MAC-targeted",
-        "torch-pruning uniform",
-    }
+    assert set(res["timing"]) == {"dense", *contenders}
     assert all(r["macs"] < res["macs_dense"] for r in res["rows"].values())
     assert "Latency-targeted minus MAC-targeted" in text
