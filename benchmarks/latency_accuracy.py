@@ -7,9 +7,10 @@ pruning and torch-pruning's uniform ratio, each cut to the same ExecuTorch XNNPA
 
 The teacher is the augmented ResNet-20 of benchmarks/augmentation.py (10 epochs, flip + pad-crop
 4, cached under runs/bench-augmentation/teachers; trained here if missing). The latency-targeted
-model is pruned first; its measured latency is then the target the three others are bisected to
-(MAC fraction for slimship's MAC planner, the latency fraction for the plan that keeps the most
-MACs for the time, benchmarks/mac_keeping.py, the one ratio for torch-pruning's MetaPruner).
+model is pruned first, with its steps weighed by the outputs' divergence (the default) and again
+by the MACs they remove (prune.latency_weighing macs: the plan that keeps the most MACs for the
+time); the first's measured latency is then the target the two others are bisected to (MAC
+fraction for slimship's MAC planner, the one ratio for torch-pruning's MetaPruner).
 Every contender is fine-tuned the same epochs with the same KD loss, optimiser and augmentation,
 and tested on test.npz and the 10k JPEG test set; the five programs are timed side by side at
 the end. Each contender's row is written to --work as soon as it is measured; a re-run resumes.
@@ -23,6 +24,7 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,6 @@ from _common import (
 )
 from _common import teacher as cached_teacher
 from augmentation import jpeg_test
-from mac_keeping import mac_keeping_plan
 
 from ground.errors import UsageError
 from pipeline.augment import for_training
@@ -55,7 +56,6 @@ from targets import get_backend
 HEADING = "## Accuracy at equal latency: latency- vs MAC-targeted vs uniform pruning (issue 27)"
 AUG = AugmentConfig(flip=True, pad_crop=4)
 KEEP = 0.5  # of the dense int8 latency (--quick: 0.7, small_cnn's fixed cost is over half)
-MIN_WIDTH = 0.25  # prune.min_width, the default
 SEED = 0
 
 
@@ -123,7 +123,7 @@ def _closer(best, ms: float, goal: float) -> bool:
 
 def contenders(dense, example, cost, train, keep: float, steps: int) -> dict:
     """{name: (pruned model, note)} at the latency-targeted model's measured latency."""
-    lat = prune(dense, example, keep, target=cost, data=train, min_width=MIN_WIDTH)
+    lat = prune(dense, example, keep, target=cost, data=train)
     goal = lat.plan["latency"]["achieved_ms"]
     macs = matched(
         lambda f: prune(dense, example, f, target="macs").model,
@@ -135,23 +135,18 @@ def contenders(dense, example, cost, train, keep: float, steps: int) -> dict:
         steps,
     )
     uni = scanned(lambda r: prune_uniform(dense, example, r), cost, example, goal, steps)
-    gone = {}  # the MAC-keeping plan's removed blocks, per model it made
-
-    def keeping(fraction):
-        model, _, gone[id(model)] = mac_keeping_plan(dense, example, cost, fraction, MIN_WIDTH)
-        return model
-
-    kept = matched(keeping, cost, example, goal, 0.2, 0.9, steps)
+    by_macs = prune(dense, example, keep, target=replace(cost, weighing="macs"))
+    by_macs_ms = by_macs.plan["latency"]["achieved_ms"]
     return {  # name: (model, how it was cut, residual blocks removed)
         "latency-targeted": (
             lat.model,
             f"prune.target latency {keep:g}, {goal:.4f} ms in-loop",
             lat.plan["removed_blocks"],
         ),
-        "MAC-keeping plan": (
-            kept[0],
-            f"latency table, loss = MACs removed, {kept[1]:.3f} of dense, {kept[2]:.4f} ms",
-            gone[id(kept[0])],
+        "latency-targeted, weighed by MACs": (
+            by_macs.model,
+            f"and prune.latency_weighing macs, {by_macs_ms:.4f} ms in-loop",
+            by_macs.plan["removed_blocks"],
         ),
         "MAC-targeted": (macs[0], f"prune.target macs {macs[1]:.3f}, {macs[2]:.4f} ms", []),
         "torch-pruning uniform": (uni[0], f"MetaPruner ratio {uni[1]:.3f}, {uni[2]:.4f} ms", []),
@@ -254,11 +249,10 @@ def section(res: dict, env: tuple, quick: bool) -> str:
          "fine-tuning (T=4, alpha 0.7, flip + pad-crop 4), the same for all. Latency: ExecuTorch "
          "XNNPACK int8, 1 thread, all programs timed side by side (each loaded "
          f"{LOADS} times afresh, 400 interleaved rounds, the median of each program's loads' "
-         "medians, measured; in brackets the fraction of the dense model's). The "
-         "latency-targeted model and the MAC-keeping plan (benchmarks/mac_keeping.py: the same "
-         "latency table and floors, each step's loss the MACs it removes instead of the outputs' "
-         "divergence, its budget bisected to the same latency) may remove residual blocks whole "
-         f"(prune.remove_blocks): {_blocks(res)}."), "",
+         "medians, measured; in brackets the fraction of the dense model's). Latency-targeted "
+         "models weigh each step by the divergence of the outputs it adds (default) or by the "
+         "share of MACs it removes (prune.latency_weighing macs), and may remove residual blocks "
+         f"whole (prune.remove_blocks): {_blocks(res)}."), "",
         "| contender | how it was cut | int8 ms (of dense) | MACs kept | speed-up ÷ MAC reduction | blocks removed | 10k JPEG | test.npz |",
         "|---|---|---|---|---|---|---|---|",
         f"| dense teacher | – | {dense_ms:.4f} (1.00) | 100% | – | 0 | {jpeg(res['dense'])} | {res['dense']['test_npz']:.2%} |",

@@ -27,9 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import ROOT, describe_env, environment, export, interleaved_loads, log, publish
-from mac_keeping import mac_keeping_plan
-
-from pipeline.prune.counting import count
 
 HEADING = "## Pruning to a latency target (issue 27)"
 CASES = {  # model: input sizes
@@ -42,12 +39,12 @@ PRECISIONS = ("int8", "fp32")
 # group's width) no case reached 0.33 but one, so that target lets the groups go narrower
 TARGETS = ((0.5, 0.25), (0.33, 0.1))
 ROW_FORMAT = 10  # 9: the planner may remove residual blocks; 10: overhead per call + per operator
-# the ratio goal's models (and --quick's): each case also measured at the widths that keep the
-# most MACs for the time
-REFERENCE_MODELS, REFERENCE = ("resnet20", "resnet56", "small_cnn"), "-mac-keeping"
+# the ratio goal's models (and --quick's): each case also pruned with prune.latency_weighing
+# macs, the plan that keeps the most MACs for the time
+REFERENCE_MODELS, REFERENCE = ("resnet20", "resnet56", "small_cnn"), "-macs"
 
 
-def _setup(model_name: str, size: int, precision: str):
+def _setup(model_name: str, size: int, precision: str, weighing: str):
     """The seeded model, its example input, int8 calibration images and the latency cost."""
     from models import create_model
     from pipeline.prune.latency import LatencyCost
@@ -58,15 +55,23 @@ def _setup(model_name: str, size: int, precision: str):
     model = create_model(model_name, c, 10, size).eval()
     x = torch.randn(1, c, size, size)
     calib = np.random.default_rng(0).standard_normal((32, c, size, size)).astype(np.float32)
-    return model, x, calib, LatencyCost(get_backend("executorch-xnnpack"), precision, calib)
+    cost = LatencyCost(get_backend("executorch-xnnpack"), precision, calib, weighing=weighing)
+    return model, x, calib, cost
 
 
-def case(model_name: str, size: int, precision: str, fraction: float, min_width: float) -> dict:
+def case(
+    model_name: str,
+    size: int,
+    precision: str,
+    fraction: float,
+    min_width: float,
+    weighing: str = "divergence",
+) -> dict:
     from ground.errors import UsageError
     from pipeline.prune import prune
     from pipeline.prune.latency import cache_dir
 
-    model, x, calib, cost = _setup(model_name, size, precision)
+    model, x, calib, cost = _setup(model_name, size, precision, weighing)
     tables_before = set(cache_dir().glob("*.json")) if cache_dir().is_dir() else set()
     fitted, table_s = cost.fitted, {}
 
@@ -113,31 +118,18 @@ def _side_by_side(dense, pruned, x, precision, calib) -> dict:
         return interleaved_loads(paths, x.numpy(), LOADS, rounds=400, warmup=20)
 
 
-def mac_keeping(model_name: str, size: int, precision: str, fraction: float, min_width: float):
-    """The case's reference for the ratio goal (benchmarks/mac_keeping.py), timed side by side
-    like the case."""
-    model, x, calib, cost = _setup(model_name, size, precision)
-    pruned, predicted, removed = mac_keeping_plan(model, x, cost, fraction, min_width)
-    return {
-        "predicted": predicted,
-        "macs": [count(model, x)[0], count(pruned, x)[0]],
-        "removed_blocks": removed,
-        "side_by_side": _side_by_side(model, pruned, x, precision, calib),
-    }
-
-
 def _row_path(args: tuple, work: Path, kind: str = "") -> Path:
     model, size, precision, fraction, min_width = args
     name = f"{model}-{size}-{precision}-{fraction:g}-w{min_width:g}{kind}-v{ROW_FORMAT}.json"
     return work / "rows" / name
 
 
-def cached_case(args: tuple, work: Path, run=case, kind: str = "") -> dict:
+def cached_case(args: tuple, work: Path, kind: str = "") -> dict:
     path = _row_path(args, work, kind)
     if path.is_file():
         log(f"{path.name}: from {path}")
         return json.loads(path.read_text())
-    row = run(*args)
+    row = case(*args, **({"weighing": "macs"} if kind == REFERENCE else {}))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=1) + "\n")
     return row
@@ -168,28 +160,30 @@ def _measured(r: dict) -> tuple[float, float, int, float]:
 
 
 def reference_row(r: dict, ref: dict) -> str:
-    a, k, b, ratio = _measured(r)
-    ra, rk, rb, rratio = _measured(ref)
-    return (
-        f"| {r['model']} | {r['precision']} | {r['fraction']:g} ({r['min_width']:g}) | {a:.3f} | "
-        f"{k:.0%} | {b} | {ratio:.2f} | {ref['predicted']:.3f} / {ra:.3f} | {rk:.0%} | {rb} | "
-        f"{rratio:.2f} |"
-    )
+    head = f"| {r['model']} | {r['precision']} | {r['fraction']:g} ({r['min_width']:g}) |"
+    cells = []
+    for row in (r, ref):
+        if "refused" in row:
+            cells.append(f" refused: {_why(row['refused'])} | | | |")
+            continue
+        achieved, kept, blocks, ratio = _measured(row)
+        within = "yes" if abs(achieved / row["fraction"] - 1) <= 0.10 else "no"
+        cells.append(f" {achieved:.3f} ({within}) | {kept:.0%} | {blocks} | {ratio:.2f} |")
+    return head + "".join(cells)
 
 
 def reference_section(pairs: list[tuple[dict, dict]]) -> list[str]:
-    """The ratio goal against the plan that keeps the most MACs for the time."""
+    """The ratio goal, the planner weighing steps by divergence (default) and by MACs."""
     if not pairs:
         return []
     return [
-        "", "### Speed-up ÷ MAC reduction against the plan that keeps the most MACs", "",
-        ("How far the ratio goal is within reach: beside each ResNet case, the widths and blocks "
-         "the same planner picks from the same latency table, budget, floors and block limit "
-         "when a step's loss is the MACs it removes instead of the outputs' divergence "
-         "(`mac_keeping`), pruned, exported and timed side by side like the case (measured; "
-         "predicted: the table's figure, estimated; not re-aimed by the budget loop, so it "
-         "lands where the table predicts). Ratio: MACs kept ÷ achieved fraction."), "",
-        "| model | precision | target (min width) | planned: achieved / dense | MACs kept | blocks removed | speed-up ÷ MAC reduction | MAC-keeping: predicted / achieved | MACs kept | blocks removed | speed-up ÷ MAC reduction |",
+        "", "### Speed-up ÷ MAC reduction, steps weighed by divergence or by MACs", "",
+        ("Each ResNet case pruned again with `prune.latency_weighing: macs`: the same latency "
+         "table, budget loop, floors and block limit, but each step's cost to the model is the "
+         "share of the MACs it removes instead of the outputs' divergence, so the plan keeps the "
+         "most MACs for the time. Timed side by side like the case (measured); ratio: MACs kept "
+         "÷ achieved fraction."), "",
+        "| model | precision | target (min width) | divergence: achieved / dense (within ±10 %) | MACs kept | blocks removed | speed-up ÷ MAC reduction | macs: achieved / dense (within ±10 %) | MACs kept | blocks removed | speed-up ÷ MAC reduction |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *[reference_row(r, ref) for r, ref in pairs],
     ]  # fmt: skip
@@ -242,7 +236,8 @@ def section(rows: list[dict], quick: bool, env: tuple, missing=(), pairs=()) -> 
 
 
 def _wants_reference(args: tuple, row: dict, work: Path, measured_only: bool) -> bool:
-    """A ResNet case that was pruned gets its MAC-keeping reference (--measured-only: if run)."""
+    """A ResNet case that was pruned is pruned again weighed by MACs (--measured-only: if it
+    was)."""
     if args[0] not in REFERENCE_MODELS or "refused" in row:
         return False
     return not measured_only or _row_path(args, work, REFERENCE).is_file()
@@ -277,7 +272,7 @@ def main(argv=None) -> int:
         rows.append(cached_case(args_, args.work))
         log(table_row(rows[-1]))
         if _wants_reference(args_, rows[-1], args.work, args.measured_only):
-            pairs.append((rows[-1], cached_case(args_, args.work, mac_keeping, REFERENCE)))
+            pairs.append((rows[-1], cached_case(args_, args.work, REFERENCE)))
     skipped = missing if args.measured_only else []
     body = section(rows, args.quick, (start, environment()), skipped, pairs)
     publish(HEADING, body, args.out, args.quick)

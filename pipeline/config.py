@@ -16,6 +16,7 @@ MAX_INT = 10**9  # bigger integers are typos (epochs, images, runs), not setting
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "hessian", "random")
 PRUNE_TARGETS = ("macs", "params", "channels", "latency")
 PRUNE_SCOPES = ("local", "global")
+LATENCY_WEIGHINGS = ("divergence", "macs")  # a latency step's cost (prune/sensitivity.py)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ class PruneConfig:
     sparsity: float = 0.0
     # a latency target may also remove residual blocks whole (at most 1 - min_width of them)
     remove_blocks: bool = True
+    # a latency step's cost: the outputs' divergence, or the share of MACs it removes
+    latency_weighing: str = "divergence"
 
     @property
     def kept_fraction(self) -> float:
@@ -109,21 +112,17 @@ class PruneConfig:
             raise UsageError(f"recipe key prune.fraction must be in (0, 1], got {self.fraction}")
         if not 0 < self.min_width <= 1:
             raise UsageError(f"recipe key prune.min_width must be in (0, 1], got {self.min_width}")
-        if self.importance not in IMPORTANCES:
-            raise UsageError(
-                f"recipe key prune.importance: unknown {self.importance!r}; "
-                f"available: {', '.join(IMPORTANCES)}"
-            )
-        if self.target not in PRUNE_TARGETS:
-            raise UsageError(
-                f"recipe key prune.target: unknown {self.target!r}; "
-                f"available: {', '.join(PRUNE_TARGETS)}"
-            )
-        if self.scope not in PRUNE_SCOPES:
-            raise UsageError(
-                f"recipe key prune.scope: unknown {self.scope!r}; "
-                f"available: {', '.join(PRUNE_SCOPES)}"
-            )
+        for key, known in (
+            ("importance", IMPORTANCES),
+            ("target", PRUNE_TARGETS),
+            ("scope", PRUNE_SCOPES),
+            ("latency_weighing", LATENCY_WEIGHINGS),
+        ):
+            if getattr(self, key) not in known:
+                raise UsageError(
+                    f"recipe key prune.{key}: unknown {getattr(self, key)!r}; "
+                    f"available: {', '.join(known)}"
+                )
         if self.round_to is not None:
             _positive("prune.round_to", self.round_to)
         if self.head_pruning_ratio is not None and not 0 <= self.head_pruning_ratio < 1:

@@ -148,19 +148,24 @@ def test_latency_target_quick_prunes_to_a_latency_and_times_both_programs_side_b
     assert list((tmp_path / "tables").glob("*.json"))  # the table went to --work's cache
 
 
-def test_latency_target_quick_times_the_mac_keeping_plan_beside_the_planned_one(latency_quick):
+def test_latency_target_quick_prunes_again_weighed_by_macs_and_times_it_alike(latency_quick):
     text, tmp_path = latency_quick
-    assert "### Speed-up ÷ MAC reduction against the plan that keeps the most MACs" in text
+    assert "### Speed-up ÷ MAC reduction, steps weighed by divergence or by MACs" in text
     assert "| small_cnn | int8 | 0.7 (0.25) |" in text
-    ref = json.loads(next((tmp_path / "rows").glob("*-mac-keeping-v*.json")).read_text())
-    assert ref["macs"][1] < ref["macs"][0] and 0 < ref["predicted"] <= 0.7
+    ref = json.loads(next((tmp_path / "rows").glob("*-macs-v*.json")).read_text())
+    assert ref["plan"]["weighing"] == "macs" and ref["macs"][1] < ref["macs"][0]
     assert ref["side_by_side"]["pruned"]["runs"] == 400
 
 
 def test_latency_accuracy_quick_matches_four_contenders_to_one_latency_and_tests_each(tmp_path):
     text = run_quick("latency_accuracy.py", tmp_path, timeout=900)
     assert text.startswith("## Accuracy at equal latency")
-    contenders = ("latency-targeted", "MAC-keeping plan", "MAC-targeted", "torch-pruning uniform")
+    contenders = (
+        "latency-targeted",
+        "latency-targeted, weighed by MACs",
+        "MAC-targeted",
+        "torch-pruning uniform",
+    )
     for row in ("dense teacher", *contenders):
         assert f"| {row} |" in text, row
     res = json.loads((tmp_path / "latency_accuracy.json").read_text())

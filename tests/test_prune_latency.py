@@ -189,3 +189,52 @@ def test_a_target_the_floor_misses_by_under_ten_percent_is_pruned_for_not_refuse
     _reachable(ana, target, budget=0.56, dense=2.1, min_width=0.25)
     with pytest.raises(UsageError, match="the smallest reachable is 0.6 ms"):
         _reachable(ana, target, budget=0.5, dense=2.1, min_width=0.25)
+
+
+def test_weighed_by_macs_a_step_costs_the_share_of_the_macs_it_removes():
+    import copy
+
+    from pipeline.prune.blocks import add_block_groups, remove_blocks
+    from pipeline.prune.counting import count
+    from pipeline.prune.sensitivity import mac_losses
+    from pipeline.prune.surgery import _prune_copy
+    from pipeline.prune.widths import _analyse
+
+    torch.manual_seed(0)
+    model, x = create_model("resnet20", 3, 10, 32).eval(), torch.zeros(1, 3, 32, 32)
+    ana = _analyse(model, x, (), 8, "macs", None)
+    add_block_groups(ana, model, x, 0.25)
+    losses, full = mac_losses(model, x, ana), count(model, x)[0]
+    roots = {g.root: gi for gi, g in enumerate(ana.groups)}
+    block = count(remove_blocks(copy.deepcopy(model), ["layers.1"]), x)[0]
+    assert losses[roots["layers.1"]][0] == 0
+    assert abs(losses[roots["layers.1"]][1] - (1 - block / full)) < 1e-6
+    stem = roots["stem.0"]
+    narrow = ana.groups[stem].choices[-1]
+    pruned = _prune_copy(model, x, ana, {stem: narrow}, "l2", 8, None, 0)[0]
+    assert abs(losses[stem][-1] - (1 - count(pruned, x)[0] / full)) < 2e-3  # BN's ops aside
+
+
+def test_weighed_by_macs_the_latency_plan_measures_no_divergence(monkeypatch):
+    """prune.latency_weighing macs: the planner reads MAC shares, no pruned copy is run on
+    images (none are given: an estimated target needs none)."""
+    from pipeline.prune import budget
+    from pipeline.prune.device_latency import DeviceLatency
+
+    def fail(*_):
+        raise AssertionError("the divergence was measured")
+
+    monkeypatch.setattr(budget, "group_losses", fail)
+    torch.manual_seed(0)
+    model, x = create_model("resnet20", 3, 10, 32).eval(), torch.zeros(1, 3, 32, 32)
+    cost = DeviceLatency("pixel-8", "int8", None, weighing="macs")
+    res = prune(model, x, 0.6, target=cost)
+    assert res.plan["latency"]["weighing"] == "macs"
+    assert res.plan["latency"]["achieved_ms"] <= 0.66 * res.plan["latency"]["dense_ms"]
+
+
+def test_a_latency_weighing_neither_divergence_nor_macs_is_a_recipe_error():
+    from pipeline.config import load_recipe
+
+    with pytest.raises(UsageError, match=r"prune.latency_weighing: unknown 'flops'; available"):
+        load_recipe(None, {"prune.latency_weighing": "flops"})

@@ -14,7 +14,7 @@ from pipeline.prune.counting import channels, measure
 from pipeline.prune.graph import GroupFailure, _all_groups, _build_graph, _expand
 from pipeline.prune.latency import fixed_ms
 from pipeline.prune.plan import _pruned_attributes
-from pipeline.prune.sensitivity import group_losses
+from pipeline.prune.sensitivity import group_losses, mac_losses
 from pipeline.prune.surgery import IMPORTANCE_FACTORIES, _prune_copy
 from pipeline.prune.widths import (
     _ROOT_TYPES,
@@ -48,9 +48,12 @@ def _plan_and_prune(
             add_block_groups(ana, model, example, min_width)
         ana.terms, ana.const = target.fitted(model, example, ana, _copier(round_to, seed), current)
         _reachable(ana, target, budget, current, min_width)
-        images = target.calibration if data is None else data[0]
         ana.by_saving = True
-        ana.losses = group_losses(model, example, ana, importance, round_to, data, seed, images)
+        if target.weighing == "macs":
+            ana.losses = mac_losses(model, example, ana)
+        else:
+            images = target.calibration if data is None else data[0]
+            ana.losses = group_losses(model, example, ana, importance, round_to, data, seed, images)
     if budget >= current:
         return copy.deepcopy(model).eval(), {
             "history": [],

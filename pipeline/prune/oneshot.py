@@ -246,6 +246,7 @@ def _latency_plan(target, dense: float, achieved: float, fraction: float, step: 
         "target_ms": fraction * dense,
         "predicted_ms": step.get("predicted"),
         "achieved_ms": achieved,
+        "weighing": target.weighing,  # a step's cost to the model (prune.latency_weighing)
         "table": {
             **{
                 k: table.get(k)

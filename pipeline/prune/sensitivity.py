@@ -8,17 +8,24 @@ alone to each of its allowed widths, the criterion choosing which channels go, a
 of the model's outputs is measured on training images: the KL divergence of the pruned model's
 class distribution from the unpruned one's. The planner then spends it like HALP's importance
 (Shen et al. 2022): the step that saves the most time per unit of divergence goes first. A
-residual block's cost is the divergence with the block removed (prune/blocks.py)."""
+residual block's cost is the divergence with the block removed (prune/blocks.py).
+
+Weighed by "macs" instead (prune.latency_weighing), a step's cost is the share of the model's
+MACs it removes: the plan keeps the most compute for the time. The divergence is measured before
+any fine-tuning, when a removed block or a narrowed layer has not yet been compensated for;
+the MAC share judges every step by the capacity it leaves (benchmarks/RESULTS.md, issue 27,
+compares both at equal latency)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch_pruning as tp
 
-from pipeline.prune.blocks import identity_losses
+from pipeline.prune.blocks import identity_losses, inside
 from pipeline.prune.surgery import _prune_copy
-from pipeline.prune.widths import _Analysis
+from pipeline.prune.widths import _Analysis, predicted_cost
 
 # enough for the divergence to rank steps at 32x32; each of ~40-200 pruned copies runs them
 # once, so larger inputs take fewer images (8 at 224x224, about the same pixels) and measure
@@ -66,3 +73,22 @@ def _sample(x: np.ndarray, seed) -> np.ndarray:
     n = min(len(x), IMAGES, max(8, PIXELS // int(np.prod(x.shape[2:]))))
     pick = np.random.default_rng(seed).choice(len(x), n, replace=False)
     return np.ascontiguousarray(x[np.sort(pick)], dtype=np.float32)
+
+
+def mac_losses(model, example, ana: _Analysis) -> dict:
+    """Per group that may narrow: the share of the model's MACs gone at each of its choices
+    (counted per layer, scaled by the keep-fractions of the groups and blocks that hold it)."""
+    _, _, per_layer, _ = tp.utils.count_ops_and_params(model, example, layer_wise=True)
+    roots = [(gi, ana.groups[gi].root) for gi in ana.blocks]
+    terms = [
+        (float(per_layer[m]), ana.member.get(n, ()) + tuple(gi for gi, r in roots if inside(n, r)))
+        for n, m in model.named_modules()
+        if next(m.children(), None) is None and per_layer.get(m)
+    ]
+    macs = _Analysis(ana.groups, terms, 0.0, ana.ignored)
+    full = predicted_cost(macs, {})
+    return {
+        gi: np.array([full - predicted_cost(macs, {gi: c}) for c in g.choices]) / full
+        for gi, g in enumerate(ana.groups)
+        if len(g.choices) > 1 and not g.frozen
+    }

@@ -17,8 +17,11 @@ from pipeline.stages import export
 from pipeline.stages._job import Job
 from targets import get_backend, list_backends
 
-# how the planner weighs groups and blocks (a change re-plans)
-WEIGHING = "output KL per group narrowed alone, per residual block removed alone"
+# how the planner weighs groups and blocks, per prune.latency_weighing (a change re-plans)
+WEIGHING = {
+    "divergence": "output KL per group narrowed alone, per residual block removed alone",
+    "macs": "share of the model's MACs per group step, per residual block removed",
+}
 THREADS = 1  # what the profile stage reports as p50; phones' apps mostly run one inference thread
 
 
@@ -36,7 +39,12 @@ def _measuring(choices):
 
 def key(job: Job, choices) -> dict:
     spec, calib = job.recipe.prune.latency_target, export.calibration_images(job)["sha256"]
-    plan = {"calibration": calib, "weighing": WEIGHING, "blocks": job.recipe.prune.remove_blocks}
+    p = job.recipe.prune
+    plan = {
+        "calibration": calib,
+        "weighing": WEIGHING[p.latency_weighing],
+        "blocks": p.remove_blocks,
+    }
     if spec is not None:
         fit = hashlib.sha256(Path(DEVICE_FIT_PATH).read_bytes()).hexdigest()
         on = {"device": spec, "precision": _device_precision(choices), "threads": THREADS}
@@ -55,7 +63,7 @@ def cost(job: Job, choices) -> LatencyCost | DeviceLatency:
     else:
         c = _measuring(choices)
         cost = LatencyCost(get_backend(c.backend), c.precision, calib, THREADS)
-    cost.depth = job.recipe.prune.remove_blocks
+    cost.depth, cost.weighing = job.recipe.prune.remove_blocks, job.recipe.prune.latency_weighing
     return cost
 
 

@@ -43,6 +43,7 @@ def key(job: Job, teacher: StageResult, round_to: int, choices=()) -> dict:
     # in the latency part of the key, where they apply
     config.pop("latency_target")
     config.pop("remove_blocks")
+    config.pop("latency_weighing")
     return {
         "config": {
             **config,
