@@ -7,9 +7,9 @@ pruning and torch-pruning's uniform ratio, each cut to the same ExecuTorch XNNPA
 
 The teacher is the augmented ResNet-20 of benchmarks/augmentation.py (10 epochs, flip + pad-crop
 4, cached under runs/bench-augmentation/teachers; trained here if missing). The latency-targeted
-model is pruned first, with its steps weighed by the outputs' divergence (the default) and again
-by the MACs they remove (prune.latency_weighing macs: the plan that keeps the most MACs for the
-time); the first's measured latency is then the target the two others are bisected to (MAC
+model is pruned first, with its steps weighed by the MACs they remove (the default: the plan that
+keeps the most MACs for the time) and again by the outputs' divergence (prune.latency_weighing
+divergence); the first's measured latency is then the target the two others are bisected to (MAC
 fraction for slimship's MAC planner, the one ratio for torch-pruning's MetaPruner).
 Every contender is fine-tuned the same epochs with the same KD loss, optimiser and augmentation,
 and tested on test.npz and the 10k JPEG test set; the five programs are timed side by side at
@@ -135,18 +135,18 @@ def contenders(dense, example, cost, train, keep: float, steps: int) -> dict:
         steps,
     )
     uni = scanned(lambda r: prune_uniform(dense, example, r), cost, example, goal, steps)
-    by_macs = prune(dense, example, keep, target=replace(cost, weighing="macs"))
-    by_macs_ms = by_macs.plan["latency"]["achieved_ms"]
+    by_kl = prune(dense, example, keep, target=replace(cost, weighing="divergence"), data=train)
+    by_kl_ms = by_kl.plan["latency"]["achieved_ms"]
     return {  # name: (model, how it was cut, residual blocks removed)
         "latency-targeted": (
             lat.model,
             f"prune.target latency {keep:g}, {goal:.4f} ms in-loop",
             lat.plan["removed_blocks"],
         ),
-        "latency-targeted, weighed by MACs": (
-            by_macs.model,
-            f"and prune.latency_weighing macs, {by_macs_ms:.4f} ms in-loop",
-            by_macs.plan["removed_blocks"],
+        "latency-targeted, weighed by divergence": (
+            by_kl.model,
+            f"and prune.latency_weighing divergence, {by_kl_ms:.4f} ms in-loop",
+            by_kl.plan["removed_blocks"],
         ),
         "MAC-targeted": (macs[0], f"prune.target macs {macs[1]:.3f}, {macs[2]:.4f} ms", []),
         "torch-pruning uniform": (uni[0], f"MetaPruner ratio {uni[1]:.3f}, {uni[2]:.4f} ms", []),
@@ -250,8 +250,8 @@ def section(res: dict, env: tuple, quick: bool) -> str:
          "XNNPACK int8, 1 thread, all programs timed side by side (each loaded "
          f"{LOADS} times afresh, 400 interleaved rounds, the median of each program's loads' "
          "medians, measured; in brackets the fraction of the dense model's). Latency-targeted "
-         "models weigh each step by the divergence of the outputs it adds (default) or by the "
-         "share of MACs it removes (prune.latency_weighing macs), and may remove residual blocks "
+         "models weigh each step by the share of MACs it removes (default) or by the divergence "
+         "of the outputs it adds (prune.latency_weighing divergence), and may remove residual blocks "
          f"whole (prune.remove_blocks): {_blocks(res)}."), "",
         "| contender | how it was cut | int8 ms (of dense) | MACs kept | speed-up ÷ MAC reduction | blocks removed | 10k JPEG | test.npz |",
         "|---|---|---|---|---|---|---|---|",

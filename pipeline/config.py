@@ -16,7 +16,7 @@ MAX_INT = 10**9  # bigger integers are typos (epochs, images, runs), not setting
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "hessian", "random")
 PRUNE_TARGETS = ("macs", "params", "channels", "latency")
 PRUNE_SCOPES = ("local", "global")
-LATENCY_WEIGHINGS = ("divergence", "macs")  # a latency step's cost (prune/sensitivity.py)
+LATENCY_WEIGHINGS = ("macs", "divergence")  # a latency step's cost (prune/sensitivity.py)
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,8 @@ class PruneConfig:
     sparsity: float = 0.0
     # a latency target may also remove residual blocks whole (at most 1 - min_width of them)
     remove_blocks: bool = True
-    # a latency step's cost: the outputs' divergence, or the share of MACs it removes
-    latency_weighing: str = "divergence"
+    # a latency step's cost: the share of MACs it removes, or the outputs' divergence
+    latency_weighing: str = "macs"
 
     @property
     def kept_fraction(self) -> float:

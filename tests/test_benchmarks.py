@@ -145,15 +145,18 @@ def test_latency_target_quick_prunes_to_a_latency_and_times_both_programs_side_b
     side = row["side_by_side"]
     assert side["dense"]["runs"] == side["pruned"]["runs"] == 400 and side["pruned"]["loads"] == 3
     assert row["macs"][1] < row["macs"][0] and row["plan"]["predicted_ms"] > 0
+    assert row["plan"]["weighing"] == "macs"  # the default
     assert list((tmp_path / "tables").glob("*.json"))  # the table went to --work's cache
 
 
-def test_latency_target_quick_prunes_again_weighed_by_macs_and_times_it_alike(latency_quick):
+def test_latency_target_quick_prunes_again_weighed_by_divergence_and_times_it_alike(
+    latency_quick,
+):
     text, tmp_path = latency_quick
-    assert "### Speed-up ÷ MAC reduction, steps weighed by divergence or by MACs" in text
+    assert "### Speed-up ÷ MAC reduction, steps weighed by MACs or by divergence" in text
     assert "| small_cnn | int8 | 0.7 (0.25) |" in text
-    ref = json.loads(next((tmp_path / "rows").glob("*-macs-v*.json")).read_text())
-    assert ref["plan"]["weighing"] == "macs" and ref["macs"][1] < ref["macs"][0]
+    ref = json.loads(next((tmp_path / "rows").glob("*-divergence-v*.json")).read_text())
+    assert ref["plan"]["weighing"] == "divergence" and ref["macs"][1] < ref["macs"][0]
     assert ref["side_by_side"]["pruned"]["runs"] == 400
 
 
@@ -162,7 +165,7 @@ def test_latency_accuracy_quick_matches_four_contenders_to_one_latency_and_tests
     assert text.startswith("## Accuracy at equal latency")
     contenders = (
         "latency-targeted",
-        "latency-targeted, weighed by MACs",
+        "latency-targeted, weighed by divergence",
         "MAC-targeted",
         "torch-pruning uniform",
     )

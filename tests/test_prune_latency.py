@@ -215,9 +215,9 @@ def test_weighed_by_macs_a_step_costs_the_share_of_the_macs_it_removes():
     assert abs(losses[stem][-1] - (1 - count(pruned, x)[0] / full)) < 2e-3  # BN's ops aside
 
 
-def test_weighed_by_macs_the_latency_plan_measures_no_divergence(monkeypatch):
-    """prune.latency_weighing macs: the planner reads MAC shares, no pruned copy is run on
-    images (none are given: an estimated target needs none)."""
+def test_by_default_the_latency_plan_weighs_steps_by_macs_and_measures_no_divergence(monkeypatch):
+    """The default weighing reads MAC shares: no pruned copy is run on images (none are given:
+    an estimated target needs none)."""
     from pipeline.prune import budget
     from pipeline.prune.device_latency import DeviceLatency
 
@@ -227,10 +227,32 @@ def test_weighed_by_macs_the_latency_plan_measures_no_divergence(monkeypatch):
     monkeypatch.setattr(budget, "group_losses", fail)
     torch.manual_seed(0)
     model, x = create_model("resnet20", 3, 10, 32).eval(), torch.zeros(1, 3, 32, 32)
-    cost = DeviceLatency("pixel-8", "int8", None, weighing="macs")
-    res = prune(model, x, 0.6, target=cost)
+    res = prune(model, x, 0.6, target=DeviceLatency("pixel-8", "int8", None))
     assert res.plan["latency"]["weighing"] == "macs"
     assert res.plan["latency"]["achieved_ms"] <= 0.66 * res.plan["latency"]["dense_ms"]
+
+
+def test_weighed_by_divergence_the_latency_plan_measures_it_on_the_images_it_is_given(
+    monkeypatch,
+):
+    from pipeline.prune import budget
+    from pipeline.prune.device_latency import DeviceLatency
+
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1].shape)
+        return measured(*args)
+
+    measured = budget.group_losses
+    monkeypatch.setattr(budget, "group_losses", spy)
+    torch.manual_seed(0)
+    model, x = create_model("small_cnn", 1, 10, 8).eval(), torch.zeros(1, 1, 8, 8)
+    images = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
+    cost = DeviceLatency("pixel-8", "int8", images, weighing="divergence")
+    res = prune(model, x, 0.95, target=cost)
+    assert res.plan["latency"]["weighing"] == "divergence"
+    assert seen == [images.shape]
 
 
 def test_a_latency_weighing_neither_divergence_nor_macs_is_a_recipe_error():

@@ -1,8 +1,8 @@
 """Structured channel pruning on torch-pruning's dependency graph, to a MAC/parameter/channel
 target or to a latency measured through the target's runtime (pipeline/prune/latency.py) or
-estimated on a device profile (device_latency.py), groups weighed by the measured change of the
-outputs each one's narrowing causes (sensitivity.py), and, for a latency target, residual blocks
-removed whole where that saves more time per divergence (blocks.py);
+estimated on a device profile (device_latency.py); for a latency target, channel groups narrowed
+and residual blocks removed whole (blocks.py), each step weighed by the share of the MACs it
+removes or by the measured change of the outputs it causes (sensitivity.py);
 iterative pruning with a cubic schedule, lottery-ticket rewinding, and unstructured magnitude
 pruning as the comparison that buys no speed.
 

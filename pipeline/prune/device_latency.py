@@ -58,7 +58,7 @@ class DeviceLatency:
     name: str = "latency"
     how: str = "estimated"
     depth: bool = True  # the planner may remove residual blocks whole (prune/blocks.py)
-    weighing: str = "divergence"  # a step's cost to the model (prune/sensitivity.py)
+    weighing: str = "macs"  # a step's cost to the model (prune/sensitivity.py)
     table: dict | None = None  # the fitted table of the last analysis (for the report)
 
     def __str__(self) -> str:

@@ -70,7 +70,7 @@ class LatencyCost:
     name: str = "latency"
     how: str = "measured"  # on this host; a device profile's cost is estimated
     depth: bool = True  # the planner may remove residual blocks whole (prune/blocks.py)
-    weighing: str = "divergence"  # a step's cost to the model (prune/sensitivity.py)
+    weighing: str = "macs"  # a step's cost to the model (prune/sensitivity.py)
     table: dict | None = None  # the fitted table of the last analysis (for the report)
     _memo: dict = field(default_factory=dict, repr=False)
     _reference: tuple | None = field(default=None, repr=False)  # (program path, first p50 ms)

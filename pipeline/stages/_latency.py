@@ -19,8 +19,8 @@ from targets import get_backend, list_backends
 
 # how the planner weighs groups and blocks, per prune.latency_weighing (a change re-plans)
 WEIGHING = {
-    "divergence": "output KL per group narrowed alone, per residual block removed alone",
     "macs": "share of the model's MACs per group step, per residual block removed",
+    "divergence": "output KL per group narrowed alone, per residual block removed alone",
 }
 THREADS = 1  # what the profile stage reports as p50; phones' apps mostly run one inference thread
 
