@@ -72,6 +72,12 @@ def test_the_planner_removes_a_block_that_saves_more_time_per_loss_than_narrowin
     assert _plan_widths(_width_and_block(0.5), budget=1.2) == {0: 16, 1: 1}
 
 
+def test_a_removed_block_that_leaves_time_unspent_is_traded_for_channels_that_lose_less():
+    """The block saves the most time per loss, so the greedy takes it (1.1 ms of 1.5) first;
+    narrowing one step instead fits too (1.35 ms) and loses 0.01 against the block's 0.015."""
+    assert _plan_widths(_width_and_block(0.015), budget=1.5) == {0: 24, 1: 1}
+
+
 def test_no_more_blocks_go_than_max_blocks_and_the_floor_counts_the_ones_that_may():
     ana = _width_and_block(0.005, max_blocks=0)
     assert _plan_widths(ana, budget=0.2)[1] == 1
