@@ -81,6 +81,10 @@ class DeviceLatency:
     def measure(self, model: nn.Module, example: torch.Tensor) -> float:
         return self._estimate(model, example)[1]
 
+    def confirmed(self, model: nn.Module, example: torch.Tensor) -> float:
+        """An estimate does not vary between looks (LatencyCost.confirmed)."""
+        return self.measure(model, example)
+
     def _estimate(self, model: nn.Module, example: torch.Tensor) -> tuple[list, float]:
         """[(layer, kind, ms)] of the layers that run, and the whole call's ms."""
         from targets.devices import get_device
