@@ -192,13 +192,15 @@ def _step_value(ana: _Analysis, idx: dict[int, int], gi: int) -> tuple:
         return (after / g.size, g.size)
     kept = {i: ana.groups[i].choices[k] for i, k in idx.items()}
     saved = predicted_cost(ana, kept) - predicted_cost(ana, {**kept, gi: after})
-    curve = ana.losses.get(gi)
-    lost = (
-        float(curve[idx[gi] + 1] - curve[idx[gi]])
-        if curve is not None
-        else (kept[gi] - after) / g.size
-    )
+    lost = _loss_at(ana, gi, idx[gi] + 1) - _loss_at(ana, gi, idx[gi])
     return (saved / max(lost, 1e-12), after / g.size)
+
+
+def _loss_at(ana: _Analysis, gi: int, i: int) -> float:
+    """A group's loss at its i-th choice (without measured losses: the share of its channels
+    gone)."""
+    curve, g = ana.losses.get(gi), ana.groups[gi]
+    return float(curve[i]) if curve is not None else (g.size - g.choices[i]) / g.size
 
 
 def predicted_cost(ana: _Analysis, kept: dict[int, int]) -> float:
@@ -290,10 +292,5 @@ def _traded(ana: _Analysis, idx: dict[int, int], budget: float) -> dict[int, int
 
 
 def _plan_loss(ana: _Analysis, idx: dict[int, int]) -> float:
-    """The summed loss of the steps a plan takes (a group without measured losses: the share
-    of its channels gone)."""
-    total = 0.0
-    for gi, i in idx.items():
-        curve, g = ana.losses.get(gi), ana.groups[gi]
-        total += float(curve[i]) if curve is not None else (g.size - g.choices[i]) / g.size
-    return total
+    """The summed loss of the steps a plan takes."""
+    return sum(_loss_at(ana, gi, i) for gi, i in idx.items())
