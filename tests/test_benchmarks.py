@@ -6,6 +6,7 @@ in CI."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -158,6 +159,39 @@ def test_latency_target_quick_prunes_again_weighed_by_divergence_and_times_it_al
     ref = json.loads(next((tmp_path / "rows").glob("*-divergence-v*.json")).read_text())
     assert ref["plan"]["weighing"] == "divergence" and ref["macs"][1] < ref["macs"][0]
     assert ref["side_by_side"]["pruned"]["runs"] == 400
+
+
+def test_plan_optimality_quick_finds_a_plan_keeping_at_least_the_planners_macs_in_budget(
+    latency_quick, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SLIMSHIP_LATENCY_CACHE", str(latency_quick[1] / "tables"))  # reused
+    text = run_quick("plan_optimality.py", tmp_path, timeout=600)
+    assert text.startswith("## The latency planner against the best plan its table allows")
+    assert "| small_cnn | int8 | 0.7 (0.25) |" in text
+    row = json.loads(next((tmp_path / "rows").glob("optimal-small_cnn-*.json")).read_text())
+    assert max(row["planner"]["predicted"], row["best"]["predicted"]) <= 0.7 + 1e-9
+    assert row["best"]["macs_kept"] >= row["planner"]["macs_kept"]
+
+
+def test_the_best_plan_is_the_exhaustive_optimum_with_blocks_and_a_block_limit():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from plan_optimality import best_plan
+
+    from pipeline.prune.widths import _Analysis, _Group, predicted_cost
+
+    groups = [_Group("stage", 4, [4, 3, 2, 1]), _Group("b1.conv1", 4, [4, 2]),
+              _Group("b2.conv1", 4, [4, 2]), _Group("b1", 1, [1, 0], block=True),
+              _Group("b2", 1, [1, 0], block=True)]  # fmt: skip
+    lat = _Analysis(groups, [(1.0, (0,)), (2.0, (0, 1, 3)), (0.5, (3,)), (1.5, (0, 2, 4)),
+                             (0.7, (4,))], 0.3, [], max_blocks=1)  # fmt: skip
+    macs = _Analysis(groups, [(1.0, (0,)), (3.0, (0, 1, 3)), (2.0, (0, 2, 4))], 0.0, [])
+    plans = [dict(enumerate(c)) for c in itertools.product(*[g.choices for g in groups])]
+    plans = [p for p in plans if (p[3] == 0) + (p[4] == 0) <= 1]
+    for budget in (5.5, 3.0, 2.2, 1.4):
+        fits = [predicted_cost(macs, p) for p in plans if predicted_cost(lat, p) <= budget]
+        best = best_plan(lat, macs, budget)
+        assert predicted_cost(lat, best) <= budget
+        assert predicted_cost(macs, best) == pytest.approx(max(fits)), budget
 
 
 def test_latency_accuracy_quick_matches_four_contenders_to_one_latency_and_tests_each(tmp_path):

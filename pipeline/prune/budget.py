@@ -44,11 +44,8 @@ def _plan_and_prune(
     ana = _analyse(model, example, ignored_layers, round_to, target, head_pruning_ratio, min_width)
     current = measure(model, example, target, ignored_layers)
     if not isinstance(target, str):  # a measured target: its table, fitted on copies
-        if target.depth:
-            add_block_groups(ana, model, example, min_width)
-        ana.terms, ana.const = target.fitted(model, example, ana, _copier(round_to, seed), current)
+        tabled(ana, model, example, target, round_to, seed, min_width, current)
         _reachable(ana, target, budget, current, min_width)
-        ana.by_saving = True
         if target.weighing == "macs":
             ana.losses = mac_losses(model, example, ana)
         else:
@@ -84,6 +81,15 @@ def _plan_and_prune(
     cost, pruned, record = best
     record.update(_verify(model, pruned, example, record["history"]))
     return pruned, record
+
+
+def tabled(ana, model, example, target, round_to, seed, min_width, now: float) -> None:
+    """A measured target's planning form of the analysis: the residual blocks as groups (when
+    the target may remove them) and its latency table, scaled to `now`, as the cost terms."""
+    if target.depth:
+        add_block_groups(ana, model, example, min_width)
+    ana.terms, ana.const = target.fitted(model, example, ana, _copier(round_to, seed), now)
+    ana.by_saving = True
 
 
 def _predicted(ana, target, kept) -> dict:

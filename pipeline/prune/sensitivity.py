@@ -77,9 +77,9 @@ def _sample(x: np.ndarray, seed) -> np.ndarray:
     return np.ascontiguousarray(x[np.sort(pick)], dtype=np.float32)
 
 
-def mac_losses(model, example, ana: _Analysis) -> dict:
-    """Per group that may narrow: the share of the model's MACs gone at each of its choices
-    (counted per layer, scaled by the keep-fractions of the groups and blocks that hold it)."""
+def mac_counts(model, example, ana: _Analysis) -> _Analysis:
+    """The analysis with MACs as its cost (predicted_cost counts a plan's MACs): each layer's
+    count scaled by the keep-fractions of the groups and blocks that hold it."""
     _, _, per_layer, _ = tp.utils.count_ops_and_params(model, example, layer_wise=True)
     roots = [(gi, ana.groups[gi].root) for gi in ana.blocks]
     terms = [
@@ -87,7 +87,12 @@ def mac_losses(model, example, ana: _Analysis) -> dict:
         for n, m in model.named_modules()
         if next(m.children(), None) is None and per_layer.get(m)
     ]
-    macs = _Analysis(ana.groups, terms, 0.0, ana.ignored)
+    return _Analysis(ana.groups, terms, 0.0, ana.ignored)
+
+
+def mac_losses(model, example, ana: _Analysis) -> dict:
+    """Per group that may narrow: the share of the model's MACs gone at each of its choices."""
+    macs = mac_counts(model, example, ana)
     full = predicted_cost(macs, {})
     return {
         gi: np.array([full - predicted_cost(macs, {gi: c}) for c in g.choices]) / full
