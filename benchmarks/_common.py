@@ -176,6 +176,17 @@ def teacher(name: str, data, epochs: int, seed: int, cache: Path, augment=None, 
     return model.eval(), init, seconds
 
 
+def cached_row(path: Path, make) -> dict:
+    """The row stored at `path`, else make() written there (a re-run resumes)."""
+    if path.is_file():
+        log(f"{path.name}: from {path}")
+        return json.loads(path.read_text())
+    row = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
 def publish(heading: str, text: str, out: Path | None, quick: bool) -> None:
     """A benchmark's section: to --out when given, else into RESULTS.md, but never a --quick
     smoke run's (the committed tables come from full runs); printed either way."""

@@ -17,7 +17,6 @@ resumes, and the latency tables are cached (the table time column says built or 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -26,7 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import ROOT, describe_env, environment, export, interleaved_loads, log, publish
+from _common import (
+    ROOT,
+    cached_row,
+    describe_env,
+    environment,
+    export,
+    interleaved_loads,
+    log,
+    publish,
+)
 
 HEADING = "## Pruning to a latency target (issue 27)"
 CASES = {  # model: input sizes
@@ -129,14 +137,8 @@ def _row_path(args: tuple, work: Path, kind: str = "") -> Path:
 
 
 def cached_case(args: tuple, work: Path, kind: str = "") -> dict:
-    path = _row_path(args, work, kind)
-    if path.is_file():
-        log(f"{path.name}: from {path}")
-        return json.loads(path.read_text())
-    row = case(*args, weighing="divergence" if kind == REFERENCE else None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row, indent=1) + "\n")
-    return row
+    weighing = "divergence" if kind == REFERENCE else None
+    return cached_row(_row_path(args, work, kind), lambda: case(*args, weighing=weighing))
 
 
 def table_row(r: dict) -> str:

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, describe_env, environment, log, publish
+from _common import ROOT, cached_row, describe_env, environment, log, publish
 from latency_target import PRECISIONS, TARGETS, _setup
 
 HEADING = "## The latency planner against the best plan its table allows (issue 27)"
@@ -168,14 +167,7 @@ def _row_path(args: tuple, work: Path) -> Path:
 
 
 def cached_case(args: tuple, work: Path) -> dict:
-    path = _row_path(args, work)
-    if path.is_file():
-        log(f"{path.name}: from {path}")
-        return json.loads(path.read_text())
-    row = case(*args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(row, indent=1) + "\n")
-    return row
+    return cached_row(_row_path(args, work), lambda: case(*args))
 
 
 def table_row(r: dict) -> str:

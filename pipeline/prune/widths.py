@@ -190,7 +190,7 @@ def _step_value(ana: _Analysis, idx: dict[int, int], gi: int) -> tuple:
     after = g.choices[idx[gi] + 1]
     if not ana.by_saving:
         return (after / g.size, g.size)
-    kept = {i: ana.groups[i].choices[k] for i, k in idx.items()}
+    kept = _kept(ana, idx)
     saved = predicted_cost(ana, kept) - predicted_cost(ana, {**kept, gi: after})
     lost = _loss_at(ana, gi, idx[gi] + 1) - _loss_at(ana, gi, idx[gi])
     return (saved / max(lost, 1e-12), after / g.size)
